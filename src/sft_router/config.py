@@ -1,0 +1,149 @@
+"""One recipe, every stage: parse a recipe YAML into TRL's dataclasses plus the project's own.
+
+Every stage calls `parse_recipe()`, so a misspelled key fails in `data` just as it does in `train`.
+Keys map 1:1 onto dataclass fields; command-line flags (`--learning_rate 1e-4`) override the YAML.
+
+Usage: recipe = parse_recipe(["--config", "recipes/tiny/router.yaml"])
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from trl import ModelConfig, SFTConfig, TrlParser
+
+from sft_router.errors import UsageError
+
+
+@dataclass
+class DataArguments:
+    catalog: str = field(
+        default="recipes/gemma-3-270m-it/catalog.yaml",
+        metadata={"help": "Tool catalog and utterance templates (YAML) that the dataset is generated from."},
+    )
+    system_prompt: str = field(
+        default="recipes/gemma-3-270m-it/system_prompt.txt",
+        metadata={"help": "System prompt template; `{tools}` is replaced by the tool list shown in each prompt."},
+    )
+    num_train: int = field(default=6000, metadata={"help": "Rows in the train split."})
+    num_validation: int = field(default=600, metadata={"help": "Rows in the validation split."})
+    num_test: int = field(default=1200, metadata={"help": "Rows in the test split."})
+    no_call_share: float = field(default=0.25, metadata={"help": "Share of rows whose answer is a reply, not a call."})
+    max_distractors: int = field(default=4, metadata={"help": "Most distractor tools shown beside the target tool."})
+    dataset_seed: int = field(default=1234, metadata={"help": "Seed of the dataset generator."})
+
+
+@dataclass
+class EvalArguments:
+    eval_max_new_tokens: int = field(default=96, metadata={"help": "Most tokens generated per test prompt."})
+    eval_batch_size: int = field(default=16, metadata={"help": "Prompts decoded together (left padded)."})
+    eval_limit: int | None = field(default=None, metadata={"help": "Score only the first N test rows (None: all)."})
+
+
+@dataclass
+class ExportArguments:
+    gguf_outtypes: list[str] = field(
+        default_factory=lambda: ["q8_0"], metadata={"help": "GGUF types to write: q8_0, f16, bf16, f32."}
+    )
+    gguf_backend: str = field(
+        default="local", metadata={"help": "`local` (pinned llama.cpp converter) or `space` (ggml-org/gguf-my-repo)."}
+    )
+
+
+@dataclass
+class PublishArguments:
+    hub_namespace: str | None = field(
+        default=None, metadata={"help": "User or organisation on the Hub; the HUB_NAMESPACE variable wins."}
+    )
+    model_repo: str = field(default="gemma-3-270m-it-router", metadata={"help": "Name of the merged-model repo."})
+    gguf_repo: str = field(default="gemma-3-270m-it-router-GGUF", metadata={"help": "Name of the GGUF repo."})
+    dataset_repo: str = field(default="tool-router-scenarios", metadata={"help": "Name of the dataset repo."})
+    private: bool = field(default=False, metadata={"help": "Create the repos private."})
+    base_model_id: str = field(
+        default="google/gemma-3-270m-it", metadata={"help": "Hub id of the base model, for the cards' metadata."}
+    )
+
+
+PROJECT_ARGUMENTS = (DataArguments, EvalArguments, ExportArguments, PublishArguments)
+
+
+@dataclass
+class Recipe:
+    path: Path
+    data: DataArguments
+    eval: EvalArguments
+    export: ExportArguments
+    publish: PublishArguments
+    training: SFTConfig
+    model: ModelConfig
+
+    @property
+    def name(self) -> str:
+        return self.training.run_name
+
+    @property
+    def run_dir(self) -> Path:
+        return Path("runs") / self.name
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_dir / stage
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def _unknown_key_error(path: str, unknown: list[str], known: list[str]) -> UsageError:
+    key = unknown[0].lstrip("-")
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "see `python -m sft_router.train --help` for the keys"
+    return UsageError(f"{path}: unknown recipe key '{key}' ({hint}); fix or remove it")
+
+
+def parse_recipe(argv: list[str] | None = None, extra: tuple[type, ...] = ()) -> tuple[Recipe, ...]:
+    """Parse `--config RECIPE [--flag value ...]`; returns the Recipe, then one instance per `extra` dataclass."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" not in argv:
+        raise UsageError("no recipe given: pass --config recipes/<model>/<recipe>.yaml")
+    path = argv[argv.index("--config") + 1]
+    if not Path(path).is_file():
+        raise UsageError(f"recipe {path} does not exist: pass an existing file, e.g. recipes/tiny/router.yaml")
+    argv = _bf16_only_where_supported(argv)
+    types = (*PROJECT_ARGUMENTS, SFTConfig, ModelConfig, *extra)
+    parser = TrlParser(types)
+    known = sorted({f.name for t in types for f in fields(t)})
+    try:
+        parsed = parser.parse_args_and_config(argv, return_remaining_strings=True, separate_remaining_strings=True)
+    except SystemExit as exc:  # argparse already printed its one line
+        raise UsageError(f"{path}: bad command-line flag or value (see the line above)") from exc
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{path}: {_first_line(exc)}") from exc
+    *instances, from_config, from_cli = parsed
+    if from_config:
+        raise _unknown_key_error(path, from_config, known)
+    if from_cli:
+        raise _unknown_key_error("command line", from_cli, known)
+    data, eval_args, export, publish, training, model, *rest = instances
+    if not training.run_name or not re.fullmatch(r"[A-Za-z0-9._-]+", training.run_name):
+        raise UsageError(f"{path}: set `run_name` to the recipe folder's name (letters, digits, . _ -)")
+    training.output_dir = str(Path("runs") / training.run_name / "train")
+    recipe = Recipe(Path(path), data, eval_args, export, publish, training, model)
+    return (recipe, *rest)
+
+
+def _bf16_only_where_supported(argv: list[str]) -> list[str]:
+    """A bf16 recipe still parses on a CPU-only machine (for data, eval, tests): it trains in fp32 there."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return argv
+    return ["--bf16", "false", "--bf16_full_eval", "false", *argv]
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,142 @@
+"""Convert the merged model to GGUF with llama.cpp's own converter, pinned, then check the file.
+
+The converter comes from the `llama-cpp-python` sdist on PyPI (it vendors one llama.cpp commit), fetched
+at run time into the cache and checked against its hash; nothing of llama.cpp is committed. Set
+LLAMA_CPP_DIR to use your own llama.cpp checkout instead.
+
+Usage: python -m sft_router.gguf --config recipes/tiny/router.yaml   (writes runs/<name>/gguf/<name>-Q8_0.gguf)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from sft_router.base_models import cache_root
+from sft_router.config import parse_recipe
+from sft_router.errors import UsageError, one_line_errors
+from sft_router.run import stage_output
+
+LLAMA_CPP_PYTHON = "0.3.36"
+LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
+FILE_TYPES = {"q8_0": "Q8_0", "f16": "F16", "bf16": "BF16", "f32": "F32"}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_converter() -> Path:
+    """llama.cpp's convert_hf_to_gguf.py (and its gguf-py) at the pinned commit; downloaded once."""
+    if os.environ.get("LLAMA_CPP_DIR"):
+        return Path(os.environ["LLAMA_CPP_DIR"])
+    root = cache_root() / "llama.cpp" / LLAMA_CPP_PYTHON
+    if (root / "convert_hf_to_gguf.py").is_file():
+        return root
+    sdist_dir = cache_root() / "sdist"
+    sdist = sdist_dir / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
+    if not sdist.is_file():
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
+                   f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(sdist_dir)]  # fmt: skip
+        if subprocess.run(command).returncode != 0:
+            raise UsageError(
+                f"cannot download llama-cpp-python=={LLAMA_CPP_PYTHON} from PyPI; check the network "
+                "or point LLAMA_CPP_DIR at a llama.cpp checkout"
+            )
+    if _sha256(sdist) != LLAMA_CPP_PYTHON_SHA256:
+        sdist.unlink()
+        raise UsageError(f"{sdist.name} does not match its pinned sha256; it was deleted, run again to refetch")
+    prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
+    tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
+    with tarfile.open(sdist) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith(prefix)
+                   and m.name[len(prefix):].startswith(CONVERTER_PARTS)]  # fmt: skip
+        for member in members:
+            member.name = member.name[len(prefix) :]
+        archive.extractall(tmp, members=members, filter="data")
+    tmp.rename(root)
+    return root
+
+
+def convert_to_gguf(merged: Path, outfile: Path, outtype: str) -> None:
+    converter = fetch_converter()
+    command = [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(merged),
+               "--outtype", outtype, "--outfile", str(outfile)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(converter / "gguf-py")}  # the pinned gguf-py, not the installed one
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UsageError(f"llama.cpp converter failed on {merged}: {tail[0]}")
+
+
+def gguf_path(recipe, outtype: str) -> Path:
+    return recipe.stage_dir("gguf") / f"{recipe.name}-{FILE_TYPES[outtype]}.gguf"
+
+
+def describe_gguf(path: Path) -> dict:
+    """The metadata a user's runtime depends on, read back with gguf.GGUFReader."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+
+    def value(key):
+        field = reader.get_field(key)
+        return field.contents() if field is not None else None
+
+    types = sorted({tensor.tensor_type.name for tensor in reader.tensors})
+    return {
+        "architecture": value("general.architecture"),
+        "tokenizer_model": value("tokenizer.ggml.model"),
+        "has_scores": reader.get_field("tokenizer.ggml.scores") is not None,
+        "chat_template": value("tokenizer.chat_template"),
+        "eos_token_id": value("tokenizer.ggml.eos_token_id"),
+        "eot_token_id": value("tokenizer.ggml.eot_token_id"),
+        "tensor_types": types,
+    }
+
+
+def check_gguf(path: Path, chat_template: str, outtype: str) -> dict:
+    facts = describe_gguf(path)
+    problems = []
+    if facts["architecture"] != "gemma3":
+        problems.append(f"architecture is {facts['architecture']}, not gemma3")
+    if facts["tokenizer_model"] != "llama" or not facts["has_scores"]:
+        problems.append("vocabulary is not SentencePiece with scores (is tokenizer.model beside the model?)")
+    if facts["chat_template"] != chat_template:
+        problems.append("tokenizer.chat_template differs from the training template")
+    if FILE_TYPES[outtype] not in facts["tensor_types"]:
+        problems.append(f"no {FILE_TYPES[outtype]} tensors")
+    if problems:
+        raise UsageError(f"{path.name}: {'; '.join(problems)}")
+    return facts
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
+    (recipe,) = parse_recipe(argv)
+    merged = recipe.stage_dir("merged")
+    if not (merged / "manifest.json").is_file():
+        raise UsageError(f"no merged model in {merged}: run `make merge RECIPE={recipe.path}` first")
+    unknown = [t for t in recipe.export.gguf_outtypes if t not in FILE_TYPES]
+    if unknown:
+        raise UsageError(f"{recipe.path}: gguf_outtypes has '{unknown[0]}'; use some of {sorted(FILE_TYPES)}")
+    template = Path(recipe.training.chat_template_path).read_text()
+    with stage_output(recipe, "gguf", llama_cpp_python=LLAMA_CPP_PYTHON) as (out, facts):
+        for outtype in recipe.export.gguf_outtypes:
+            path = out / gguf_path(recipe, outtype).name
+            convert_to_gguf(merged, path, outtype)
+            facts[path.name] = {k: v for k, v in check_gguf(path, template, outtype).items() if k != "chat_template"}
+    print(f"gguf: {', '.join(str(gguf_path(recipe, t)) for t in recipe.export.gguf_outtypes)}")
+
+
+if __name__ == "__main__":
+    main()

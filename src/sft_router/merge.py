@@ -1,0 +1,74 @@
+"""Merge the LoRA adapter into the base model: a standalone folder that llama.cpp and gguf-my-repo can convert.
+
+transformers 5 `save_pretrained` writes neither `tokenizer.model` nor the template inside
+`tokenizer_config.json`; llama.cpp's converter needs the first (else it falls back to a score-less BPE
+vocabulary) and gguf-my-repo downloads `*.json` but not `*.jinja`, so both are put there by hand.
+
+Usage: python -m sft_router.merge --config recipes/tiny/router.yaml   (writes runs/<name>/merged/)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from sft_router.config import parse_recipe
+from sft_router.errors import UsageError, one_line_errors
+from sft_router.run import stage_output
+
+
+def base_file(recipe, filename: str) -> Path:
+    """A file of the base model's repo: from its local folder, else from the Hub (cached)."""
+    from huggingface_hub import hf_hub_download
+
+    from sft_router.base_models import resolve_base_model
+
+    source = resolve_base_model(recipe.model.model_name_or_path)
+    if Path(source).is_dir():
+        return Path(source) / filename
+    return Path(hf_hub_download(source, filename, revision=recipe.model.model_revision))
+
+
+def save_tokenizer_files(tokenizer, recipe, out: Path) -> None:
+    """Tokenizer files with `tokenizer.model` beside them and the chat template inside tokenizer_config.json."""
+    tokenizer.save_pretrained(str(out))
+    shutil.copyfile(base_file(recipe, "tokenizer.model"), out / "tokenizer.model")
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = tokenizer.chat_template
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def merge_adapter(recipe, out: Path) -> None:
+    from peft import PeftModel
+    from transformers import GenerationConfig
+
+    from sft_router.evaluate import stop_token_ids
+    from sft_router.train import load_base_model, load_tokenizer
+
+    tokenizer = load_tokenizer(recipe)
+    model = PeftModel.from_pretrained(load_base_model(recipe), str(recipe.stage_dir("adapter")))
+    merged = model.merge_and_unload()
+    merged.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=stop_token_ids(tokenizer),
+        do_sample=False,
+    )
+    merged.save_pretrained(str(out))
+    save_tokenizer_files(tokenizer, recipe, out)
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
+    (recipe,) = parse_recipe(argv)
+    if not (recipe.stage_dir("adapter") / "manifest.json").is_file():
+        raise UsageError(f"no finished adapter in {recipe.stage_dir('adapter')}: run `make train` first")
+    with stage_output(recipe, "merged") as (out, _):
+        merge_adapter(recipe, out)
+    print(f"merge: merged model written to {recipe.stage_dir('merged')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""A run is a folder: `runs/<name>/<stage>/`, each written whole or not at all, with a manifest.
+
+A stage writes into a hidden temporary folder that is renamed into place only after it succeeded,
+so an interrupted stage never leaves output that looks finished (and `make` reruns it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+TRACKED_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "huggingface_hub", "gguf")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    return {name: metadata.version(name) for name in TRACKED_PACKAGES}
+
+
+def read_manifest(stage_dir: Path) -> dict | None:
+    path = Path(stage_dir) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+@contextlib.contextmanager
+def stage_output(recipe, stage: str, **facts):
+    """Yield a temporary folder for `stage`; on success write its manifest and move it to runs/<name>/<stage>."""
+    final = recipe.stage_dir(stage)
+    tmp = final.parent / f".{stage}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    start = time.time()
+    extra: dict = {}
+    try:
+        yield tmp, extra
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    manifest = {
+        "stage": stage,
+        "run": recipe.name,
+        "recipe": str(recipe.path),
+        "recipe_sha256": recipe.sha256,
+        "seed": recipe.training.seed,
+        "git_commit": git_commit(),
+        "versions": library_versions(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "wall_time_s": round(time.time() - start, 2),
+        **facts,
+        **extra,
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)

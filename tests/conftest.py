@@ -1,0 +1,54 @@
+"""Offline test setup: no network, a private cache, and a tiny run built once per session in a scratch folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.pop("HF_TOKEN", None)
+TINY = "recipes/tiny/router.yaml"
+
+
+def make_workspace(path: Path) -> Path:
+    """A folder laid out like the repo root (recipes and card templates), where stages write runs/."""
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("recipes", "model_card", "dataset_card"):
+        if not (path / name).exists():
+            (path / name).symlink_to(ROOT / name)
+    return path
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    monkeypatch.chdir(make_workspace(tmp_path / "ws"))
+    return tmp_path / "ws"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """Every stage of the tiny recipe, run once for the session; yields the workspace folder."""
+    from sft_router import card, data, evaluate, gguf, merge, publish, train
+
+    ws = make_workspace(tmp_path_factory.mktemp("tiny"))
+    old = os.getcwd()
+    os.chdir(ws)
+    try:
+        for stage in (data, train, evaluate, merge, gguf, card, publish):
+            stage.main(["--config", TINY])
+        yield ws
+    finally:
+        os.chdir(old)
+
+
+def copy_recipe(src: str, dest: Path, replace: dict[str, str]) -> Path:
+    text = (ROOT / src).read_text()
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    dest.write_text(text)
+    return dest
