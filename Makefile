@@ -7,7 +7,7 @@ R := runs/$(RUN)
 PY := .venv/bin/python
 VENV := .venv/.installed
 
-.PHONY: install preflight data push-data train eval merge gguf card publish all smoke test test-slow lint clean
+.PHONY: install demo preflight data push-data train eval merge gguf card publish all smoke test test-slow lint clean
 
 install: $(VENV)
 $(VENV): pyproject.toml
@@ -52,6 +52,11 @@ all: preflight push-data publish
 
 smoke:
 	$(MAKE) publish RECIPE=recipes/tiny/router.yaml
+
+demo: .venv/.installed-demo
+	$(MAKE) publish RECIPE=recipes/gemma-3-270m-demo/router.yaml
+.venv/.installed-demo: $(VENV)
+	.venv/bin/pip install --quiet -e '.[demo]' && touch $@
 
 test: $(VENV)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

