@@ -32,6 +32,18 @@ def library_versions() -> dict[str, str]:
     return {name: metadata.version(name) for name in TRACKED_PACKAGES}
 
 
+def hardware() -> str:
+    """What ran the stage, in words: the GPU if torch sees one, else the CPU and its core count."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.is_file() else []  # fmt: skip
+    return f"{os.cpu_count()} CPU cores ({names[0] if names else platform.processor() or platform.machine()})"
+
+
 def read_manifest(stage_dir: Path) -> dict | None:
     path = Path(stage_dir) / MANIFEST
     return json.loads(path.read_text()) if path.is_file() else None
@@ -61,6 +73,7 @@ def stage_output(recipe, stage: str, **facts):
         "versions": library_versions(),
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "hardware": hardware(),
         "wall_time_s": round(time.time() - start, 2),
         **facts,
         **extra,

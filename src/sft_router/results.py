@@ -1,0 +1,80 @@
+"""Write each recipe's results table from its run files, never by hand: recipes/README.md and recipes/<name>/README.md.
+
+For every run under runs/ whose recipe exists, the table gives the command, the machine, the wall time of
+each stage (from the stage manifests) and the headline metrics with their bootstrap intervals (from
+runs/<name>/eval/*/metrics.json). The tables sit between marker comments, so the prose around them stays.
+
+Usage: python -m sft_router.results            (after `make all`, `make demo` or `make smoke`)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from sft_router.run import read_manifest
+
+STAGES = ("dataset", "adapter", "eval", "merged", "gguf", "card", "hub")
+METRICS = (("exact_match_rate", "exact match"), ("average_argument_f1", "argument F1"),
+           ("tool_name_accuracy", "tool acc."), ("no_call_accuracy", "no-call acc."))  # fmt: skip
+BEGIN, END = "<!-- results:begin (python -m sft_router.results) -->", "<!-- results:end -->"
+
+
+def _with_interval(metrics: dict, key: str) -> str:
+    value = metrics.get(key)
+    if value is None:
+        return "-"
+    interval = metrics.get(f"{key}_ci")
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
+
+
+def run_summary(run_dir: Path) -> dict | None:
+    manifests = {stage: read_manifest(run_dir / stage) for stage in STAGES}
+    first = next((m for m in manifests.values() if m), None)
+    if first is None:
+        return None
+    eval_dir = run_dir / "eval"
+    metrics = {p.parent.name: json.loads(p.read_text()) for p in sorted(eval_dir.glob("*/metrics.json"))}
+    return {
+        "run": run_dir.name,
+        "recipe": first["recipe"],
+        "machine": first.get("hardware") or first.get("machine", "?"),
+        "wall": {stage: m["wall_time_s"] for stage, m in manifests.items() if m},
+        "metrics": metrics,
+    }
+
+
+def results_table(summary: dict) -> str:
+    wall = ", ".join(f"{stage} {seconds:.0f}s" for stage, seconds in summary["wall"].items())
+    lines = [f"`make all RECIPE={summary['recipe']}` on {summary['machine']}; wall time: {wall}.", "",
+             "| model | " + " | ".join(label for _, label in METRICS) + " | rows |",
+             "|---|" + "---|" * (len(METRICS) + 1)]  # fmt: skip
+    for variant, metrics in summary["metrics"].items():
+        cells = " | ".join(_with_interval(metrics, key) for key, _ in METRICS)
+        lines.append(f"| {variant} | {cells} | {metrics.get('total_samples', '-')} |")
+    return "\n".join(lines)
+
+
+def replace_block(path: Path, block: str) -> None:
+    text = path.read_text() if path.is_file() else ""
+    new = f"{BEGIN}\n{block}\n{END}"
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
+    path.write_text(pattern.sub(lambda _: new, text) if pattern.search(text) else f"{text.rstrip()}\n\n{new}\n")
+
+
+def main() -> None:
+    summaries = [s for s in map(run_summary, sorted(Path("runs").glob("*"))) if s and Path(s["recipe"]).is_file()]
+    blocks = []
+    for summary in summaries:
+        table = results_table(summary)
+        replace_block(Path(summary["recipe"]).parent / "README.md", f"## Results\n\n{table}")
+        blocks.append(f"### {summary['run']}\n\n{table}")
+    if not summaries:
+        blocks.append("No finished runs yet. The published recipe's numbers await a GPU run.")
+    replace_block(Path("recipes/README.md"), "## Results\n\n" + "\n\n".join(blocks))
+    print(f"results: {len(summaries)} run(s) written to recipes/README.md and each recipe's README.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""The results tables come from the run files: wall times from manifests, metrics from metrics.json."""
+
+from __future__ import annotations
+
+import json
+
+from sft_router.results import BEGIN, END, replace_block, results_table, run_summary
+
+
+def test_table_reads_wall_times_and_metrics_from_the_run(tiny_run):
+    run = tiny_run / "runs/tiny"
+    summary = run_summary(run)
+    table = results_table(summary)
+    train_wall = json.loads((run / "adapter/manifest.json").read_text())["wall_time_s"]
+    finetuned = json.loads((run / "eval/finetuned/metrics.json").read_text())
+    assert f"adapter {train_wall:.0f}s" in table and "CPU cores" in table
+    assert f"| finetuned | {finetuned['exact_match_rate']:.3f}" in table
+    assert "make all RECIPE=recipes/tiny/router.yaml" in table
+
+
+def test_block_is_replaced_in_place_keeping_the_prose(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# Recipe\n\nProse.\n")
+    replace_block(readme, "first")
+    replace_block(readme, "second")
+    text = readme.read_text()
+    assert text.startswith("# Recipe\n\nProse.\n") and text.count(BEGIN) == 1 and text.count(END) == 1
+    assert "second" in text and "first" not in text
