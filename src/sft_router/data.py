@@ -272,7 +272,9 @@ class Generator:
         text, shown, values = template, {}, {}
         for slot in SLOT.findall(template):
             entry = self._entry(tool, slot, lang)
-            shown[slot], values[slot] = (entry["text"], entry["value"]) if isinstance(entry, dict) else (str(entry), entry)
+            shown[slot], values[slot] = (
+                (entry["text"], entry["value"]) if isinstance(entry, dict) else (str(entry), entry)
+            )
             text = text.replace("{" + slot + "}", shown[slot], 1)
         order = list(tool["parameters"].get("properties", {}))  # arguments in schema order: one target per request
         arguments = {slot: values[slot] for slot in sorted(values, key=order.index)}
@@ -312,7 +314,9 @@ class Generator:
         if kind == "out_of_scope":
             reply = OUT_OF_SCOPE_REPLY[lang].format(topic=item[f"topic_{lang}"])
             return self._row(kind, said, item[lang], self._prompt_tools(None), reply)
-        return self._row(kind, said, f"{self.catalog.image_marker}{item[lang]}", self._prompt_tools(None), IMAGE_REPLY[lang])
+        return self._row(
+            kind, said, f"{self.catalog.image_marker}{item[lang]}", self._prompt_tools(None), IMAGE_REPLY[lang]
+        )
 
     def _item_indices(self, count: int) -> list[int]:
         """No-call items split like families; validation and test share theirs (too few items to split three ways)."""
@@ -415,7 +419,7 @@ def assert_no_leaks(splits: dict[str, list[dict]]) -> None:
     if leaks:
         raise UsageError(
             f"{len(leaks)} leaks from train into evaluation (e.g. {leaks[0]}); "
-            "keep each template in one family and give every tool at least three families"
+            "reword that family's templates so no train family can produce the same message"
         )
 
 
@@ -492,7 +496,8 @@ def dataset_facts(splits: dict[str, list[dict]], catalog: Catalog, recipe) -> di
 def _dataset(rows: list[dict], fingerprint: str):
     from datasets import Dataset
 
-    # save_to_disk writes the fingerprint into state.json and a fresh one is random; ours follows the content
+    # save_to_disk records the fingerprint in state.json: derive it from the content hash, so the saved bytes
+    # are stable by construction rather than by how the library happens to hash an in-memory table
     table = Dataset.from_list(rows)
     return Dataset(table.data, info=table.info, split=table.split, fingerprint=fingerprint)
 
