@@ -472,6 +472,7 @@ def split_mix(rows: list[dict], catalog: Catalog, train_values: set[str]) -> dic
         "tool": {name: tools[name] for name in catalog.tools},
         "no_call_share": round(sum(kinds[k] for k in NO_CALL_KINDS) / len(rows), 4) if rows else 0.0,
         "rows_with_unseen_values": unseen,
+        "longest_prompt_chars": max((sum(len(m["content"]) for m in row["prompt"]) for row in rows), default=0),
     }
 
 
