@@ -136,6 +136,20 @@ def test_no_call_share_comes_from_the_recipe(workspace):
     assert all(kinds[k] == 25 for k in data.NO_CALL_KINDS)  # the four no-call kinds in equal parts
 
 
+def test_prompts_show_the_target_among_at_most_max_distractors_others(workspace):
+    (recipe,) = parse_recipe(["--config", TINY, *SMALL, "--max_distractors", "0"])
+    for row in data.build_splits(recipe)["train"]:
+        assert row["tools"] == ([row["tool_name"]] if row["tool_name"] else [])
+    (recipe,) = parse_recipe(["--config", TINY, *SMALL, "--max_distractors", "4"])
+    rows = data.build_splits(recipe)["train"]
+    assert max(len(row["tools"]) for row in rows) == 5 and all(row["tools"] for row in rows)
+    catalog = data.load_catalog(CATALOG)
+    domain = {name: tool["domain"] for name, tool in catalog.tools.items()}
+    near_miss = [r for r in rows if r["tool_name"] and any(
+        domain[t] == domain[r["tool_name"]] for t in r["tools"] if t != r["tool_name"])]  # fmt: skip
+    assert len(near_miss) > len(rows) // 4  # create vs query vs delete of the same object, often side by side
+
+
 def test_values_are_copied_as_written_and_unstated_arguments_omitted(workspace):
     (recipe,) = parse_recipe(["--config", TINY, *SMALL])
     catalog = data.load_catalog(CATALOG)

@@ -285,7 +285,8 @@ class Generator:
         anchor = target or absent
         names = {t["name"] for t in (target, absent) if t}
         others = [t for t in self.catalog.tools.values() if t["name"] not in names]
-        count = self.rng.randint(0 if target else 1, min(self.args.max_distractors, len(others)))
+        most = min(self.args.max_distractors, len(others))
+        count = self.rng.randint(min(most, 0 if target else 1), most)  # a no-call prompt shows a tool when it may
         near = [t for t in others if anchor and t["domain"] == anchor["domain"]]
         picked = self.rng.sample(near, min(len(near), self.rng.randint(0, count)))
         rest = [t for t in others if t not in picked]
