@@ -57,8 +57,11 @@ def _corpus_text() -> str:
     return "\n".join((root / p).read_text() for p in TINY_CORPUS if (root / p).is_file())
 
 
-def train_sentencepiece(lines: list[str], vocab_size: int = 1024) -> bytes:
-    """A Gemma-shaped SentencePiece BPE model: ids 0-3 are pad/eos/bos/unk, turn tokens next, byte fallback."""
+def train_sentencepiece(lines: list[str], vocab_size: int = 2048) -> bytes:
+    """A Gemma-shaped SentencePiece BPE model: ids 0-3 are pad/eos/bos/unk, turn tokens next, byte fallback.
+
+    The vocabulary must hold every distinct character of the corpus (coverage 1.0): the Chinese catalog has >1000.
+    """
     import sentencepiece as spm
 
     buffer = io.BytesIO()

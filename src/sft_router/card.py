@@ -104,24 +104,72 @@ def render_model_card(recipe, metrics: dict[str, dict]):
 
 
 def render_dataset_card(recipe):
+    """The dataset card: every count on it is read from the dataset manifest, the tool list from its catalog."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
+    from sft_router.data import load_catalog
+
     manifest = read_manifest(recipe.stage_dir("dataset"))
-    if manifest is None:
+    if manifest is None or "mix" not in manifest:
         raise UsageError(f"no dataset in {recipe.stage_dir('dataset')}: run `make data RECIPE={recipe.path}` first")
-    rows = manifest["rows"]
+    catalog = load_catalog(manifest["catalog"])
     data = DatasetCardData(license="apache-2.0", language=["zh", "en"], task_categories=["text-generation"],
-                           tags=["tool-calling", "function-calling", "synthetic"], pretty_name="Tool routing scenarios")  # fmt: skip
-    table = "\n".join(["| split | rows |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows.items())])
+                           size_categories=[_size_category(sum(manifest["rows"].values()))],
+                           tags=["tool-calling", "function-calling", "synthetic", "router"],
+                           pretty_name="Tool routing scenarios")  # fmt: skip
     return DatasetCard.from_template(
         data,
         template_path="dataset_card/template.md",
         repo_id=repo_ids(recipe)["dataset"],
         recipe_path=recipe.path.as_posix(),
-        seed=recipe.data.dataset_seed,
-        splits_table=table,
+        seed=manifest["dataset_seed"],
+        tool_count=manifest["tools"],
+        domain_count=len(manifest["domains"]),
+        domains=", ".join(manifest["domains"]),
+        image_marker=manifest["image_marker"],
+        leaks=manifest["leaks"],
+        no_call_share=manifest["no_call_share"],
+        splits_table=dataset_splits_table(manifest),
+        language_table=dataset_language_table(manifest),
+        tools_table=dataset_tools_table(manifest, catalog),
         content_sha256=manifest["content_sha256"],
     )
+
+
+def _size_category(rows: int) -> str:
+    return "n<1K" if rows < 1_000 else "1K<n<10K" if rows < 10_000 else "10K<n<100K"
+
+
+def dataset_splits_table(manifest: dict) -> str:
+    from sft_router.data import KINDS
+
+    header = "| split | rows | " + " | ".join(KINDS) + " | no-call share | unseen values |"
+    lines = [header, "|" + "---|" * (len(KINDS) + 4)]
+    for split, rows in manifest["rows"].items():
+        mix = manifest["mix"][split]
+        kinds = " | ".join(str(mix["kind"][kind]) for kind in KINDS)
+        lines.append(f"| {split} | {rows} | {kinds} | {mix['no_call_share']:.2f} | {mix['rows_with_unseen_values']} |")
+    return "\n".join(lines)
+
+
+def dataset_language_table(manifest: dict) -> str:
+    lines = ["| split | zh | en |", "|---|---|---|"]
+    for split, mix in manifest["mix"].items():
+        lines.append(f"| {split} | {mix['lang']['zh']} | {mix['lang']['en']} |")
+    return "\n".join(lines)
+
+
+def dataset_tools_table(manifest: dict, catalog) -> str:
+    splits = list(manifest["mix"])
+    lines = ["| tool | domain | required | optional | description | " + " | ".join(splits) + " |",
+             "|" + "---|" * (5 + len(splits))]  # fmt: skip
+    for name, tool in catalog.tools.items():
+        required = tool["parameters"].get("required", [])
+        optional = [arg for arg in tool["parameters"].get("properties", {}) if arg not in required]
+        counts = " | ".join(str(manifest["mix"][split]["tool"].get(name, 0)) for split in splits)
+        lines.append(f"| `{name}` | {tool['domain']} | {', '.join(required)} | {', '.join(optional)} | "
+                     f"{tool['description']} | {counts} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 @one_line_errors

@@ -2,8 +2,12 @@
 
 Each row is a TRL conversational prompt-completion pair: the system prompt listing the shown tools
 (the seed's format) and the user message, then the target, either one JSON tool call or a reply.
+Train, validation and test use disjoint paraphrase families (the last family of each tool is test, the one
+before it validation), and about one copied slot value in five never appears in train, so evaluation
+measures routing and argument copying on wordings and values the model has not seen. Every row is checked
+(schema, tool in prompt, no leak) before anything is written, and the same recipe and seed give the same bytes.
 
-Usage: python -m sft_router.data --config recipes/tiny/router.yaml   (writes runs/<name>/dataset/)
+Usage: python -m sft_router.data --config recipes/gemma-3-270m-it/router.yaml   (writes runs/<name>/dataset/)
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import json
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +28,14 @@ from sft_router.errors import UsageError, one_line_errors
 from sft_router.run import stage_output
 
 SPLITS = ("train", "validation", "test")
+LANGS = ("zh", "en")
+LANG_DRAW = ("zh", "zh", "en")  # Chinese first: two rows in three are Chinese
+CALL_KINDS = ("call", "image_call")
+NO_CALL_KINDS = ("chat", "out_of_scope", "missing_tool", "image")
+KINDS = CALL_KINDS + NO_CALL_KINDS
+IMAGE_CALL_SHARE = 0.05
+HELD_OUT_ONE_IN = 5
+MIN_FAMILIES = 3  # one each for train, validation and test
 SLOT = re.compile(r"\{(\w+)\}")
 NO_TOOL_REPLY = {
     "zh": "抱歉，我现在没有可以完成这个请求的工具。",
@@ -30,6 +43,7 @@ NO_TOOL_REPLY = {
 }
 OUT_OF_SCOPE_REPLY = {"zh": "抱歉，我无法提供{topic}。", "en": "Sorry, I can't help with {topic}."}
 IMAGE_REPLY = {"zh": "这张图片展示了[此处为图片内容的描述]。", "en": "This image shows [a description of the image]."}
+NO_CALL_FIELDS = {"chat": ("reply_zh", "reply_en"), "out_of_scope": ("topic_zh", "topic_en"), "image": ()}
 
 
 @dataclass(frozen=True)
@@ -40,45 +54,145 @@ class Catalog:
     no_call: dict[str, list[dict]]
     image_marker: str
 
+    def pool_name(self, tool: dict, slot: str) -> str:
+        """A slot draws from the pool the tool maps it to, else from the pool named like the argument."""
+        return (tool.get("pools") or {}).get(slot, slot)
+
+    def pool(self, tool: dict, slot: str, lang: str) -> list:
+        return (self.slots.get(self.pool_name(tool, slot)) or {}).get(lang) or []
+
+    def tool_of_family(self) -> dict[str, str]:
+        return {family["id"]: name for name, tool in self.tools.items() for family in tool["families"]}
+
 
 def load_catalog(path: str | Path) -> Catalog:
     """Read and check a catalog; a broken tool or template fails naming the file, tool and template."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"catalog {path} does not exist: set `catalog` in the recipe to an existing YAML file")
-    raw = yaml.safe_load(path.read_text())
-    tools = {tool["name"]: tool for tool in raw["tools"]}
-    catalog = Catalog(path, tools, raw["slots"], raw["no_call"], raw.get("image_marker", "<start_of_image>"))
-    for tool in tools.values():
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML ({_brief(exc)}); fix the syntax") from exc
+    for section in ("tools", "slots", "no_call"):
+        if not raw.get(section):
+            raise UsageError(f"{path}: no `{section}` section; see recipes/gemma-3-270m-it/catalog.yaml")
+    catalog = Catalog(path, _tools_by_name(path, raw["tools"]), raw["slots"], raw["no_call"],
+                      raw.get("image_marker", "<start_of_image>"))  # fmt: skip
+    for tool in catalog.tools.values():
         _check_tool(catalog, tool)
+    _check_templates_unique(catalog)
+    _check_no_call(catalog)
     return catalog
 
 
+def _tools_by_name(path: Path, tools: list[dict]) -> dict[str, dict]:
+    by_name: dict[str, dict] = {}
+    for tool in tools:
+        name = tool.get("name")
+        if not name or name in by_name:
+            raise UsageError(f"{path}: tool name '{name}' is missing or used twice; give every tool a unique name")
+        by_name[name] = tool
+    return by_name
+
+
 def _check_tool(catalog: Catalog, tool: dict) -> None:
-    where = f"{catalog.path}: tool '{tool.get('name')}'"
+    where = f"{catalog.path}: tool '{tool['name']}'"
+    for key in ("domain", "description", "parameters"):
+        if not tool.get(key):
+            raise UsageError(f"{where}: no `{key}`; add it")
     try:
         jsonschema.Draft202012Validator.check_schema(tool["parameters"])
-    except (KeyError, jsonschema.SchemaError) as exc:
+    except jsonschema.SchemaError as exc:
         raise UsageError(f"{where}: `parameters` is not a valid JSON schema ({_brief(exc)}); fix the schema") from exc
+    if tool["parameters"].get("type") != "object":
+        raise UsageError(f"{where}: `parameters` must be a JSON schema with `type: object`; fix the schema")
+    families = tool.get("families") or []
+    if len(families) < MIN_FAMILIES:
+        raise UsageError(
+            f"{where}: {len(families)} paraphrase families; add at least {MIN_FAMILIES} "
+            "so that train, validation and test each get their own"
+        )
+    if len({family.get("id") for family in families}) != len(families) or not all(f.get("id") for f in families):
+        raise UsageError(f"{where}: every family needs an `id`, unique within the tool; fix the ids")
+    pools_checked: set[tuple[str, str]] = set()
+    for family in families:
+        for lang in LANGS:
+            if not family.get(lang):
+                raise UsageError(f"{where}, family '{family['id']}': no `{lang}` templates; add at least one")
+            for template in family[lang]:
+                _check_template(catalog, tool, template, lang, f"{where}, template '{template}'", pools_checked)
+
+
+def _check_template(catalog: Catalog, tool: dict, template: str, lang: str, where: str, pools_checked: set) -> None:
     properties = tool["parameters"].get("properties", {})
-    for family in tool.get("families") or []:
-        for lang in ("zh", "en"):
-            for template in family.get(lang, []):
-                slots = set(SLOT.findall(template))
-                unknown = slots - properties.keys() or slots - catalog.slots.keys()
-                missing = set(tool["parameters"].get("required", [])) - slots
-                if unknown:
+    slots = SLOT.findall(template)
+    if len(set(slots)) != len(slots):
+        raise UsageError(f"{where}: a slot appears twice; state each argument once")
+    for slot in slots:
+        if slot not in properties:
+            raise UsageError(
+                f"{where}: slot {slot} is not an argument of the tool; add it to `parameters.properties` or fix the name"
+            )
+        if not catalog.pool(tool, slot, lang):
+            raise UsageError(
+                f"{where}: slot {slot} has no {lang} value pool '{catalog.pool_name(tool, slot)}'; add it under `slots`"
+            )
+        if (slot, lang) not in pools_checked:
+            pools_checked.add((slot, lang))
+            for entry in catalog.pool(tool, slot, lang):
+                _check_entry(entry, properties[slot], f"{where}, pool '{catalog.pool_name(tool, slot)}'")
+    missing = set(tool["parameters"].get("required", [])) - set(slots)
+    if missing:
+        raise UsageError(
+            f"{where}: required argument {sorted(missing)[0]} is never stated; add its slot to the template"
+        )
+
+
+def _check_entry(entry, schema: dict, where: str) -> None:
+    """A plain entry is copied as written; a {text, value} entry is allowed only where copying cannot work."""
+    value = entry
+    if isinstance(entry, dict):
+        if set(entry) != {"text", "value"}:
+            raise UsageError(f"{where}: entry {entry} must be a plain value or have exactly `text` and `value`")
+        if "enum" not in schema and schema.get("type") not in ("integer", "number"):
+            raise UsageError(
+                f"{where}: entry {entry} maps text to a different value for a free-text argument; "
+                "values are copied as written, so use a plain entry"
+            )
+        value = entry["value"]
+    error = next(iter(jsonschema.Draft202012Validator(schema).iter_errors(value)), None)
+    if error is not None:
+        raise UsageError(f"{where}: value {value!r} breaks the argument's schema ({error.message}); fix the entry")
+
+
+def _check_templates_unique(catalog: Catalog) -> None:
+    """One template in two families would put the same utterances on both sides of a split."""
+    seen: dict[str, str] = {}
+    for name, tool in catalog.tools.items():
+        for family in tool["families"]:
+            for template in (t for lang in LANGS for t in family[lang]):
+                owner = f"tool '{name}' family '{family['id']}'"
+                if template in seen and seen[template] != owner:
                     raise UsageError(
-                        f"{where}, template '{template}': slot {sorted(unknown)[0]} is not an argument "
-                        "with a value pool; add it to `properties` and `slots` or fix the name"
+                        f"{catalog.path}: template '{template}' is in {seen[template]} and {owner}; "
+                        "keep each template in one family"
                     )
-                if missing:
-                    raise UsageError(
-                        f"{where}, template '{template}': required argument {sorted(missing)[0]} "
-                        "is never stated; add its slot to the template"
-                    )
-    if not tool.get("families"):
-        raise UsageError(f"{where}: no `families` of utterance templates; add at least one")
+                seen[template] = owner
+
+
+def _check_no_call(catalog: Catalog) -> None:
+    for kind, fields in NO_CALL_FIELDS.items():
+        items = catalog.no_call.get(kind) or []
+        if len(items) < MIN_FAMILIES:
+            raise UsageError(
+                f"{catalog.path}: `no_call.{kind}` has {len(items)} items; add at least {MIN_FAMILIES} "
+                "so that train and evaluation get different ones"
+            )
+        for item in items:
+            missing = [key for key in (*LANGS, *fields) if not item.get(key)]
+            if missing:
+                raise UsageError(f"{catalog.path}: `no_call.{kind}` item {item} has no `{missing[0]}`; add it")
 
 
 def _brief(exc: Exception) -> str:
@@ -99,163 +213,244 @@ def render_call(tool_name: str, arguments: dict) -> str:
     return json.dumps({"tool_name": tool_name, "arguments": arguments}, ensure_ascii=False)
 
 
-def _held_out(value: object, seed: int) -> bool:
-    """About one slot value in five is kept out of train, so the test split has values the model never saw."""
-    digest = hashlib.sha256(f"{seed}:{json.dumps(value, ensure_ascii=False)}".encode()).digest()
-    return digest[0] % 5 == 0
+def held_out(entry, seed: int) -> bool:
+    """About one copied value in five is kept out of train, so evaluation has values the model never saw.
+
+    A mapped entry ({text, value}) is never held out: the model cannot copy it, so it must see the mapping.
+    """
+    if isinstance(entry, dict):
+        return False
+    digest = hashlib.sha256(f"{seed}:{json.dumps(entry, ensure_ascii=False)}".encode()).digest()
+    return digest[0] % HELD_OUT_ONE_IN == 0
 
 
-def _family_split(index: int, count: int) -> str:
-    if count >= 3:
-        return "test" if index == count - 1 else "validation" if index == count - 2 else "train"
-    return "train" if index == 0 else "test"  # too few families for three splits: validation shares test's
+def family_split(index: int, count: int) -> str:
+    return "test" if index == count - 1 else "validation" if index == count - 2 else "train"
+
+
+@dataclass(frozen=True)
+class Utterance:
+    tool: dict
+    lang: str
+    family: str
+    template: str
+    text: str
+    shown: dict
+    arguments: dict
 
 
 class Generator:
+    """Rows of one split, drawn from a random stream seeded by the recipe's seed and the split's name."""
+
     def __init__(self, catalog: Catalog, system_prompt: str, args, split: str):
         self.catalog, self.system_prompt, self.args, self.split = catalog, system_prompt, args, split
         self.rng = random.Random(f"{args.dataset_seed}:{split}")
-        self.families = self._families_for_split()
+        self.families = {
+            name: [f for i, f in enumerate(tool["families"]) if family_split(i, len(tool["families"])) == split]
+            for name, tool in catalog.tools.items()
+        }
+        self.rendered = {name: render_tool(tool) for name, tool in catalog.tools.items()}
+        self._tool_queue: list[str] = []
 
-    def _families_for_split(self) -> list[tuple[dict, dict]]:
-        chosen = []
-        for tool in self.catalog.tools.values():
-            families = sorted(tool["families"], key=lambda f: f["id"])
-            chosen += [(tool, f) for i, f in enumerate(families) if self._family_in_split(i, len(families))]
-        return chosen
+    def _next_tool(self) -> dict:
+        """Tools in shuffled rounds, so every tool appears once the split has as many calls as tools."""
+        if not self._tool_queue:
+            self._tool_queue = list(self.catalog.tools)
+            self.rng.shuffle(self._tool_queue)
+        return self.catalog.tools[self._tool_queue.pop()]
 
-    def _family_in_split(self, index: int, count: int) -> bool:
-        split = _family_split(index, count)
-        return split == self.split or (split == "test" and self.split == "validation" and count < 3)
-
-    def _value(self, slot: str, lang: str):
-        pool = self.catalog.slots[slot][lang]
+    def _entry(self, tool: dict, slot: str, lang: str):
+        pool = self.catalog.pool(tool, slot, lang)
         if self.split == "train":
-            pool = [v for v in pool if not _held_out(v, self.args.dataset_seed)] or pool
+            pool = [e for e in pool if not held_out(e, self.args.dataset_seed)] or pool
         return self.rng.choice(pool)
 
-    def _prompt_tools(self, target: str | None, exclude: str | None = None) -> list[dict]:
-        others = [t for name, t in self.catalog.tools.items() if name not in (target, exclude)]
-        near = [t for t in others if target and t["domain"] == self.catalog.tools[target]["domain"]]
-        count = self.rng.randint(0 if target else 1, self.args.max_distractors)
-        picked = self.rng.sample(near, min(len(near), self.rng.randint(0, count))) if near else []
+    def utterance(self, tool: dict) -> Utterance:
+        family = self.rng.choice(self.families[tool["name"]])
+        lang = self.rng.choice(LANG_DRAW)
+        template = self.rng.choice(family[lang])
+        text, shown, values = template, {}, {}
+        for slot in SLOT.findall(template):
+            entry = self._entry(tool, slot, lang)
+            shown[slot], values[slot] = (
+                (entry["text"], entry["value"]) if isinstance(entry, dict) else (str(entry), entry)
+            )
+            text = text.replace("{" + slot + "}", shown[slot], 1)
+        order = list(tool["parameters"].get("properties", {}))  # arguments in schema order: one target per request
+        arguments = {slot: values[slot] for slot in sorted(values, key=order.index)}
+        return Utterance(tool, lang, family["id"], template, text, shown, arguments)
+
+    def _prompt_tools(self, target: dict | None, absent: dict | None = None) -> list[dict]:
+        """Distractors in shuffled order, often near-misses: tools of the same domain (create vs query vs delete)."""
+        anchor = target or absent
+        names = {t["name"] for t in (target, absent) if t}
+        others = [t for t in self.catalog.tools.values() if t["name"] not in names]
+        most = min(self.args.max_distractors, len(others))
+        count = self.rng.randint(min(most, 0 if target else 1), most)  # a no-call prompt shows a tool when it may
+        near = [t for t in others if anchor and t["domain"] == anchor["domain"]]
+        picked = self.rng.sample(near, min(len(near), self.rng.randint(0, count)))
         rest = [t for t in others if t not in picked]
-        picked += self.rng.sample(rest, max(0, min(len(rest), count - len(picked))))
-        tools = picked + ([self.catalog.tools[target]] if target else [])
+        picked += self.rng.sample(rest, count - len(picked))
+        tools = picked + ([target] if target else [])
         self.rng.shuffle(tools)
         return tools
 
     def call(self, image: bool = False) -> dict:
-        tool, family = self.rng.choice(self.families)
-        lang = self.rng.choice(["zh", "zh", "en"]) if family.get("en") else "zh"
-        template = self.rng.choice(family[lang])
-        arguments, text = {}, template
-        for slot in SLOT.findall(template):
-            value = self._value(slot, lang)
-            shown, arg = (value["text"], value["value"]) if isinstance(value, dict) else (value, value)
-            text, arguments[slot] = text.replace("{" + slot + "}", shown, 1), arg
-        if image:
-            text = f"{self.catalog.image_marker}{text}"
-        tools = self._prompt_tools(tool["name"])
-        return self._row("image_call" if image else "call", lang, family["id"], text, tools, tool["name"], arguments)
+        said = self.utterance(self._next_tool())
+        text = f"{self.catalog.image_marker}{said.text}" if image else said.text
+        tools = self._prompt_tools(said.tool)
+        completion = render_call(said.tool["name"], said.arguments)
+        return self._row("image_call" if image else "call", said, text, tools, completion, said.tool["name"])
 
-    def no_call(self) -> dict:
-        kind = self.rng.choice(["chat", "out_of_scope", "missing_tool", "image"])
-        lang = self.rng.choice(["zh", "zh", "en"])
-        if kind == "missing_tool":
-            row = self.call()
-            absent = row["tool_name"]
-            text, lang, family = row["user"], row["lang"], row["family"]
-            return self._row(
-                kind, lang, family, text, self._prompt_tools(None, exclude=absent), None, NO_TOOL_REPLY[lang]
-            )
+    def no_call(self, kind: str) -> dict:
+        if kind == "missing_tool":  # a real request whose tool is not shown (its near-misses may be)
+            said = self.utterance(self._next_tool())
+            return self._row(kind, said, said.text, self._prompt_tools(None, said.tool), NO_TOOL_REPLY[said.lang])
         items = self.catalog.no_call[kind]
-        index = self._item_index(len(items))
-        item = items[index]
-        text = item[lang]
+        index = self.rng.choice(self._item_indices(len(items)))
+        item, lang = items[index], self.rng.choice(LANG_DRAW)
+        said = Utterance({}, lang, f"{kind}_{index}", item[lang], item[lang], {}, {})
         if kind == "chat":
-            reply = item[f"reply_{lang}"]
-        elif kind == "out_of_scope":
+            return self._row(kind, said, item[lang], self._prompt_tools(None), item[f"reply_{lang}"])
+        if kind == "out_of_scope":
             reply = OUT_OF_SCOPE_REPLY[lang].format(topic=item[f"topic_{lang}"])
-        else:
-            text, reply = f"{self.catalog.image_marker}{text}", IMAGE_REPLY[lang]
-        return self._row(kind, lang, f"{kind}_{index}", text, self._prompt_tools(None), None, reply)
+            return self._row(kind, said, item[lang], self._prompt_tools(None), reply)
+        return self._row(
+            kind, said, f"{self.catalog.image_marker}{item[lang]}", self._prompt_tools(None), IMAGE_REPLY[lang]
+        )
 
-    def _item_index(self, count: int) -> int:
-        indices = [i for i in range(count) if _family_split(i, count) in self._splits_seen()]
-        return self.rng.choice(indices or list(range(count)))
+    def _item_indices(self, count: int) -> list[int]:
+        """No-call items split like families; validation and test share theirs (too few items to split three ways)."""
+        allowed = {"train"} if self.split == "train" else {"validation", "test"}
+        return [i for i in range(count) if family_split(i, count) in allowed]
 
-    def _splits_seen(self) -> set[str]:
-        return {"train"} if self.split == "train" else {"validation", "test"}
-
-    def _row(self, kind, lang, family, text, tools, tool_name, target) -> dict:
-        completion = render_call(tool_name, target) if tool_name else target
+    def _row(self, kind: str, said: Utterance, text: str, tools: list[dict], completion: str, tool_name: str = ""):
+        system = self.system_prompt.replace("{tools}", " ".join(self.rendered[t["name"]] for t in tools))
         return {
-            "prompt": [
-                {"role": "system", "content": render_system_prompt(self.system_prompt, tools)},
-                {"role": "user", "content": text},
-            ],
+            "prompt": [{"role": "system", "content": system}, {"role": "user", "content": text}],
             "completion": [{"role": "assistant", "content": completion}],
             "kind": kind,
-            "lang": lang,
-            "family": family,
+            "lang": said.lang,
+            "family": said.family,
             "user": text,
             "tools": [t["name"] for t in tools],
-            "tool_name": tool_name or "",
-            "arguments": json.dumps(target, ensure_ascii=False) if tool_name else "",
+            "tool_name": tool_name,
+            "arguments": json.dumps(said.arguments, ensure_ascii=False) if tool_name else "",
+            "template": said.template,
+            "values": json.dumps(said.shown, ensure_ascii=False),
         }
 
     def rows(self, count: int) -> list[dict]:
         no_calls = round(count * self.args.no_call_share)
-        image_calls = max(1, count // 20)
-        kinds = ["no_call"] * no_calls + ["image_call"] * image_calls + ["call"] * (count - no_calls - image_calls)
-        rows = [self.no_call() if k == "no_call" else self.call(image=k == "image_call") for k in kinds]
+        image_calls = min(count - no_calls, round(count * IMAGE_CALL_SHARE))
+        rows = [self.call() for _ in range(count - no_calls - image_calls)]  # calls first: they cover every tool
+        rows += [self.call(image=True) for _ in range(image_calls)]
+        rows += [self.no_call(NO_CALL_KINDS[i % len(NO_CALL_KINDS)]) for i in range(no_calls)]
         self.rng.shuffle(rows)
         for i, row in enumerate(rows):
             row["id"] = f"{self.split}-{i:06d}"
         return rows
 
 
-def validate_row(row: dict, catalog: Catalog) -> None:
-    """A call must name a tool shown in its own prompt and satisfy that tool's schema."""
-    if not row["tool_name"]:
-        return
-    where = f"row {row.get('id', '?')} (family '{row['family']}')"
-    if row["tool_name"] not in row["tools"] or row["tool_name"] not in catalog.tools:
-        raise UsageError(
-            f"{where}: target tool '{row['tool_name']}' is not in its prompt's tool list; fix the generator"
-        )
-    schema = {**catalog.tools[row["tool_name"]]["parameters"], "additionalProperties": False}
-    try:
-        jsonschema.validate(json.loads(row["arguments"]), schema)
-    except jsonschema.ValidationError as exc:
-        raise UsageError(
-            f"{where}: arguments break the schema of '{row['tool_name']}' ({exc.message}); "
-            "fix the template or the slot pool"
-        ) from exc
+class RowValidator:
+    """Checks one generated row: a call names a tool shown in its own prompt and satisfies that tool's schema."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self.rendered = {name: render_tool(tool) for name, tool in catalog.tools.items()}
+        self.validators = {
+            name: jsonschema.Draft202012Validator({**tool["parameters"], "additionalProperties": False})
+            for name, tool in catalog.tools.items()
+        }
+        self.tool_of_family = catalog.tool_of_family()
+
+    def check(self, row: dict) -> None:
+        where = f"row {row.get('id', '?')} (family '{row['family']}', template '{row['template']}')"
+        if row["kind"] not in KINDS:
+            raise UsageError(f"{where}: unknown kind '{row['kind']}'; use one of {', '.join(KINDS)}")
+        if row["kind"] in CALL_KINDS:
+            self._check_call(row, where)
+        elif row["tool_name"]:
+            raise UsageError(f"{where}: a {row['kind']} row names tool '{row['tool_name']}'; fix the generator")
+        elif row["kind"] == "missing_tool" and self.tool_of_family[row["family"]] in row["tools"]:
+            raise UsageError(
+                f"{where}: tool '{self.tool_of_family[row['family']]}' is in the prompt of a missing_tool row; "
+                "fix the generator"
+            )
+
+    def _check_call(self, row: dict, where: str) -> None:
+        name = row["tool_name"]
+        system = row["prompt"][0]["content"]
+        if name not in self.rendered or name not in row["tools"] or self.rendered[name] not in system:
+            raise UsageError(f"{where}: target tool '{name}' is not in its prompt's tool list; fix the generator")
+        arguments = json.loads(row["arguments"])
+        error = next(iter(self.validators[name].iter_errors(arguments)), None)
+        if error is not None:
+            raise UsageError(
+                f"{where}: arguments {row['arguments']} break the schema of '{name}' ({error.message}); "
+                "fix the template or the slot pool"
+            )
+        if row["completion"][0]["content"] != render_call(name, arguments):
+            raise UsageError(f"{where}: completion does not match its target call to '{name}'; fix the generator")
+
+
+def check_rows(splits: dict[str, list[dict]], catalog: Catalog) -> None:
+    validator = RowValidator(catalog)
+    for rows in splits.values():
+        for row in rows:
+            validator.check(row)
 
 
 def check_leaks(splits: dict[str, list[dict]]) -> list[str]:
-    """User messages of validation/test that also occur in train (the build fails if any)."""
-    seen = {row["user"] for row in splits["train"]}
-    return sorted({row["user"] for name in ("validation", "test") for row in splits[name] if row["user"] in seen})
+    """Validation/test rows whose user message, or whose (template, values) pair, also occurs in train."""
+    users = {row["user"] for row in splits["train"]}
+    pairs = {(row["template"], row["values"]) for row in splits["train"]}
+    leaks = set()
+    for name in ("validation", "test"):
+        for row in splits[name]:
+            if row["user"] in users:
+                leaks.add(f"{name} user message '{row['user']}' is in train")
+            elif (row["template"], row["values"]) in pairs:
+                leaks.add(f"{name} template '{row['template']}' with values {row['values']} is in train")
+    return sorted(leaks)
 
 
-def build_splits(recipe) -> dict[str, list[dict]]:
-    args = recipe.data
-    catalog = load_catalog(args.catalog)
-    system_prompt = Path(args.system_prompt).read_text()
-    sizes = {"train": args.num_train, "validation": args.num_validation, "test": args.num_test}
-    splits = {name: Generator(catalog, system_prompt, args, name).rows(sizes[name]) for name in SPLITS}
-    for rows in splits.values():
-        for row in rows:
-            validate_row(row, catalog)
+def assert_no_leaks(splits: dict[str, list[dict]]) -> None:
     leaks = check_leaks(splits)
     if leaks:
         raise UsageError(
-            f"{len(leaks)} evaluation user messages also occur in train (e.g. '{leaks[0]}'); "
-            "give the tool more paraphrase families or larger slot pools"
+            f"{len(leaks)} leaks from train into evaluation (e.g. {leaks[0]}); "
+            "reword that family's templates so no train family can produce the same message"
         )
+
+
+def _check_mix(args) -> None:
+    if not 0 <= args.no_call_share <= 1:
+        raise UsageError(f"no_call_share is {args.no_call_share}; set it between 0 and 1 (default 0.25)")
+    for name in ("num_train", "num_validation", "num_test", "max_distractors"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"{name} is {getattr(args, name)}; set it to 0 or more")
+
+
+def _read_system_prompt(path: str) -> str:
+    if not Path(path).is_file():
+        raise UsageError(f"system prompt {path} does not exist: set `system_prompt` in the recipe to a text file")
+    text = Path(path).read_text()
+    if "{tools}" not in text:
+        raise UsageError(f"{path}: no `{{tools}}` placeholder; add it where the tool list goes")
+    return text
+
+
+def build_splits(recipe, catalog: Catalog | None = None) -> dict[str, list[dict]]:
+    """Generate all three splits and check every row and every split boundary; raises before anything is written."""
+    args = recipe.data
+    _check_mix(args)
+    catalog = catalog or load_catalog(args.catalog)
+    system_prompt = _read_system_prompt(args.system_prompt)
+    sizes = {"train": args.num_train, "validation": args.num_validation, "test": args.num_test}
+    splits = {name: Generator(catalog, system_prompt, args, name).rows(sizes[name]) for name in SPLITS}
+    check_rows(splits, catalog)
+    assert_no_leaks(splits)
     return splits
 
 
@@ -267,10 +462,54 @@ def content_hash(splits: dict[str, list[dict]]) -> str:
     return digest.hexdigest()
 
 
-def write_dataset(splits: dict[str, list[dict]], out: Path) -> None:
-    from datasets import Dataset, DatasetDict
+def split_mix(rows: list[dict], catalog: Catalog, train_values: set[str]) -> dict:
+    """What one split holds: counts per kind, language and tool, the no-call share, rows with unseen values."""
+    kinds = Counter(row["kind"] for row in rows)
+    tools = Counter(row["tool_name"] for row in rows if row["tool_name"])
+    unseen = sum(any(v not in train_values for v in json.loads(row["values"]).values()) for row in rows)
+    return {
+        "kind": {kind: kinds[kind] for kind in KINDS},
+        "lang": {lang: sum(row["lang"] == lang for row in rows) for lang in LANGS},
+        "tool": {name: tools[name] for name in catalog.tools},
+        "no_call_share": round(sum(kinds[k] for k in NO_CALL_KINDS) / len(rows), 4) if rows else 0.0,
+        "rows_with_unseen_values": unseen,
+        "longest_prompt_chars": max((sum(len(m["content"]) for m in row["prompt"]) for row in rows), default=0),
+    }
 
-    DatasetDict({name: Dataset.from_list(rows) for name, rows in splits.items()}).save_to_disk(out / "hf")
+
+def dataset_facts(splits: dict[str, list[dict]], catalog: Catalog, recipe) -> dict:
+    """The manifest's account of the data; the dataset card reads its numbers from here."""
+    train_values = {v for row in splits["train"] for v in json.loads(row["values"]).values()}
+    return {
+        "rows": {name: len(rows) for name, rows in splits.items()},
+        "mix": {name: split_mix(rows, catalog, train_values) for name, rows in splits.items()},
+        "no_call_share": recipe.data.no_call_share,
+        "dataset_seed": recipe.data.dataset_seed,
+        "catalog": str(catalog.path),
+        "catalog_sha256": hashlib.sha256(catalog.path.read_bytes()).hexdigest(),
+        "tools": len(catalog.tools),
+        "domains": sorted({tool["domain"] for tool in catalog.tools.values()}),
+        "image_marker": catalog.image_marker,
+        "leaks": len(check_leaks(splits)),
+        "content_sha256": content_hash(splits),
+    }
+
+
+def _dataset(rows: list[dict], fingerprint: str):
+    from datasets import Dataset
+
+    # save_to_disk records the fingerprint in state.json: derive it from the content hash, so the saved bytes
+    # are stable by construction rather than by how the library happens to hash an in-memory table
+    table = Dataset.from_list(rows)
+    return Dataset(table.data, info=table.info, split=table.split, fingerprint=fingerprint)
+
+
+def write_dataset(splits: dict[str, list[dict]], out: Path) -> None:
+    from datasets import DatasetDict
+
+    digest = content_hash(splits)
+    fingerprints = {name: hashlib.sha256(f"{digest}:{name}".encode()).hexdigest()[:16] for name in splits}
+    DatasetDict({name: _dataset(rows, fingerprints[name]) for name, rows in splits.items()}).save_to_disk(out / "hf")
     for name, rows in splits.items():
         lines = (json.dumps(row, ensure_ascii=False, sort_keys=True) for row in rows)
         (out / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
@@ -288,11 +527,12 @@ def load_split(recipe, split: str):
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
     (recipe,) = parse_recipe(argv)
-    splits = build_splits(recipe)
-    counts = {name: len(rows) for name, rows in splits.items()}
-    with stage_output(recipe, "dataset", rows=counts, content_sha256=content_hash(splits)) as (out, _):
+    catalog = load_catalog(recipe.data.catalog)
+    splits = build_splits(recipe, catalog)
+    facts = dataset_facts(splits, catalog, recipe)
+    with stage_output(recipe, "dataset", **facts) as (out, _):
         write_dataset(splits, out)
-    print(f"dataset: {counts} -> {recipe.stage_dir('dataset')}")
+    print(f"dataset: {facts['rows']}, {facts['leaks']} leaks -> {recipe.stage_dir('dataset')}")
 
 
 if __name__ == "__main__":
