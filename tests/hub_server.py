@@ -9,10 +9,12 @@ and 404 with one that cannot see it, a write outside the token's namespaces is 4
 must run with HF_HUB_DISABLE_XET=1, as the Hub then falls back to LFS too.
 
 Usage: server = HubServer({"hf_alice": Account("alice")}).start(); os.environ["HF_ENDPOINT"] = server.url
+       python tests/hub_server.py --port 8080 --token hf_alice:alice     (standalone, until Ctrl-C)
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import fnmatch
 import hashlib
@@ -218,6 +220,8 @@ class HubHandler(BaseHTTPRequestHandler):
                     with self.state.lock:
                         return getattr(self, name)(body=body, **args)
             raise HubError(404, f"no route for {method} {parts.path}")
+        except (KeyError, ValueError, TypeError) as error:  # a malformed request, as the Hub answers it
+            self._send_json({"error": f"bad request: {error!r}"}, status=400)
         except HubError as error:
             headers = {"X-Error-Message": error.message, **error.headers}
             if error.code:
@@ -554,10 +558,10 @@ def _list_tree(files: dict[str, Blob], folder: str, recursive: bool) -> list[dic
 class HubServer:
     """The loopback Hub on a free port of 127.0.0.1, served from a daemon thread."""
 
-    def __init__(self, accounts: dict[str, Account]):
+    def __init__(self, accounts: dict[str, Account], port: int = 0):
         self.state = HubState(accounts)
         handler = type("BoundHubHandler", (HubHandler,), {"state": self.state})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
         self.url = self.state.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
@@ -572,3 +576,21 @@ class HubServer:
     def repo(self, repo_id: str, kind: str = "model") -> Repo | None:
         with self.state.lock:
             return self.state.repos.get((kind, repo_id))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description="Serve an in-memory Hub on 127.0.0.1 (HF_ENDPOINT=http://127.0.0.1:PORT)."
+    )
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--token", action="append", metavar="TOKEN:USER", help="a write token and its user (repeatable)"
+    )
+    tokens = [item.split(":", 1) for item in parser.parse_args().token or ["hf_local:alice"]]
+    server = HubServer({token: Account(user) for token, user in tokens}, port=parser.parse_args().port)
+    print(f"loopback Hub at {server.url}, tokens: {', '.join(f'{t} ({u})' for t, u in tokens)}", flush=True)
+    server.httpd.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

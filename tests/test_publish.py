@@ -316,3 +316,23 @@ def _closed_port_url() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_metrics_tables_are_generic_over_variants_and_interval_formats():
+    from sft_router.card import intervals_table, metrics_table
+
+    metrics = {
+        "baseline": {"exact_match_rate": 0.1, "total_samples": 24, "exact_match_rate_ci": [0.0, 0.25]},
+        "finetuned": {"exact_match_rate": 0.5, "average_argument_f1": 0.75, "total_samples": 24,
+                      "average_argument_f1_ci": {"low": 0.6, "high": 0.9}},
+        "gguf": {"exact_match_rate": 0.4583, "total_samples": 24, "exact_match_rate_ci_low": 0.25,
+                 "exact_match_rate_ci_high": 0.667},
+    }  # fmt: skip
+    table = metrics_table(metrics).splitlines()
+    assert [row.split(" | ")[0] for row in table[2:]] == ["| baseline", "| finetuned", "| gguf"]
+    assert table[3].startswith("| finetuned | 0.500 | - | 0.750 | - |") and table[4].endswith("| 24 |")
+    intervals = intervals_table(metrics).splitlines()
+    assert intervals[0] == "| model | exact match | argument F1 |"
+    assert intervals[2:] == ["| baseline | [0.000, 0.250] | - |", "| finetuned | - | [0.600, 0.900] |",
+                             "| gguf | [0.250, 0.667] | - |"]  # fmt: skip
+    assert intervals_table({"finetuned": {"exact_match_rate": 0.5}}) == ""

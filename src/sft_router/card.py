@@ -51,34 +51,39 @@ def read_metrics(recipe) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(eval_dir.glob("*/metrics.json"))}
 
 
-def _interval(value) -> tuple[float, float] | None:
-    """A bootstrap interval as the metric files may store it: [low, high] or {"low"/"lower"/"lo": ..., ...}."""
+def _interval(values: dict, key: str) -> tuple[float, float] | None:
+    """The bootstrap interval of `key` however a metrics file stores it: `<key>_ci` as [low, high] or as
+    {"low"/"lower"/"lo": ..., "high"/"upper"/"hi": ...}, or `<key>_ci_low` and `<key>_ci_high`."""
+    value = values.get(f"{key}_ci")
     if isinstance(value, (list, tuple)) and len(value) == 2:
         return float(value[0]), float(value[1])
-    if isinstance(value, dict):
-        bounds = [next((value[k] for k in keys if k in value), None) for keys in (LOW_KEYS, HIGH_KEYS)]
-        if None not in bounds:
-            return float(bounds[0]), float(bounds[1])
-    return None
+    if not isinstance(value, dict):
+        value = {"low": values.get(f"{key}_ci_low"), "high": values.get(f"{key}_ci_high")}
+    bounds = [next((value[k] for k in keys if value.get(k) is not None), None) for keys in (LOW_KEYS, HIGH_KEYS)]
+    return None if None in bounds else (float(bounds[0]), float(bounds[1]))
+
+
+def _cell(values: dict, key: str) -> str:
+    return f"{values[key]:.3f}" if isinstance(values.get(key), (int, float)) else "-"
 
 
 def metrics_table(metrics: dict[str, dict]) -> str:
     header = "| model | " + " | ".join(label for _, label in HEADLINE) + " | rows |"
     lines = [header, "|" + "---|" * (len(HEADLINE) + 2)]
     for name, values in metrics.items():
-        cells = " | ".join(f"{values.get(key, float('nan')):.3f}" for key, _ in HEADLINE)
-        lines.append(f"| {name} | {cells} | {values['total_samples']} |")
+        cells = " | ".join(_cell(values, key) for key, _ in HEADLINE)
+        lines.append(f"| {name} | {cells} | {values.get('total_samples', '-')} |")
     return "\n".join(lines)
 
 
 def intervals_table(metrics: dict[str, dict]) -> str:
-    """Bootstrap 95% intervals for every headline metric whose `<key>_ci` some metrics file carries ("" if none)."""
-    keys = [(key, label) for key, label in HEADLINE if any(_interval(v.get(f"{key}_ci")) for v in metrics.values())]
+    """Bootstrap 95% intervals of the headline metrics that some metrics file carries intervals for ("" if none)."""
+    keys = [(key, label) for key, label in HEADLINE if any(_interval(v, key) for v in metrics.values())]
     if not keys:
         return ""
     lines = ["| model | " + " | ".join(label for _, label in keys) + " |", "|" + "---|" * (len(keys) + 1)]
     for name, values in metrics.items():
-        spans = [_interval(values.get(f"{key}_ci")) for key, _ in keys]
+        spans = [_interval(values, key) for key, _ in keys]
         lines.append(f"| {name} | " + " | ".join(f"[{s[0]:.3f}, {s[1]:.3f}]" if s else "-" for s in spans) + " |")
     return "\n".join(lines)
 
