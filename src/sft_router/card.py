@@ -207,8 +207,9 @@ def main(argv: list[str] | None = None) -> None:
         for folder, card in ((out, model_card), (out / "gguf", gguf_card)):
             folder.mkdir(exist_ok=True)
             card.save(folder / "README.md")
-            for name, source in card_images(recipe).items():  # beside the card, as in the repo it describes
-                shutil.copyfile(source, folder / name)
+            for name, source in card_images(recipe).items():  # the figures it embeds, beside it as in its repo
+                if f"]({name})" in card.text:
+                    shutil.copyfile(source, folder / name)
         (out / "dataset").mkdir()
         dataset_card.save(out / "dataset" / "README.md")
     print(f"card: {recipe.stage_dir('card') / 'README.md'} and {recipe.stage_dir('card') / 'gguf' / 'README.md'}")

@@ -17,6 +17,7 @@ Usage: python -m sft_router.publish --config recipes/tiny/router.yaml           
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -223,29 +224,40 @@ def _hub_error(exc, ns: str, endpoint: str) -> UsageError:
     return UsageError(f"the Hub at {endpoint} refused the push (HTTP {status}: {reason}): fix that and rerun")
 
 
-def push_staged(recipe, staged: dict[str, Path], token: str) -> dict[str, str | None]:
-    """Push each staged folder as one commit; returns {repo id: new commit id, or None when unchanged}."""
-    from huggingface_hub import HfApi
+@contextlib.contextmanager
+def hub_errors_as_usage_errors(ns: str, endpoint: str):
+    """Turn the client's HTTP and network errors into one line naming the cause and the fix."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    api = HfApi(token=token)
-    ids, ns = repo_ids(recipe), namespace(recipe)
-    message = commit_message(recipe)
     try:
-        check_write_access(api, ns)
-        return {
-            ids[kind]: push_folder(
-                api, ids[kind], "dataset" if kind == "dataset" else "model", folder, recipe.publish.private, message
-            )  # fmt: skip
-            for kind, folder in staged.items()
-        }
+        yield
     except HfHubHTTPError as exc:
-        raise _hub_error(exc, ns, api.endpoint) from exc
+        raise _hub_error(exc, ns, endpoint) from exc
     except network_errors() as exc:
         raise UsageError(
-            f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}): check the network or HF_ENDPOINT, "
-            "then rerun"
+            f"cannot reach the Hub at {endpoint} ({type(exc).__name__}): check the network or HF_ENDPOINT, then rerun"
         ) from exc
+
+
+def connect(recipe, token: str):
+    """An HfApi for `token`, checked before anything is staged or created: the token is valid and may write."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with hub_errors_as_usage_errors(namespace(recipe), api.endpoint):
+        check_write_access(api, namespace(recipe))
+    return api
+
+
+def push_staged(api, recipe, staged: dict[str, Path]) -> dict[str, str | None]:
+    """Push each staged folder as one commit; returns {repo id: new commit id, or None when unchanged}."""
+    ids, message = repo_ids(recipe), commit_message(recipe)
+    with hub_errors_as_usage_errors(namespace(recipe), api.endpoint):
+        types = {kind: "dataset" if kind == "dataset" else "model" for kind in staged}
+        return {
+            ids[kind]: push_folder(api, ids[kind], types[kind], folder, recipe.publish.private, message)
+            for kind, folder in staged.items()
+        }
 
 
 @one_line_errors
@@ -257,12 +269,13 @@ def main(argv: list[str] | None = None) -> None:
     stage = "hub-data" if kinds == ["dataset"] else "hub"
     ids = repo_ids(recipe)
     token = os.environ.get("HF_TOKEN")
+    api = connect(recipe, token) if token else None
     with stage_output(recipe, stage, repos={k: ids[k] for k in kinds}) as (out, facts):
         staged = {kind: out / ids[kind] for kind in kinds}
         for kind, path in staged.items():
             STAGERS[kind](recipe, path)
-        if token:
-            facts["commits"] = push_staged(recipe, staged, token)
+        if api is not None:
+            facts["commits"] = push_staged(api, recipe, staged)
     final = recipe.stage_dir(stage)
     if token:
         for repo_id, commit in facts["commits"].items():
