@@ -54,9 +54,9 @@ def tiny_png(width: int = 2, height: int = 2) -> bytes:
 def copy_run(tiny_run: Path, dest: Path) -> Path:
     """A workspace holding a copy of the tiny run (its stages' outputs, not its Hub staging or checkpoints)."""
     ws = make_workspace(dest)
-    shutil.copytree(
-        tiny_run / "runs/tiny", ws / "runs/tiny", ignore=shutil.ignore_patterns("hub", "hub-data", "train")
-    )
+    source = tiny_run / "runs/tiny"
+    skipped = {"hub", "hub-data", "train"}  # top-level stage folders only (dataset/hf/train is a split)
+    shutil.copytree(source, ws / "runs/tiny", ignore=lambda folder, names: skipped if Path(folder) == source else ())
     return ws
 
 
@@ -81,20 +81,23 @@ def published(tiny_run, hub, tmp_path_factory):
     run = ws / "runs/tiny"
     for figure in (run / "eval/comparison.png", run / "adapter/training_curves.png"):
         figure.exists() or figure.write_bytes(tiny_png())
-    shutil.rmtree(run / "card")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(ws)
-        from sft_router import card
-
-        card.main(["--config", TINY])  # again, so that the cards embed the figures
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
     env |= {"HF_TOKEN": TOKEN, "HUB_NAMESPACE": NS, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1",
             "PYTHONPATH": str(ROOT / "src")}  # fmt: skip
+    installed = str(ROOT / "pyproject.toml")  # stands for .venv/.installed: `-o` keeps make from reinstalling
     make = ["make", "-f", str(ROOT / "Makefile"), "publish", f"RECIPE={TINY}", f"PY={sys.executable}",
-            f"VENV={ROOT / 'pyproject.toml'}"]  # fmt: skip
+            f"VENV={installed}", "-o", installed]  # fmt: skip
     result = subprocess.run(make, cwd=ws, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert [line for line in result.stdout.splitlines() if "-m sft_router." in line] == [
+        f"{sys.executable} -m sft_router.publish --config {TINY}"
+    ]  # the finished stages were not rerun
     return ws, result.stdout
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The `error: ...` lines (progress bars from staging may precede them on stderr)."""
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
 
 
 def hub_api(token=TOKEN):
@@ -127,7 +130,7 @@ def test_model_repo_reads_back_byte_identical(published, online, tmp_path):
     sources = {name: run / "merged" / name for name in MODEL_FILES if "/" not in name}
     sources |= {"adapter/adapter_model.safetensors": run / "adapter/adapter_model.safetensors",
                 "adapter/adapter_config.json": run / "adapter/adapter_config.json",
-                "README.md": run / "card/README.md", "comparison.png": run / "eval/comparison.png",
+                "README.md": run / "hub" / REPOS["model"] / "README.md", "comparison.png": run / "eval/comparison.png",
                 "training_curves.png": run / "adapter/training_curves.png"}  # fmt: skip
     for name, source in sources.items():
         assert (local / name).read_bytes() == source.read_bytes(), name
@@ -173,6 +176,7 @@ def test_cards_carry_the_metric_files_numbers_as_model_index(published, online):
     assert "![baseline vs fine-tuned](comparison.png)" in card.text and "training_curves.png" in card.text
     assert (
         f"ollama run hf.co/{REPOS['gguf']}:Q8_0" in card.text
+        and f"# {REPOS['model']}\n" in card.text
         and "make all RECIPE=recipes/tiny/router.yaml" in card.text
     )
     assert hub_api().model_info(REPOS["model"]).model_index[0]["results"]  # the Hub sees the model-index too
@@ -191,16 +195,16 @@ def test_second_publish_of_an_unchanged_run_makes_no_commit(published, online, m
     assert {r: len(hub_api().list_repo_commits(r, repo_type=k)) for r, k in _types().items()} == before
 
 
-def test_a_changed_card_makes_one_commit_touching_only_that_repo(published, online, monkeypatch, capsys, tmp_path):
+def test_a_changed_file_makes_one_commit_touching_only_its_repo(published, online, monkeypatch, capsys, tmp_path):
     ws, _ = published
     monkeypatch.chdir(ws)
-    readme = ws / "runs/tiny/card/gguf/README.md"
-    readme.write_text(readme.read_text() + "\nOne more line.\n")
+    modelfile = ws / "runs/tiny/gguf/Modelfile"
+    modelfile.write_text((modelfile.read_text() if modelfile.exists() else "FROM ./tiny-Q8_0.gguf\n") + "# edited\n")
     before = {r: len(hub_api().list_repo_commits(r, repo_type=k)) for r, k in _types().items()}
     code, out, _ = publish([], {"HF_TOKEN": TOKEN, "HUB_NAMESPACE": NS}, monkeypatch, capsys)
     after = {r: len(hub_api().list_repo_commits(r, repo_type=k)) for r, k in _types().items()}
     assert code == 0 and {r: after[r] - before[r] for r in after} == {r: int(r == REPOS["gguf"]) for r in after}
-    assert "One more line." in Path(_download(REPOS["gguf"], "README.md", tmp_path)).read_text()
+    assert Path(_download(REPOS["gguf"], "Modelfile", tmp_path)).read_bytes() == modelfile.read_bytes()
 
 
 def test_private_repo_is_invisible_without_the_token(tiny_run, hub, online, monkeypatch, capsys, tmp_path):
@@ -242,7 +246,7 @@ def test_refused_push_fails_in_one_line_and_leaves_no_repo(
     repos_before = set(hub.state.repos)
     argv = ["--model_repo", "refused", "--gguf_repo", "refused-GGUF", "--dataset_repo", "refused-data"]
     code, out, err = publish(argv, {"HF_TOKEN": token, "HUB_NAMESPACE": namespace}, monkeypatch, capsys)
-    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert code == 2 and error_lines(err) == [err.splitlines()[-1]] and message in err, err
     assert set(hub.state.repos) == repos_before
     assert not (Path("runs/tiny/hub") / "manifest.json").exists()  # make will rerun the stage
 
@@ -252,7 +256,7 @@ def test_a_failed_commit_deletes_the_repo_it_created(tiny_run, hub, online, monk
     hub.state.commit_failures.append(503)
     argv = ["--only", "dataset", "--dataset_repo", "half-pushed"]
     code, _, err = publish(argv, {"HF_TOKEN": TOKEN, "HUB_NAMESPACE": NS}, monkeypatch, capsys)
-    assert code == 2 and "HTTP 503" in err and err.count("\n") == 1, err
+    assert code == 2 and error_lines(err) == [err.splitlines()[-1]] and "HTTP 503" in err, err
     assert hub.repo(f"{NS}/half-pushed", "dataset") is None and not hub.state.commit_failures
 
 

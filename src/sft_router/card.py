@@ -116,6 +116,15 @@ def card_images(recipe) -> dict[str, Path]:
     return {name: path for name, path in sources.items() if path.is_file()}
 
 
+def save_card(recipe, card, folder: Path) -> None:
+    """README.md and the figures it embeds, side by side as in the repo it describes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    card.save(folder / "README.md")
+    for name, source in card_images(recipe).items():
+        if f"]({name})" in card.text:
+            shutil.copyfile(source, folder / name)
+
+
 def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
     ids = repo_ids(recipe)
     return {
@@ -204,12 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     model_card, gguf_card = render_model_card(recipe, metrics), render_gguf_card(recipe, metrics)
     dataset_card = render_dataset_card(recipe)
     with stage_output(recipe, "card") as (out, _):
-        for folder, card in ((out, model_card), (out / "gguf", gguf_card)):
-            folder.mkdir(exist_ok=True)
-            card.save(folder / "README.md")
-            for name, source in card_images(recipe).items():  # the figures it embeds, beside it as in its repo
-                if f"]({name})" in card.text:
-                    shutil.copyfile(source, folder / name)
+        save_card(recipe, model_card, out)
+        save_card(recipe, gguf_card, out / "gguf")
         (out / "dataset").mkdir()
         dataset_card.save(out / "dataset" / "README.md")
     print(f"card: {recipe.stage_dir('card') / 'README.md'} and {recipe.stage_dir('card') / 'gguf' / 'README.md'}")

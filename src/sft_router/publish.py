@@ -1,7 +1,8 @@
 """Stage the dataset, model and GGUF repos of a run and push each to the Hub as one commit when a token is set.
 
 Every repo is first assembled under runs/<name>/hub/<namespace>/<repo>/ from an allow-list (no checkpoints,
-optimizer state, logs or .env files), so the staged folder is exactly what the repo will hold. With HF_TOKEN each
+optimizer state, logs or .env files), so the staged folder is exactly what the repo will hold. The cards are
+rendered again here, as `make card` renders them, so that they name the repos of this push's HUB_NAMESPACE. With HF_TOKEN each
 folder becomes one commit (files, card and deletions of files the run no longer makes), its message naming the
 recipe and the project's git commit; a folder whose files all match the remote tree makes no commit. A repo is
 never left half-pushed: it is created and filled in the same publish, and deleted again if that commit fails.
@@ -24,7 +25,15 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sft_router.card import namespace, render_dataset_card, repo_ids
+from sft_router.card import (
+    namespace,
+    read_metrics,
+    render_dataset_card,
+    render_gguf_card,
+    render_model_card,
+    repo_ids,
+    save_card,
+)
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, network_errors, one_line_errors
 from sft_router.run import git_commit, stage_output
@@ -32,7 +41,6 @@ from sft_router.run import git_commit, stage_output
 MODEL_FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
                "tokenizer_config.json", "tokenizer.model", "chat_template.jinja")  # fmt: skip
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-CARD_FILES = ("README.md", "comparison.png", "training_curves.png")  # a card and the figures it embeds
 GGUF_EXTRAS = ("Modelfile",)
 HUB_MANAGED = (".gitattributes",)  # written by the Hub when it creates a repo; never ours to delete
 TOKENS_PAGE = "https://huggingface.co/settings/tokens"
@@ -53,10 +61,6 @@ def _copy(files: list[Path], dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for path in files:
         shutil.copyfile(path, dest / path.name)
-
-
-def _card_folder(folder: Path) -> list[Path]:
-    return [folder / name for name in CARD_FILES if (folder / name).is_file()]
 
 
 def describe_splits(card_data, splits, parquet_bytes: int) -> None:
@@ -89,20 +93,19 @@ def stage_dataset(recipe, dest: Path) -> None:
 
 
 def stage_model(recipe, dest: Path) -> None:
-    merged, adapter, card = recipe.stage_dir("merged"), recipe.stage_dir("adapter"), recipe.stage_dir("card")
+    merged, adapter = recipe.stage_dir("merged"), recipe.stage_dir("adapter")
     _copy([_require(merged / name, "merge", recipe) for name in MODEL_FILES], dest)
     _copy([_require(adapter / name, "train", recipe) for name in ADAPTER_FILES], dest / "adapter")
-    _require(card / "README.md", "card", recipe)
-    _copy(_card_folder(card), dest)
+    save_card(recipe, render_model_card(recipe, read_metrics(recipe)), dest)
 
 
 def stage_gguf(recipe, dest: Path) -> None:
-    gguf, card = _require(recipe.stage_dir("gguf"), "gguf", recipe), recipe.stage_dir("card") / "gguf"
+    gguf = _require(recipe.stage_dir("gguf"), "gguf", recipe)
     ggufs = sorted(gguf.glob("*.gguf"))
     if not ggufs:
         raise UsageError(f"no .gguf file in {gguf}: run `make gguf RECIPE={recipe.path}` first")
-    _require(card / "README.md", "card", recipe)
-    _copy([*ggufs, *(gguf / name for name in GGUF_EXTRAS if (gguf / name).is_file()), *_card_folder(card)], dest)
+    _copy([*ggufs, *(gguf / name for name in GGUF_EXTRAS if (gguf / name).is_file())], dest)
+    save_card(recipe, render_gguf_card(recipe, read_metrics(recipe)), dest)
 
 
 STAGERS = {"dataset": stage_dataset, "model": stage_model, "gguf": stage_gguf}
