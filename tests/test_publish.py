@@ -24,20 +24,19 @@ MODEL_FILES = {"model.safetensors", "config.json", "generation_config.json", "to
                "adapter/adapter_model.safetensors", "README.md", "comparison.png", "training_curves.png"}  # fmt: skip
 
 
-def online_patch(mp: pytest.MonkeyPatch) -> None:
-    """The suite runs offline; these tests may reach the loopback Hub (and nothing else: HF_ENDPOINT points at it)."""
+@pytest.fixture
+def online(monkeypatch, tmp_path):
+    """The suite runs offline; these tests may reach the loopback Hub (nothing else: HF_ENDPOINT points at it),
+    downloading into their own cache rather than the user's."""
     import datasets.config
     import huggingface_hub.constants
 
+    mp = monkeypatch
+    mp.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub-cache"))
     mp.delenv("HF_HUB_OFFLINE", raising=False)
     mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     mp.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     mp.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
-
-
-@pytest.fixture
-def online(monkeypatch):
-    online_patch(monkeypatch)
 
 
 def tiny_png(width: int = 2, height: int = 2) -> bytes:
@@ -81,6 +80,11 @@ def published(tiny_run, hub, tmp_path_factory):
     run = ws / "runs/tiny"
     for figure in (run / "eval/comparison.png", run / "adapter/training_curves.png"):
         figure.exists() or figure.write_bytes(tiny_png())
+    gguf_metrics = run / "eval/gguf/metrics.json"
+    if not gguf_metrics.exists():  # stands for `make eval` scoring the GGUF: the finetuned numbers, with an interval
+        metrics = json.loads((run / "eval/finetuned/metrics.json").read_text())
+        gguf_metrics.parent.mkdir()
+        gguf_metrics.write_text(json.dumps(metrics | {"exact_match_rate_ci": [0.0, 1.0]}))
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
     env |= {"HF_TOKEN": TOKEN, "HUB_NAMESPACE": NS, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1",
             "PYTHONPATH": str(ROOT / "src")}  # fmt: skip
@@ -180,8 +184,12 @@ def test_cards_carry_the_metric_files_numbers_as_model_index(published, online):
         and "make all RECIPE=recipes/tiny/router.yaml" in card.text
     )
     assert hub_api().model_info(REPOS["model"]).model_index[0]["results"]  # the Hub sees the model-index too
+    assert "\n| gguf | " in card.text and "\n| model | exact match |" in card.text  # every variant, with intervals
     gguf_card = ModelCard.load(REPOS["gguf"], token=TOKEN)
     assert gguf_card.data.base_model == REPOS["model"] and f"llama-cli -hf {REPOS['gguf']}:Q8_0" in gguf_card.text
+    gguf = json.loads((ws / "runs/tiny/eval/gguf/metrics.json").read_text())
+    gguf_results = {r.metric_type: r.metric_value for r in gguf_card.data.eval_results}
+    assert gguf_results and gguf_results == {k: round(gguf[k], 4) for k in gguf_results}
     dataset_card = DatasetCard.load(REPOS["dataset"], repo_type="dataset", token=TOKEN)
     assert {c["config_name"] for c in dataset_card.data.configs} == {"default"}
 
@@ -198,13 +206,13 @@ def test_second_publish_of_an_unchanged_run_makes_no_commit(published, online, m
 def test_a_changed_file_makes_one_commit_touching_only_its_repo(published, online, monkeypatch, capsys, tmp_path):
     ws, _ = published
     monkeypatch.chdir(ws)
-    modelfile = ws / "runs/tiny/gguf/Modelfile"
-    modelfile.write_text((modelfile.read_text() if modelfile.exists() else "FROM ./tiny-Q8_0.gguf\n") + "# edited\n")
+    gguf = ws / "runs/tiny/gguf/tiny-Q8_0.gguf"
+    gguf.write_bytes(gguf.read_bytes() + b"\0" * 32)  # as a reconversion would change it; no card names its bytes
     before = {r: len(hub_api().list_repo_commits(r, repo_type=k)) for r, k in _types().items()}
     code, out, _ = publish([], {"HF_TOKEN": TOKEN, "HUB_NAMESPACE": NS}, monkeypatch, capsys)
     after = {r: len(hub_api().list_repo_commits(r, repo_type=k)) for r, k in _types().items()}
     assert code == 0 and {r: after[r] - before[r] for r in after} == {r: int(r == REPOS["gguf"]) for r in after}
-    assert Path(_download(REPOS["gguf"], "Modelfile", tmp_path)).read_bytes() == modelfile.read_bytes()
+    assert Path(_download(REPOS["gguf"], "tiny-Q8_0.gguf", tmp_path)).read_bytes() == gguf.read_bytes()
 
 
 def test_private_repo_is_invisible_without_the_token(tiny_run, hub, online, monkeypatch, capsys, tmp_path):

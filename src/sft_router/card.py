@@ -90,7 +90,8 @@ def intervals_table(metrics: dict[str, dict]) -> str:
 
 def hyperparameters_table(recipe) -> str:
     model = recipe.model
-    rows = [(key, getattr(recipe.training, key)) for key in HYPERPARAMETERS]
+    values = [getattr(recipe.training, key) for key in HYPERPARAMETERS]
+    rows = [(key, getattr(value, "value", value)) for key, value in zip(HYPERPARAMETERS, values)]  # enums by value
     rows += [("lora_r", model.lora_r), ("lora_alpha", model.lora_alpha), ("lora_dropout", model.lora_dropout),
              ("lora_target_modules", ", ".join(model.lora_target_modules or []))]  # fmt: skip
     return "\n".join(["| hyperparameter | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
@@ -139,6 +140,7 @@ def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
         "intervals_table": intervals_table(metrics),
         "hyperparameters_table": hyperparameters_table(recipe),
         "images": sorted(card_images(recipe)),
+        "has_modelfile": (recipe.stage_dir("gguf") / "Modelfile").is_file(),
         "versions": ", ".join(f"{k} {v}" for k, v in library_versions().items()),
     }
 
@@ -182,7 +184,7 @@ def render_gguf_card(recipe, metrics: dict[str, dict]):
     values = _shared_template_values(recipe, metrics)
     files = sorted(p.name for p in recipe.stage_dir("gguf").glob("*.gguf"))
     return ModelCard.from_template(data, template_path="model_card/gguf.md", repo_id=ids["gguf"], gguf_files=files,
-                                   has_modelfile=(recipe.stage_dir("gguf") / "Modelfile").is_file(), **values)  # fmt: skip
+                                   **values)  # fmt: skip
 
 
 def render_dataset_card(recipe):
