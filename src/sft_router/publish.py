@@ -2,11 +2,13 @@
 
 Every repo is first assembled under runs/<name>/hub/<namespace>/<repo>/ from an allow-list (no checkpoints,
 optimizer state, logs or .env files), so the staged folder is exactly what the repo will hold. The cards are
-rendered again here, as `make card` renders them, so that they name the repos of this push's HUB_NAMESPACE. With HF_TOKEN each
-folder becomes one commit (files, card and deletions of files the run no longer makes), its message naming the
-recipe and the project's git commit; a folder whose files all match the remote tree makes no commit. A repo is
-never left half-pushed: it is created and filled in the same publish, and deleted again if that commit fails.
-Without HF_TOKEN the folders stay staged and the command that pushes them is printed.
+rendered again here, as `make card` renders them, so that they name the repos of this push's HUB_NAMESPACE.
+
+With HF_TOKEN each folder becomes one commit (new and changed files, the card, and deletions of files the run no
+longer makes), its message naming the recipe and the project's git commit; a folder whose files all match the
+remote tree makes no commit. A repo is never left half-pushed: it is created and filled in the same publish, and
+deleted again if that commit fails. Without HF_TOKEN the folders stay staged and the command that pushes them
+later is printed.
 
 The dataset repo holds the parquet layout and README metadata (`configs`, `dataset_info`) that
 `DatasetDict.push_to_hub` writes, but in a single commit together with the dataset card: push_to_hub would commit
@@ -64,7 +66,7 @@ def _copy(files: list[Path], dest: Path) -> None:
 
 
 def describe_splits(card_data, splits, parquet_bytes: int) -> None:
-    """Add the `configs` and `dataset_info` metadata that push_to_hub writes, so the Hub and load_dataset see splits."""
+    """Add the `configs` and `dataset_info` metadata that push_to_hub writes: the Hub and load_dataset read splits."""
     from datasets.info import DatasetInfo, DatasetInfosDict
     from datasets.splits import SplitDict, SplitInfo
     from datasets.utils.metadata import MetadataConfigs
