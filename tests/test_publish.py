@@ -231,6 +231,10 @@ def test_private_repo_is_invisible_without_the_token(tiny_run, hub, online, monk
     with pytest.raises(Exception, match="doesn't exist on the Hub or cannot be accessed"):
         load_dataset(repo_id, token=False, cache_dir=str(tmp_path / "anon"))
     assert load_dataset(repo_id, token=TOKEN, cache_dir=str(tmp_path / "alice"))["test"].num_rows == 24
+    argv[argv.index("true")] = "false"  # the recipe decides visibility, also of a repo that already exists
+    code, out, err = publish(argv, {"HF_TOKEN": TOKEN, "HUB_NAMESPACE": NS}, monkeypatch, capsys)
+    assert code == 0 and "unchanged, no commit" in out, err
+    assert hub_api(False).dataset_info(repo_id).private is False
 
 
 @pytest.mark.parametrize(
