@@ -6,11 +6,19 @@ import os
 from pathlib import Path
 
 import pytest
+from hub_server import Account, HubServer
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.pop("HF_TOKEN", None)
+# The loopback Hub starts before anything imports huggingface_hub, which reads HF_ENDPOINT once at import; Xet off,
+# since the Hub then takes uploads over Git LFS, which the loopback server speaks.
+HUB = HubServer(
+    {"hf_test_alice": Account("alice", orgs=("router-org",)), "hf_test_reader": Account("bob", role="read")}
+)
+os.environ["HF_ENDPOINT"] = HUB.start().url
+os.environ["HF_HUB_DISABLE_XET"] = "1"
 TINY = "recipes/tiny/router.yaml"
 
 
@@ -21,6 +29,12 @@ def make_workspace(path: Path) -> Path:
         if not (path / name).exists():
             (path / name).symlink_to(ROOT / name)
     return path
+
+
+@pytest.fixture(scope="session")
+def hub() -> HubServer:
+    """The loopback Hub that HF_ENDPOINT points at (tests/hub_server.py); tokens hf_test_alice and hf_test_reader."""
+    return HUB
 
 
 @pytest.fixture

@@ -1,8 +1,18 @@
-"""Stage the dataset, model and GGUF repos of a run and push them to the Hub when a token is set.
+"""Stage the dataset, model and GGUF repos of a run and push each to the Hub as one commit when a token is set.
 
-Every repo is first assembled under runs/<name>/hub/<namespace>/<repo>/ from an allow-list (no
-checkpoints, optimizer state or logs), then pushed as one commit per repo. Without HF_TOKEN the staged
-folders stay there and the command that pushes them is printed.
+Every repo is first assembled under runs/<name>/hub/<namespace>/<repo>/ from an allow-list (no checkpoints,
+optimizer state, logs or .env files), so the staged folder is exactly what the repo will hold. The cards are
+rendered again here, as `make card` renders them, so that they name the repos of this push's HUB_NAMESPACE.
+
+With HF_TOKEN each folder becomes one commit (new and changed files, the card, and deletions of files the run no
+longer makes), its message naming the recipe and the project's git commit; a folder whose files all match the
+remote tree makes no commit. A repo is never left half-pushed: it is created and filled in the same publish, and
+deleted again if that commit fails. Without HF_TOKEN the folders stay staged and the command that pushes them
+later is printed.
+
+The dataset repo holds the parquet layout and README metadata (`configs`, `dataset_info`) that
+`DatasetDict.push_to_hub` writes, but in a single commit together with the dataset card: push_to_hub would commit
+its own README first and leave a card-less repo between two commits.
 
 Usage: python -m sft_router.publish --config recipes/tiny/router.yaml            (all three repos)
        python -m sft_router.publish --config recipes/tiny/router.yaml --only dataset
@@ -10,12 +20,22 @@ Usage: python -m sft_router.publish --config recipes/tiny/router.yaml           
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sft_router.card import render_dataset_card, repo_ids
+from sft_router.card import (
+    namespace,
+    read_metrics,
+    render_dataset_card,
+    render_gguf_card,
+    render_model_card,
+    repo_ids,
+    save_card,
+)
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, network_errors, one_line_errors
 from sft_router.run import git_commit, stage_output
@@ -23,6 +43,9 @@ from sft_router.run import git_commit, stage_output
 MODEL_FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
                "tokenizer_config.json", "tokenizer.model", "chat_template.jinja")  # fmt: skip
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+GGUF_EXTRAS = ("Modelfile",)
+HUB_MANAGED = (".gitattributes",)  # written by the Hub when it creates a repo; never ours to delete
+TOKENS_PAGE = "https://huggingface.co/settings/tokens"
 
 
 @dataclass
@@ -42,60 +65,204 @@ def _copy(files: list[Path], dest: Path) -> None:
         shutil.copyfile(path, dest / path.name)
 
 
+def describe_splits(card_data, splits, parquet_bytes: int) -> None:
+    """Add the `configs` and `dataset_info` metadata that push_to_hub writes: the Hub and load_dataset read splits."""
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from datasets.splits import SplitDict, SplitInfo
+    from datasets.utils.metadata import MetadataConfigs
+
+    split_infos = SplitDict()
+    for name, split in splits.items():
+        split_infos.add(SplitInfo(name=name, num_bytes=split.data.nbytes, num_examples=len(split)))
+    features = next(iter(splits.values())).features
+    info = DatasetInfo(config_name="default", features=features, splits=split_infos, download_size=parquet_bytes,
+                       dataset_size=sum(s.num_bytes for s in split_infos.values()))  # fmt: skip
+    info.size_in_bytes = info.download_size + info.dataset_size
+    DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
+    files = [{"split": name, "path": f"data/{name}-*"} for name in splits]
+    MetadataConfigs({"default": {"data_files": files}}).to_dataset_card_data(card_data)
+
+
 def stage_dataset(recipe, dest: Path) -> None:
     from datasets import load_from_disk
 
     splits = load_from_disk(str(_require(recipe.stage_dir("dataset") / "hf", "data", recipe)))
     for name, split in splits.items():
         split.to_parquet(str(dest / "data" / f"{name}-00000-of-00001.parquet"))
-    render_dataset_card(recipe).save(dest / "README.md")
+    card = render_dataset_card(recipe)
+    describe_splits(card.data, splits, sum(p.stat().st_size for p in (dest / "data").glob("*.parquet")))
+    card.save(dest / "README.md")
 
 
 def stage_model(recipe, dest: Path) -> None:
-    merged = recipe.stage_dir("merged")
+    merged, adapter = recipe.stage_dir("merged"), recipe.stage_dir("adapter")
     _copy([_require(merged / name, "merge", recipe) for name in MODEL_FILES], dest)
-    _copy([recipe.stage_dir("adapter") / name for name in ADAPTER_FILES], dest / "adapter")
-    _copy([_require(recipe.stage_dir("card") / "README.md", "card", recipe)], dest)
+    _copy([_require(adapter / name, "train", recipe) for name in ADAPTER_FILES], dest / "adapter")
+    save_card(recipe, render_model_card(recipe, read_metrics(recipe)), dest)
 
 
 def stage_gguf(recipe, dest: Path) -> None:
-    ggufs = sorted(_require(recipe.stage_dir("gguf"), "gguf", recipe).glob("*.gguf"))
-    _copy([*ggufs, _require(recipe.stage_dir("card") / "README.md", "card", recipe)], dest)
+    gguf = _require(recipe.stage_dir("gguf"), "gguf", recipe)
+    ggufs = sorted(gguf.glob("*.gguf"))
+    if not ggufs:
+        raise UsageError(f"no .gguf file in {gguf}: run `make gguf RECIPE={recipe.path}` first")
+    _copy([*ggufs, *(gguf / name for name in GGUF_EXTRAS if (gguf / name).is_file())], dest)
+    save_card(recipe, render_gguf_card(recipe, read_metrics(recipe)), dest)
 
 
 STAGERS = {"dataset": stage_dataset, "model": stage_model, "gguf": stage_gguf}
 
 
-def push_folder(api, repo_id: str, kind: str, folder: Path, private: bool, message: str) -> str:
-    repo_type = "dataset" if kind == "dataset" else "model"
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    commit = api.upload_folder(repo_id=repo_id, repo_type=repo_type, folder_path=str(folder), commit_message=message)
-    return commit.oid
+def _file_digest(path: Path, algorithm: str) -> str:
+    """sha256 of the content (an LFS oid) or git's blob sha1 (a regular file's oid)."""
+    digest = hashlib.new(algorithm)
+    if algorithm == "sha1":
+        digest.update(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def push_staged(recipe, staged: dict[str, Path], token: str) -> dict[str, str]:
-    from huggingface_hub import HfApi
+def _unchanged(path: Path, remote) -> bool:
+    if remote.size != path.stat().st_size:
+        return False
+    if remote.lfs is not None:
+        return _file_digest(path, "sha256") == remote.lfs.sha256
+    return _file_digest(path, "sha1") == remote.blob_id
+
+
+def plan_commit(folder: Path, remote: dict) -> list:
+    """Operations that make the repo equal the staged folder: changed or new files, and files no longer staged."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    local = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+    adds = [
+        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+        for name, path in local.items()
+        if name not in remote or not _unchanged(path, remote[name])
+    ]
+    stale = sorted(set(remote) - set(local) - set(HUB_MANAGED))
+    return adds + [CommitOperationDelete(path_in_repo=name) for name in stale]
+
+
+def remote_files(api, repo_id: str, repo_type: str) -> dict:
+    from huggingface_hub.hf_api import RepoFile
+
+    tree = api.list_repo_tree(repo_id, repo_type=repo_type, recursive=True)
+    return {entry.path: entry for entry in tree if isinstance(entry, RepoFile)}
+
+
+def _existing_repo(api, repo_id: str, repo_type: str):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        return api.repo_info(repo_id, repo_type=repo_type)
+    except RepositoryNotFoundError:
+        return None
+
+
+def push_folder(api, repo_id: str, repo_type: str, folder: Path, private: bool, message: tuple[str, str]):
+    """One commit that makes `repo_id` equal `folder`; None when nothing changed. A repo created here whose commit
+    then fails is deleted again, so a failure never leaves an empty or card-less repo behind."""
+    existing = _existing_repo(api, repo_id, repo_type)
+    created, head = existing is None, existing.sha if existing else None
+    if created:
+        api.create_repo(repo_id, repo_type=repo_type, private=private)
+    elif bool(existing.private) != private:  # the recipe decides visibility, also for a repo made earlier
+        api.update_repo_settings(repo_id, repo_type=repo_type, private=private)
+    try:
+        operations = plan_commit(folder, remote_files(api, repo_id, repo_type))
+        if not operations:
+            return None
+        summary, description = message
+        commit = api.create_commit(repo_id, operations, commit_message=summary, commit_description=description,
+                                   repo_type=repo_type, parent_commit=head)  # fmt: skip
+        return commit.oid
+    except BaseException:
+        if created:
+            _delete_quietly(api, repo_id, repo_type)
+        raise
+
+
+def _delete_quietly(api, repo_id: str, repo_type: str) -> None:
+    try:
+        api.delete_repo(repo_id, repo_type=repo_type, missing_ok=True)
+    except Exception:  # the push's own error is the one to report; this one usually has the same cause
+        pass
+
+
+def check_write_access(api, ns: str) -> None:
+    """Fail before creating anything when the token is read-only or belongs to someone without rights on `ns`."""
+    me = api.whoami()
+    if me.get("auth", {}).get("accessToken", {}).get("role") == "read":
+        raise UsageError(f"HF_TOKEN is a read token: create a write token at {TOKENS_PAGE} and export HF_TOKEN")
+    writable = [me["name"], *(org["name"] for org in me.get("orgs", []))]
+    if ns not in writable:
+        raise UsageError(
+            f"HF_TOKEN belongs to '{me['name']}' and cannot write to namespace '{ns}': set HUB_NAMESPACE to one of "
+            f"{', '.join(writable)} or use a token with write access to '{ns}'"
+        )
+
+
+def commit_message(recipe) -> tuple[str, str]:
+    commit = git_commit()
+    return (
+        f"Publish {recipe.path.as_posix()} (sft-router {commit[:12]})",
+        f"Recipe {recipe.path.as_posix()} (sha256 {recipe.sha256}), run {recipe.name}, sft-router commit {commit}.",
+    )
+
+
+def _hub_error(exc, ns: str, endpoint: str) -> UsageError:
+    status = exc.response.status_code if exc.response is not None else None
+    if status == 401:
+        return UsageError(
+            f"{endpoint} rejected HF_TOKEN (HTTP 401: invalid or expired token): create a write token at "
+            f"{TOKENS_PAGE} and export HF_TOKEN"
+        )
+    if status == 403:
+        return UsageError(
+            f"HF_TOKEN may not write to namespace '{ns}' (HTTP 403): set HUB_NAMESPACE to a namespace the token can "
+            "write to, or use a write token of that namespace"
+        )
+    reason = (exc.server_message or str(exc)).strip().splitlines()[0]
+    return UsageError(f"the Hub at {endpoint} refused the push (HTTP {status}: {reason}): fix that and rerun")
+
+
+@contextlib.contextmanager
+def hub_errors_as_usage_errors(ns: str, endpoint: str):
+    """Turn the client's HTTP and network errors into one line naming the cause and the fix."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    api = HfApi(token=token)
-    message = f"sft-router: {recipe.path.as_posix()} at {git_commit()[:12]}"
-    ids = repo_ids(recipe)
     try:
-        api.whoami()
-        return {
-            ids[k]: push_folder(api, ids[k], k, path, recipe.publish.private, message) for k, path in staged.items()
-        }
+        yield
     except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "?"
-        raise UsageError(
-            f"the Hub refused the push (HTTP {status}): check that HF_TOKEN has write access to "
-            f"namespace '{ids['model'].split('/')[0]}' (set HUB_NAMESPACE)"
-        ) from exc
+        raise _hub_error(exc, ns, endpoint) from exc
     except network_errors() as exc:
         raise UsageError(
-            f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}); check the network "
-            "or HF_ENDPOINT, then rerun"
+            f"cannot reach the Hub at {endpoint} ({type(exc).__name__}): check the network or HF_ENDPOINT, then rerun"
         ) from exc
+
+
+def connect(recipe, token: str):
+    """An HfApi for `token`, checked before anything is staged or created: the token is valid and may write."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with hub_errors_as_usage_errors(namespace(recipe), api.endpoint):
+        check_write_access(api, namespace(recipe))
+    return api
+
+
+def push_staged(api, recipe, staged: dict[str, Path]) -> dict[str, str | None]:
+    """Push each staged folder as one commit; returns {repo id: new commit id, or None when unchanged}."""
+    ids, message = repo_ids(recipe), commit_message(recipe)
+    with hub_errors_as_usage_errors(namespace(recipe), api.endpoint):
+        types = {kind: "dataset" if kind == "dataset" else "model" for kind in staged}
+        return {
+            ids[kind]: push_folder(api, ids[kind], types[kind], folder, recipe.publish.private, message)
+            for kind, folder in staged.items()
+        }
 
 
 @one_line_errors
@@ -107,15 +274,17 @@ def main(argv: list[str] | None = None) -> None:
     stage = "hub-data" if kinds == ["dataset"] else "hub"
     ids = repo_ids(recipe)
     token = os.environ.get("HF_TOKEN")
+    api = connect(recipe, token) if token else None
     with stage_output(recipe, stage, repos={k: ids[k] for k in kinds}) as (out, facts):
         staged = {kind: out / ids[kind] for kind in kinds}
         for kind, path in staged.items():
             STAGERS[kind](recipe, path)
-        if token:
-            facts["commits"] = push_staged(recipe, staged, token)
+        if api is not None:
+            facts["commits"] = push_staged(api, recipe, staged)
     final = recipe.stage_dir(stage)
     if token:
-        print(f"publish: pushed {', '.join(ids[k] for k in kinds)}")
+        for repo_id, commit in facts["commits"].items():
+            print(f"publish: {repo_id} " + (f"pushed as commit {commit}" if commit else "unchanged, no commit"))
     else:
         target = "push-data" if stage == "hub-data" else "publish"
         print(
