@@ -22,7 +22,8 @@ TRACKED_PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "hugging
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        here = Path(__file__).resolve().parent  # the project's checkout, wherever the command runs from
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=here)
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
