@@ -1,11 +1,12 @@
 """Samples per second of `make eval`'s generation, batched vs one prompt at a time, on the same prompts.
 
 Both runs call sft_router.evaluate.generate (greedy, KV cache, left padding, stop at <end_of_turn>) on the
-recipe's base model and test prompts (built in memory: no run folder needed); only the batch size differs.
+recipe's base model as `make eval` loads it, with the recipe's test prompts (built in memory: no run folder
+needed) and `eval_max_new_tokens`; only the batch size differs (default: the recipe's `eval_batch_size`).
 Prints one JSON object: machine, settings, samples/s of each, the ratio, and whether the outputs agree.
 
-Usage: PYTHONPATH=src python bench/eval_throughput.py [--config recipes/tiny/router.yaml] [--prompts 16]
-       [--batch-size 16] [--max-new-tokens 32]
+Usage: PYTHONPATH=src python bench/eval_throughput.py [--config recipes/tiny/router.yaml] [--prompts 24]
+       [--batch-size N] [--max-new-tokens N] [--threads N]
 """
 
 from __future__ import annotations
@@ -51,29 +52,37 @@ def timed_generate(model, tokenizer, prompts, batch_size: int, max_new_tokens: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="recipes/tiny/router.yaml")
-    parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the recipe's eval_batch_size")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
 
     import torch
 
+    if args.threads:  # on a shared, oversubscribed CPU one thread avoids OpenMP spin-waiting between cores
+        torch.set_num_threads(args.threads)
+
     from sft_router.config import parse_recipe
-    from sft_router.train import load_base_model, load_tokenizer
+    from sft_router.evaluate import load_generation_model
+    from sft_router.train import load_tokenizer
 
     (recipe,) = parse_recipe(["--config", args.config])
+    batch_size = args.batch_size or recipe.eval.eval_batch_size
+    max_new_tokens = args.max_new_tokens or recipe.eval.eval_max_new_tokens
     tokenizer = load_tokenizer(recipe)
-    model = load_base_model(recipe).eval().to("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_generation_model(recipe).to("cuda" if torch.cuda.is_available() else "cpu")
     prompts = bench_prompts(recipe, tokenizer, args.prompts)
     timed_generate(model, tokenizer, prompts[:2], 2, 4)  # warm-up: first-call allocations are not throughput
-    batched, batched_outputs = timed_generate(model, tokenizer, prompts, args.batch_size, args.max_new_tokens)
-    single, single_outputs = timed_generate(model, tokenizer, prompts, 1, args.max_new_tokens)
+    batched, batched_outputs = timed_generate(model, tokenizer, prompts, batch_size, max_new_tokens)
+    single, single_outputs = timed_generate(model, tokenizer, prompts, 1, max_new_tokens)
     report = {
         "machine": machine_info(),
         "model": recipe.model.model_name_or_path,
         "prompts": len(prompts),
-        "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size,
+        "attn_implementation": model.config._attn_implementation,
+        "max_new_tokens": max_new_tokens,
+        "batch_size": batch_size,
         "batched_samples_per_s": round(batched, 3),
         "one_at_a_time_samples_per_s": round(single, 3),
         "speedup": round(batched / single, 2),

@@ -102,13 +102,23 @@ def load_test_rows(recipe) -> list[dict]:
     return list(rows.select(range(min(limit, len(rows))))) if limit else list(rows)
 
 
+def load_generation_model(recipe):
+    """The recipe's base model for generation. Eager attention is Gemma 3's training requirement; for
+    inference SDPA computes the same attention (Gemma 3 has no attention soft-capping) and prefills a
+    batch of long prompts about twice as fast on CPU, so an eager recipe generates with SDPA."""
+    from sft_router.train import load_base_model
+
+    model = load_base_model(recipe).eval()
+    if model.config._attn_implementation == "eager":
+        model.set_attn_implementation("sdpa")
+    return model
+
+
 def model_variants(recipe, adapter: Path):
     """(name, model) for each model scored: the base model, then the same weights with the adapter."""
     from peft import PeftModel
 
-    from sft_router.train import load_base_model
-
-    model = load_base_model(recipe).eval()
+    model = load_generation_model(recipe)
     yield "baseline", model
     yield "finetuned", PeftModel.from_pretrained(model, str(adapter)).eval()
 
