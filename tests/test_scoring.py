@@ -117,7 +117,8 @@ def test_lenient_parse_finds_the_call_in_labelled_fenced_or_prose_output(text):
 @pytest.mark.parametrize(
     "text",
     ["{", "}{", "{'a': {", '```json\n{"tool_name": 1}\n```', "{" * 5000, "\x00", '{"tool_name": "a", "arguments": []}',
-     "{'tool_name': 'a', 'arguments': {'x': {1, 2}}}", "{'tool_name': 'a', 'arguments': {1: 2}}", "[" * 100_000],
+     "{'tool_name': 'a', 'arguments': {'x': {1, 2}}}", "{'tool_name': 'a', 'arguments': {1: 2}}", "[" * 100_000,
+     "{'tool_name': 'a', 'arguments': {'x': '\\ud800'}}"],
 )  # fmt: skip
 def test_parsers_never_raise_and_reject_what_is_not_a_call(text):
     assert parse_lenient(text) is None and parse_strict(text) is None
@@ -204,7 +205,11 @@ def test_every_metric_key_is_documented():
 # Property tests: nothing the model can emit makes the scorer raise, and a call survives any wrapping.
 NAMES = st.text(min_size=1, max_size=20).filter(lambda s: s == s.strip())
 VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=8,
 )
@@ -221,7 +226,7 @@ def render(call: dict, style: str) -> str:
 
 def assert_is_a_call_or_none(parsed):
     assert parsed is None or (isinstance(parsed["tool_name"], str) and isinstance(parsed["arguments"], dict))
-    json.dumps(parsed)  # what predictions.jsonl stores
+    json.dumps(parsed, ensure_ascii=False).encode("utf-8")  # what predictions.jsonl stores
 
 
 @settings(max_examples=500, deadline=None)

@@ -70,11 +70,11 @@ def _as_call(obj) -> dict | None:
     arguments = obj.get("arguments", {})
     if not isinstance(arguments, dict) or not all(isinstance(key, str) for key in arguments):
         return None
-    try:  # a call must survive JSON: Python sets, bytes or complex numbers are not arguments
-        arguments = json.loads(json.dumps(arguments, ensure_ascii=False))
+    call = {"tool_name": obj["tool_name"].strip(), "arguments": arguments}
+    try:  # a call must be UTF-8 JSON: Python sets, bytes, complex numbers or lone surrogates are not arguments
+        return json.loads(json.dumps(call, ensure_ascii=False).encode("utf-8"))
     except PARSE_ERRORS:
         return None
-    return {"tool_name": obj["tool_name"].strip(), "arguments": arguments}
 
 
 def parse_strict(text) -> dict | None:
@@ -114,11 +114,14 @@ def _objects(text: str):
             yield text[start:end]
 
 
-def _load(candidate: str):
+def _load_json(candidate: str):
     try:
         return json.loads(candidate)
     except PARSE_ERRORS:
-        pass
+        return None
+
+
+def _load_python(candidate: str):
     if len(candidate) > MAX_CANDIDATE:
         return None
     try:
@@ -138,15 +141,14 @@ def parse_lenient(text) -> dict | None:
     if not isinstance(text, str):
         return None
     text = _strip_labels(text[:MAX_TEXT].strip())
-    fenced = [match.group(1) for _, match in zip(range(4), FENCE.finditer(text))]
-    for candidate in (*fenced, text):
-        call = _as_call(_load(candidate.strip()))
-        if call:
-            return call
-    for candidate in _objects(text):
-        call = _as_call(_load(candidate))
-        if call:
-            return call
+    fenced = [match.group(1).strip() for _, match in zip(range(4), FENCE.finditer(text))]
+    candidates = [*fenced, text, *_objects(text)]
+    # JSON first everywhere: Python reads some JSON differently ("\ud83d\ude00" escapes, `#` as a comment).
+    for load in (_load_json, _load_python):
+        for candidate in candidates:
+            call = _as_call(load(candidate))
+            if call:
+                return call
     return None
 
 
