@@ -76,16 +76,16 @@ def test_predictions_file_from_an_eval_run_can_be_rescored(tmp_path, capsys):
 def test_evaluate_module_loads_offline_and_matches_the_scorer(tmp_path):
     code = (
         "import evaluate, json, sys\n"
-        "metric = evaluate.load(sys.argv[1])\n"
-        "print(json.dumps(metric.compute(predictions=json.loads(sys.argv[2]), references=json.loads(sys.argv[3]))))"
+        "for path in sys.argv[3:]:\n"
+        "    metric = evaluate.load(path)\n"
+        "    print(json.dumps(metric.compute(predictions=json.loads(sys.argv[1]), references=json.loads(sys.argv[2]))))"
     )
-    args = [json.dumps(PREDICTIONS), json.dumps(REFERENCES)]
+    modules = ["metrics/tool_call", str(ROOT / "metrics/tool_call/tool_call.py")]
     env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HOME": str(tmp_path / "hf")}
+    done = run_module(["-c", code, json.dumps(PREDICTIONS), json.dumps(REFERENCES), *modules], **env)
+    assert done.returncode == 0, done.stderr
     expected = json.loads(json.dumps(score(PREDICTIONS, REFERENCES)[0]))
-    for module in ("metrics/tool_call", str(ROOT / "metrics/tool_call/tool_call.py")):
-        done = run_module(["-c", code, module, *args], **env)
-        assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout.strip().splitlines()[-1]) == expected
+    assert [json.loads(line) for line in done.stdout.strip().splitlines()[-2:]] == [expected, expected]
 
 
 @pytest.fixture(scope="module")
@@ -129,9 +129,9 @@ def test_comparison_covers_every_variant_with_intervals(tmp_path):
 
 
 def test_confusion_markdown_puts_no_call_last():
-    table = evaluate.confusion_markdown({"a": {"a": 2, "none": 1}, "none": {"b": 1}})
-    assert table.splitlines()[0] == "| expected \\ predicted | a | b | none |"
-    assert table.splitlines()[2:] == ["| a | 2 | 0 | 1 |", "| none | 0 | 1 | 0 |"]
+    table = evaluate.confusion_markdown({"a": {"a": 2, "none": 1}, "none": {"b": 1, "invalid": 3}})
+    assert table.splitlines()[0] == "| expected \\ predicted | a | b | invalid | none |"
+    assert table.splitlines()[2:] == ["| a | 2 | 0 | 0 | 1 |", "| none | 0 | 1 | 3 | 0 |"]
 
 
 def test_make_eval_writes_both_variants_the_table_and_the_chart(tiny_run):

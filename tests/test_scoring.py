@@ -85,6 +85,15 @@ def test_call_expected_and_prose_given():
     assert metrics["tool_name_accuracy"] == 0.0 and metrics["confusion"] == {"get_calendar_events": {"none": 1}}
 
 
+def test_a_malformed_call_is_an_invalid_attempt_not_a_reply_nor_a_miss():
+    broken = '{"tool_name": "get_calendar_events", "arguments": {"date": '
+    metrics, samples = score([broken, broken, "Output: ```json\n{'tool'"], [REPLY, CALL, REPLY])
+    assert [s["call_attempted"] for s in samples] == [True, True, True]
+    assert [s["exact_match"] for s in samples] == [False, False, False] and metrics["tool_name_accuracy"] == 0
+    assert (metrics["false_call_rate"], metrics["missed_call_rate"], metrics["json_valid_rate"]) == (1.0, 0.0, 0.0)
+    assert metrics["confusion"] == {"get_calendar_events": {"invalid": 1}, "none": {"invalid": 2}}
+
+
 def test_empty_output_is_never_right():
     metrics, samples = score(["", "  "], [CALL, REPLY])
     assert [s["exact_match"] for s in samples] == [False, False]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.run import stage_output
-from sft_router.scoring import NO_CALL, metric_definitions, score
+from sft_router.scoring import label_order, metric_definitions, score
 
 # (metrics.json key, label) in the order the comparison table and chart show them.
 COMPARED = [
@@ -175,8 +175,7 @@ def per_tool_table(results: dict[str, dict]) -> str:
 
 
 def confusion_markdown(confusion: dict[str, dict[str, int]]) -> str:
-    predicted = sorted({label for row in confusion.values() for label in row} - {NO_CALL})
-    predicted += [NO_CALL] if any(NO_CALL in row for row in confusion.values()) else []
+    predicted = label_order(label for row in confusion.values() for label in row)
     rows = [[expected, *(row.get(label, 0) for label in predicted)] for expected, row in confusion.items()]
     return "\n".join(_table(["expected \\ predicted", *predicted], rows))
 

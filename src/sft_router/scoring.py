@@ -11,10 +11,12 @@ How each metric is computed (the seed's six names come first and keep the seed's
 - exact_match_rate: share of all samples that are right. A call sample is right when the parsed call has
   the expected tool name and the same arguments: same keys, equal values after JSON canonicalisation
   (key order ignored at every depth, surrounding whitespace of a top-level string value ignored, types
-  kept: "3" is not 3). A reply sample is right when no call was made and the output is not empty (the
-  wording of a reply is not scored).
-- tool_name_accuracy: share of all samples whose predicted tool equals the expected one, where "no call"
-  counts as a tool of its own (so a reply sample answered without a call is right).
+  kept: "3" is not 3). A reply sample is right when the output is a non-empty reply that does not attempt a
+  call (see call_attempted below; the wording of a reply is not scored).
+- tool_name_accuracy: share of all samples whose predicted label equals the expected one. Labels: the tool
+  name of a parsed call; "invalid" for an attempted call that does not parse; "none" for no attempt (so a
+  reply sample answered without attempting a call is right). An output attempts a call when it parses as
+  one or, once labels are stripped, opens with `{` (or a code fence and `{`) or mentions `tool_name`.
 - average_argument_precision, average_argument_recall, average_argument_f1: means over call samples only
   (reply samples do not enter). Per sample, over (key, canonical value) pairs: precision = correct pairs /
   predicted pairs, recall = correct pairs / expected pairs, F1 their harmonic mean; all three are 1.0 when
@@ -23,17 +25,18 @@ How each metric is computed (the seed's six names come first and keep the seed's
 - exact_match_rate_strict: exact_match_rate where a call sample also needs the strict parse to succeed.
 - json_valid_rate / json_valid_rate_strict: share of call samples whose output parses as a call
   (leniently / strictly), whatever the tool.
-- no_call_accuracy, false_call_rate: share of reply samples answered without a call, and 1 - that.
-- missed_call_rate: share of call samples answered without any call.
+- no_call_accuracy, false_call_rate: share of reply samples answered without attempting a call (parsed or
+  malformed), and 1 - that.
+- missed_call_rate: share of call samples answered without attempting a call (prose or nothing); a
+  malformed attempt counts against json_valid_rate instead.
 - call_samples / no_call_samples: how many samples expected a call / a reply.
 - exact_match_rate_ci95 / average_argument_f1_ci95: percentile bootstrap 95% intervals: the samples
   (all samples, resp. call samples) are resampled with replacement 1000 times with a seeded generator and
   the 2.5th and 97.5th percentiles of the resampled means reported (settings under `bootstrap`).
-- per_tool: for each label (every expected or predicted tool name, and "none" for no call), support
+- per_tool: for each label (every expected or predicted tool name, "invalid", "none"), support
   (samples expecting it), predicted (samples predicting it), precision = both / predicted, recall = both
   / support, f1, and exact_match_rate over its support; a ratio with a zero denominator is 0.0.
-- confusion: counts of samples by expected label (outer key) and predicted label (inner key), "none"
-  being no call.
+- confusion: counts of samples by expected label (outer key) and predicted label (inner key).
 
 Usage: from sft_router.scoring import score; metrics, samples = score(predictions, references)
 """
@@ -51,6 +54,7 @@ MAX_TEXT = 20_000
 MAX_CANDIDATE = 4_000
 MAX_STARTS = 64
 NO_CALL = "none"
+INVALID = "invalid"
 BOOTSTRAP = {"resamples": 1000, "seed": 0, "confidence": 0.95}
 SEED_KEYS = ("exact_match_rate", "tool_name_accuracy", "average_argument_precision", "average_argument_recall",
              "average_argument_f1", "total_samples")  # fmt: skip
@@ -59,6 +63,7 @@ LABEL = re.compile(
     r"^\s*(?:output|answer|response|result|assistant|model|tool[ _]?call|json|输出|回答|答案|结果)\s*[:：]\s*",
     re.IGNORECASE,
 )
+ATTEMPT = re.compile(r"^(?:```[A-Za-z]*\s*)?\{|tool_name")
 FENCE = re.compile(r"```[A-Za-z]*[ \t]*\n?(.*?)```", re.DOTALL)
 PARSE_ERRORS = (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, OverflowError)
 
@@ -152,6 +157,11 @@ def parse_lenient(text) -> dict | None:
     return None
 
 
+def attempted_call(text) -> bool:
+    """Whether the output tries to be a call, parsed or not: it opens with `{` or mentions `tool_name`."""
+    return isinstance(text, str) and bool(ATTEMPT.search(_strip_labels(text[:MAX_TEXT].strip())))
+
+
 def parse_reference(text: str) -> dict | None:
     """The expected call, or None when the reference is a reply."""
     return parse_strict(text) or parse_lenient(text)
@@ -186,10 +196,11 @@ def score_prediction(prediction: str, reference: str) -> dict:
         "parsed": lenient,
         "strict_valid": strict is not None,
         "lenient_valid": lenient is not None,
+        "call_attempted": lenient is not None or attempted_call(prediction),
     }
-    sample["tool_correct"] = sample["expected_tool"] == sample["predicted_tool"]
+    sample["tool_correct"] = _label(sample["expected_tool"]) == predicted_label(sample)
     if expected is None:
-        replied = lenient is None and isinstance(prediction, str) and bool(prediction.strip())
+        replied = not sample["call_attempted"] and isinstance(prediction, str) and bool(prediction.strip())
         sample.update(exact_match=replied, exact_match_strict=replied)
         return sample
     same_tool = lenient is not None and sample["tool_correct"]
@@ -231,25 +242,34 @@ def _label(tool: str | None) -> str:
     return NO_CALL if tool is None else tool
 
 
-def _label_order(labels) -> list[str]:
-    return sorted(set(labels) - {NO_CALL}) + ([NO_CALL] if NO_CALL in labels else [])
+def predicted_label(sample: dict) -> str:
+    """The parsed tool's name, "invalid" for a call attempt that did not parse, or "none"."""
+    if sample["predicted_tool"] is not None:
+        return sample["predicted_tool"]
+    return INVALID if sample["call_attempted"] else NO_CALL
+
+
+def label_order(labels) -> list[str]:
+    """Tool names sorted, then "invalid" and "none" last."""
+    labels = set(labels)
+    return sorted(labels - {INVALID, NO_CALL}) + [label for label in (INVALID, NO_CALL) if label in labels]
 
 
 def confusion_table(samples: list[dict]) -> dict[str, dict[str, int]]:
-    """Counts by expected label, then predicted label; "none" is no call."""
-    pairs = [(_label(s["expected_tool"]), _label(s["predicted_tool"])) for s in samples]
+    """Counts by expected label, then predicted label (see predicted_label)."""
+    pairs = [(_label(s["expected_tool"]), predicted_label(s)) for s in samples]
     table = {}
-    for expected in _label_order([e for e, _ in pairs]):
+    for expected in label_order([e for e, _ in pairs]):
         predicted = [p for e, p in pairs if e == expected]
-        table[expected] = {label: predicted.count(label) for label in _label_order(predicted)}
+        table[expected] = {label: predicted.count(label) for label in label_order(predicted)}
     return table
 
 
 def per_tool_scores(samples: list[dict]) -> dict[str, dict]:
     """Tool-selection precision, recall and F1 for every expected or predicted label, with support."""
-    pairs = [(_label(s["expected_tool"]), _label(s["predicted_tool"]), s["exact_match"]) for s in samples]
+    pairs = [(_label(s["expected_tool"]), predicted_label(s), s["exact_match"]) for s in samples]
     scores = {}
-    for label in _label_order([e for e, _, _ in pairs] + [p for _, p, _ in pairs]):
+    for label in label_order([e for e, _, _ in pairs] + [p for _, p, _ in pairs]):
         support = [exact for e, _, exact in pairs if e == label]
         predicted = sum(p == label for _, p, _ in pairs)
         both = sum(e == p == label for e, p, _ in pairs)
@@ -274,9 +294,9 @@ def aggregate(samples: list[dict]) -> dict:
         "exact_match_rate_strict": _mean(s["exact_match_strict"] for s in samples),
         "json_valid_rate": _mean(s["lenient_valid"] for s in calls),
         "json_valid_rate_strict": _mean(s["strict_valid"] for s in calls),
-        "no_call_accuracy": _mean(not s["lenient_valid"] for s in replies),
-        "false_call_rate": _mean(s["lenient_valid"] for s in replies),
-        "missed_call_rate": _mean(not s["lenient_valid"] for s in calls),
+        "no_call_accuracy": _mean(not s["call_attempted"] for s in replies),
+        "false_call_rate": _mean(s["call_attempted"] for s in replies),
+        "missed_call_rate": _mean(not s["call_attempted"] for s in calls),
         "call_samples": len(calls),
         "no_call_samples": len(replies),
         "parse": "lenient",
