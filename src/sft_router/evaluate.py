@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -218,16 +219,19 @@ def plot_comparison(results: dict[str, dict], path: Path) -> None:
         errors = [_error_bar(metrics, key) for key in CHARTED]
         axes.bar(xs, values, width, label=name, yerr=list(zip(*errors)), capsize=3)
     axes.set_xticks(range(len(CHARTED)), [labels[key] for key in CHARTED], rotation=20, ha="right")
-    axes.set_ylim(0, 1.05)
+    axes.set_ylim(0, 1.12)
     axes.set_ylabel("score (lenient parse unless marked strict)")
-    axes.legend()
+    axes.set_title("Test split; error bars: bootstrap 95% intervals", fontsize=10)
+    axes.legend(loc="upper center", ncols=len(results), frameon=False)
     figure.savefig(path, dpi=120)
 
 
 def _error_bar(metrics: dict, key: str) -> tuple[float, float]:
-    low, high = metrics.get(f"{key}_ci95", (metrics.get(key, 0.0),) * 2)
-    value = metrics.get(key, 0.0)
-    return max(value - low, 0.0), max(high - value, 0.0)
+    """Distances from the value down and up to its interval; NaN (no bar drawn) for a metric without one."""
+    if f"{key}_ci95" not in metrics:
+        return math.nan, math.nan
+    low, high = metrics[f"{key}_ci95"]
+    return max(metrics[key] - low, 0.0), max(high - metrics[key], 0.0)
 
 
 def write_comparison(out: Path, results: dict[str, dict]) -> None:
