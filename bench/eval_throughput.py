@@ -27,7 +27,6 @@ def machine_info() -> dict:
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
         "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
@@ -71,7 +70,7 @@ def main() -> None:
     batch_size = args.batch_size or recipe.eval.eval_batch_size
     max_new_tokens = args.max_new_tokens or recipe.eval.eval_max_new_tokens
     tokenizer = load_tokenizer(recipe)
-    model = load_generation_model(recipe).to("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_generation_model(recipe)
     prompts = bench_prompts(recipe, tokenizer, args.prompts)
     timed_generate(model, tokenizer, prompts[:2], 2, 4)  # warm-up: first-call allocations are not throughput
     batched, batched_outputs = timed_generate(model, tokenizer, prompts, batch_size, max_new_tokens)
@@ -80,6 +79,7 @@ def main() -> None:
         "machine": machine_info(),
         "model": recipe.model.model_name_or_path,
         "prompts": len(prompts),
+        "device": str(model.device),
         "attn_implementation": model.config._attn_implementation,
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,

@@ -81,8 +81,8 @@ def write_variant(out: Path, rows, outputs: list[str]) -> dict:
     """Score one variant's raw outputs and write its metrics.json and predictions.jsonl under `out`."""
     metrics, samples = score(outputs, [target_text(row) for row in rows])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
-    with open(out / "predictions.jsonl", "w") as handle:
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
         for row, output, sample in zip(rows, outputs, samples):
             record = {"id": row["id"], "kind": row["kind"], "expected": target_text(row), "output": output, **sample}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -106,13 +106,16 @@ def load_test_rows(recipe) -> list[dict]:
 def load_generation_model(recipe):
     """The recipe's base model for generation. Eager attention is Gemma 3's training requirement; for
     inference SDPA computes the same attention (Gemma 3 has no attention soft-capping) and prefills a
-    batch of long prompts about twice as fast on CPU, so an eager recipe generates with SDPA."""
+    batch of long prompts about twice as fast on CPU, so an eager recipe generates with SDPA. On a GPU
+    unless the recipe says `use_cpu`."""
+    import torch
+
     from sft_router.train import load_base_model
 
     model = load_base_model(recipe).eval()
     if model.config._attn_implementation == "eager":
         model.set_attn_implementation("sdpa")
-    return model
+    return model.to("cuda") if torch.cuda.is_available() and not recipe.training.use_cpu else model
 
 
 def model_variants(recipe, adapter: Path):
@@ -236,14 +239,14 @@ def _error_bar(metrics: dict, key: str) -> tuple[float, float]:
 
 def write_comparison(out: Path, results: dict[str, dict]) -> None:
     """comparison.md and comparison.png over whatever variants were scored."""
-    (out / "comparison.md").write_text(comparison_markdown(results))
+    (out / "comparison.md").write_text(comparison_markdown(results), encoding="utf-8")
     plot_comparison(results, out / "comparison.png")
 
 
 def read_jsonl_texts(path: str, fields: tuple[str, ...] = ("text",)) -> list[str]:
     """The first of `fields` present on each line; a test-split row (from `make data`) gives its completion."""
     texts = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         record = json.loads(line)
