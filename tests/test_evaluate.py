@@ -90,14 +90,16 @@ def test_evaluate_module_loads_offline_and_matches_the_scorer(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The tiny recipe's base model as `make eval` loads it, and its tokenizer with the recipe's template."""
+    from transformers import AutoTokenizer
 
     from sft_router.base_models import resolve_base_model
+    from sft_router.config import parse_recipe
 
-    path = resolve_base_model("sft-router/tiny-gemma3")
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    (recipe,) = parse_recipe(["--config", str(ROOT / TINY)])
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("sft-router/tiny-gemma3"))
     tokenizer.chat_template = (ROOT / "recipes/gemma-3-270m-it/chat_template.jinja").read_text()
-    return AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval(), tokenizer
+    return evaluate.load_generation_model(recipe), tokenizer
 
 
 def test_batched_generation_matches_one_at_a_time_in_prompt_order(tiny_model):
@@ -107,6 +109,7 @@ def test_batched_generation_matches_one_at_a_time_in_prompt_order(tiny_model):
     batched = evaluate.generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=6)
     single = [evaluate.generate(model, tokenizer, [p], batch_size=1, max_new_tokens=6)[0] for p in prompts]
     assert batched == single and len(set(batched)) > 1  # the random model answers prompts differently
+    assert model.config._attn_implementation == "sdpa" and model.device.type == "cpu"  # the tiny recipe: use_cpu
 
 
 def hand_results() -> dict[str, dict]:
