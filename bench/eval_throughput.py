@@ -3,7 +3,8 @@
 Both runs call sft_router.evaluate.generate (greedy, KV cache, left padding, stop at <end_of_turn>) on the
 recipe's base model as `make eval` loads it, with the recipe's test prompts (built in memory: no run folder
 needed) and `eval_max_new_tokens`; only the batch size differs (default: the recipe's `eval_batch_size`).
-Prints one JSON object: machine, settings, samples/s of each, the ratio, and whether the outputs agree.
+Prints one JSON object: machine, settings, samples/s of each, the ratio, whether the outputs agree, and
+how much of the batched time is prompt prefill (which batching cannot shrink) vs decoding.
 
 Usage: PYTHONPATH=src python bench/eval_throughput.py [--config recipes/tiny/router.yaml] [--prompts 24]
        [--batch-size N] [--max-new-tokens N] [--threads N]
@@ -75,6 +76,10 @@ def main() -> None:
     timed_generate(model, tokenizer, prompts[:2], 2, 4)  # warm-up: first-call allocations are not throughput
     batched, batched_outputs = timed_generate(model, tokenizer, prompts, batch_size, max_new_tokens)
     single, single_outputs = timed_generate(model, tokenizer, prompts, 1, max_new_tokens)
+    # One new token is (almost) prefill alone: the rest of each run's time is decoding, which batching amortises.
+    batched_prefill, _ = timed_generate(model, tokenizer, prompts, batch_size, 1)
+    single_prefill, _ = timed_generate(model, tokenizer, prompts, 1, 1)
+    decode_speedup = (1 / single - 1 / single_prefill) / max(1 / batched - 1 / batched_prefill, 1e-9)
     report = {
         "machine": machine_info(),
         "model": recipe.model.model_name_or_path,
@@ -86,6 +91,8 @@ def main() -> None:
         "batched_samples_per_s": round(batched, 3),
         "one_at_a_time_samples_per_s": round(single, 3),
         "speedup": round(batched / single, 2),
+        "prefill_share_of_batched_time": round((1 / batched_prefill) / (1 / batched), 2),
+        "decode_only_speedup": round(decode_speedup, 2),
         "outputs_identical": sum(a == b for a, b in zip(batched_outputs, single_outputs)),
     }
     print(json.dumps(report, indent=2))
