@@ -1,7 +1,10 @@
-"""Score the base model and the fine-tuned adapter on the test split with the shared scorer.
+"""Score the base model and the fine-tuned adapter on the test split with the shared scorer, side by side.
 
-Writes runs/<name>/eval/{baseline,finetuned}/{metrics.json,predictions.jsonl}. Generation is batched
-greedy decoding with left padding and the KV cache, stopping at <end_of_turn>.
+Writes runs/<name>/eval/<variant>/{metrics.json,predictions.jsonl} for each variant (baseline, finetuned),
+then runs/<name>/eval/comparison.md (a table of every variant, with bootstrap intervals, per-tool F1 and
+confusion tables) and comparison.png (a bar chart). Generation is batched greedy decoding with left
+padding and the KV cache, stopping at <end_of_turn>; `eval_batch_size` and `eval_max_new_tokens` come
+from the recipe.
 
 Usage: python -m sft_router.evaluate --config recipes/tiny/router.yaml
        python -m sft_router.evaluate --predictions PRED.jsonl --references REF.jsonl   (prints metrics JSON)
@@ -9,14 +12,34 @@ Usage: python -m sft_router.evaluate --config recipes/tiny/router.yaml
 
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
-from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.run import stage_output
-from sft_router.scoring import score
+from sft_router.scoring import label_order, metric_definitions, score
+
+# (metrics.json key, label) in the order the comparison table and chart show them.
+COMPARED = [
+    ("exact_match_rate", "exact match"),
+    ("tool_name_accuracy", "tool name accuracy"),
+    ("average_argument_f1", "argument F1"),
+    ("average_argument_precision", "argument precision"),
+    ("average_argument_recall", "argument recall"),
+    ("json_valid_rate", "JSON valid (lenient)"),
+    ("json_valid_rate_strict", "JSON valid (strict)"),
+    ("exact_match_rate_strict", "exact match (strict)"),
+    ("no_call_accuracy", "no-call accuracy"),
+    ("false_call_rate", "false-call rate"),
+    ("missed_call_rate", "missed-call rate"),
+]
+CHARTED = ["exact_match_rate", "tool_name_accuracy", "average_argument_f1", "json_valid_rate",
+           "exact_match_rate_strict", "no_call_accuracy"]  # fmt: skip
+PREDICTION_FIELDS = ("text", "output")  # `output`: a predictions.jsonl written here
+REFERENCE_FIELDS = ("text", "expected")  # `expected`: a predictions.jsonl; a test-split row gives its completion
 
 
 def stop_token_ids(tokenizer) -> list[int]:
@@ -28,20 +51,25 @@ def render_prompts(tokenizer, rows) -> list[str]:
 
 
 def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, desc: str = "generate"):
-    """Greedy completions, `batch_size` prompts at a time, left padded; special tokens stripped."""
+    """Greedy completions in the prompts' order, `batch_size` prompts at a time, left padded; specials stripped."""
     import torch
     from tqdm.auto import tqdm
 
     tokenizer.padding_side = "left"
-    outputs = []
+    # Longest first, so that prompts batched together are of similar length and padding wastes little.
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    outputs: list[str] = [""] * len(prompts)
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
-        batch = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True,
+        indices = order[start : start + batch_size]
+        batch = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True,
                           add_special_tokens=False).to(model.device)  # fmt: skip
         with torch.inference_mode():
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                        eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        new_tokens = generated[:, batch["input_ids"].shape[1] :]
-        outputs += [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        texts = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        for index, text in zip(indices, texts):
+            outputs[index] = text.strip()
     return outputs
 
 
@@ -49,17 +77,22 @@ def target_text(row) -> str:
     return row["completion"][0]["content"]
 
 
-def evaluate_model(model, tokenizer, rows, recipe, out: Path, desc: str) -> dict:
-    prompts = render_prompts(tokenizer, rows)
-    outputs = generate(model, tokenizer, prompts, recipe.eval.eval_batch_size, recipe.eval.eval_max_new_tokens, desc)
+def write_variant(out: Path, rows, outputs: list[str]) -> dict:
+    """Score one variant's raw outputs and write its metrics.json and predictions.jsonl under `out`."""
     metrics, samples = score(outputs, [target_text(row) for row in rows])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    with open(out / "predictions.jsonl", "w") as handle:
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
         for row, output, sample in zip(rows, outputs, samples):
             record = {"id": row["id"], "kind": row["kind"], "expected": target_text(row), "output": output, **sample}
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return metrics
+
+
+def evaluate_model(model, tokenizer, rows, recipe, out: Path, desc: str) -> dict:
+    prompts = render_prompts(tokenizer, rows)
+    outputs = generate(model, tokenizer, prompts, recipe.eval.eval_batch_size, recipe.eval.eval_max_new_tokens, desc)
+    return write_variant(out, rows, outputs)
 
 
 def load_test_rows(recipe) -> list[dict]:
@@ -70,10 +103,32 @@ def load_test_rows(recipe) -> list[dict]:
     return list(rows.select(range(min(limit, len(rows))))) if limit else list(rows)
 
 
-def run_eval(recipe) -> dict:
+def load_generation_model(recipe):
+    """The recipe's base model for generation. Eager attention is Gemma 3's training requirement; for
+    inference SDPA computes the same attention (Gemma 3 has no attention soft-capping) and prefills a
+    batch of long prompts about twice as fast on CPU, so an eager recipe generates with SDPA. On a GPU
+    unless the recipe says `use_cpu`."""
+    import torch
+
+    from sft_router.train import load_base_model
+
+    model = load_base_model(recipe).eval()
+    if model.config._attn_implementation == "eager":
+        model.set_attn_implementation("sdpa")
+    return model.to("cuda") if torch.cuda.is_available() and not recipe.training.use_cpu else model
+
+
+def model_variants(recipe, adapter: Path):
+    """(name, model) for each model scored: the base model, then the same weights with the adapter."""
     from peft import PeftModel
 
-    from sft_router.train import load_base_model, load_tokenizer
+    model = load_generation_model(recipe)
+    yield "baseline", model
+    yield "finetuned", PeftModel.from_pretrained(model, str(adapter)).eval()
+
+
+def run_eval(recipe) -> dict:
+    from sft_router.train import load_tokenizer
 
     adapter = recipe.stage_dir("adapter")
     if not (adapter / "manifest.json").is_file():
@@ -82,53 +137,164 @@ def run_eval(recipe) -> dict:
     tokenizer = load_tokenizer(recipe)
     results = {}
     with stage_output(recipe, "eval", test_rows=len(rows)) as (out, facts):
-        model = load_base_model(recipe).eval()
-        results["baseline"] = evaluate_model(model, tokenizer, rows, recipe, out / "baseline", "baseline")
-        model = PeftModel.from_pretrained(model, str(adapter)).eval()
-        results["finetuned"] = evaluate_model(model, tokenizer, rows, recipe, out / "finetuned", "fine-tuned")
-        facts["metrics"] = results
+        for name, model in model_variants(recipe, adapter):
+            results[name] = evaluate_model(model, tokenizer, rows, recipe, out / name, name)
+        write_comparison(out, results)
+        facts["metrics"] = {name: headline(metrics) for name, metrics in results.items()}
     return results
 
 
-def read_jsonl_texts(path: str, field: str = "text") -> list[str]:
-    """`text` of each line; a test-split row (from `make data`) gives its completion instead."""
+def headline(metrics: dict) -> dict:
+    """The scalar metrics (what a manifest or a one-line summary carries)."""
+    return {key: value for key, value in metrics.items() if isinstance(value, int | float)}
+
+
+def _cell(metrics: dict, key: str) -> str:
+    if key not in metrics:
+        return "n/a"
+    interval = metrics.get(f"{key}_ci95")
+    return f"{metrics[key]:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+
+
+def metrics_comparison_table(results: dict[str, dict]) -> str:
+    """Markdown table, one column per variant; exact match and argument F1 carry their 95% intervals."""
+    rows = [[label, *(_cell(metrics, key) for metrics in results.values())] for key, label in COMPARED]
+    rows.append(["samples", *(metrics["total_samples"] for metrics in results.values())])
+    return "\n".join(_table(["metric", *results], rows))
+
+
+def per_tool_table(results: dict[str, dict]) -> str:
+    """Tool-selection F1 per expected tool (support from the first variant), one column per variant."""
+    first = next(iter(results.values()))
+    tools = [tool for tool, scores in first["per_tool"].items() if scores["support"]]
+    rows = [[tool, first["per_tool"][tool]["support"],
+             *(f"{metrics['per_tool'].get(tool, {}).get('f1', 0.0):.3f}" for metrics in results.values())]
+            for tool in tools]  # fmt: skip
+    return "\n".join(_table(["expected tool", "support", *(f"{name} F1" for name in results)], rows))
+
+
+def confusion_markdown(confusion: dict[str, dict[str, int]]) -> str:
+    predicted = label_order(label for row in confusion.values() for label in row)
+    rows = [[expected, *(row.get(label, 0) for label in predicted)] for expected, row in confusion.items()]
+    return "\n".join(_table(["expected \\ predicted", *predicted], rows))
+
+
+def comparison_markdown(results: dict[str, dict]) -> str:
+    first = next(iter(results.values()))
+    bootstrap = first["bootstrap"]
+    parts = [
+        f"# Evaluation: {' vs '.join(results)}",
+        f"Test split: {first['total_samples']} rows ({first['call_samples']} expecting a tool call, "
+        f"{first['no_call_samples']} a reply). Headline numbers use the lenient parse; brackets are "
+        f"{bootstrap['method']} bootstrap {bootstrap['confidence']:.0%} intervals "
+        f"({bootstrap['resamples']} resamples, seed {bootstrap['seed']}).",
+        metrics_comparison_table(results),
+        "## Tool selection per expected tool",
+        per_tool_table(results),
+        *(
+            f"## Confusion: {name} (rows expected, columns predicted)\n\n{confusion_markdown(metrics['confusion'])}"
+            for name, metrics in results.items()
+        ),  # fmt: skip
+        "## How each metric is computed",
+        "\n".join(f"- {line}" for line in metric_definitions()),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def plot_comparison(results: dict[str, dict], path: Path) -> None:
+    """Grouped bar chart of the charted metrics, one bar per variant, with the bootstrap intervals drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = dict(COMPARED)
+    figure = Figure(figsize=(10, 4.5), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    width = 0.8 / len(results)
+    for index, (name, metrics) in enumerate(results.items()):
+        xs = [position + (index - (len(results) - 1) / 2) * width for position in range(len(CHARTED))]
+        values = [metrics.get(key, 0.0) for key in CHARTED]
+        errors = [_error_bar(metrics, key) for key in CHARTED]
+        axes.bar(xs, values, width, label=name, yerr=list(zip(*errors)), capsize=3)
+    axes.set_xticks(range(len(CHARTED)), [labels[key] for key in CHARTED], rotation=20, ha="right")
+    axes.set_ylim(0, 1.12)
+    axes.set_ylabel("score (lenient parse unless marked strict)")
+    axes.set_title("Test split; error bars: bootstrap 95% intervals", fontsize=10)
+    axes.legend(loc="upper center", ncols=len(results), frameon=False)
+    figure.savefig(path, dpi=120)
+
+
+def _error_bar(metrics: dict, key: str) -> tuple[float, float]:
+    """Distances from the value down and up to its interval; NaN (no bar drawn) for a metric without one."""
+    if f"{key}_ci95" not in metrics:
+        return math.nan, math.nan
+    low, high = metrics[f"{key}_ci95"]
+    return max(metrics[key] - low, 0.0), max(high - metrics[key], 0.0)
+
+
+def write_comparison(out: Path, results: dict[str, dict]) -> None:
+    """comparison.md and comparison.png over whatever variants were scored."""
+    (out / "comparison.md").write_text(comparison_markdown(results), encoding="utf-8")
+    plot_comparison(results, out / "comparison.png")
+
+
+def read_jsonl_texts(path: str, fields: tuple[str, ...] = ("text",)) -> list[str]:
+    """The first of `fields` present on each line; a test-split row (from `make data`) gives its completion."""
     texts = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         record = json.loads(line)
-        if field in record:
+        field = next((name for name in fields if name in record), None)
+        if field is not None:
             texts.append(record[field])
         elif "completion" in record:
             texts.append(target_text(record))
         else:
-            raise UsageError(f"{path}:{number}: no `{field}` field; each line needs one")
+            raise UsageError(f"{path}:{number}: no `{fields[0]}` field; give each line one")
     return texts
 
 
 def score_files(predictions: str, references: str) -> dict:
     try:
-        metrics, _ = score(read_jsonl_texts(predictions), read_jsonl_texts(references))
+        pred, ref = read_jsonl_texts(predictions, PREDICTION_FIELDS), read_jsonl_texts(references, REFERENCE_FIELDS)
+        if not ref:
+            raise ValueError("no references")
+        metrics, _ = score(pred, ref)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot score {predictions} against {references}: {exc}") from exc
     return metrics
 
 
+def score_files_main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sft_router.evaluate", description="Score a predictions file.")
+    parser.add_argument("--predictions", required=True, help="JSONL, raw model output in `text` on each line")
+    parser.add_argument("--references", required=True, help="JSONL, expected `text` on each line, or the test split")
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise UsageError(f"unknown arguments {unknown}: give only --predictions PRED.jsonl --references REF.jsonl")
+    print(json.dumps(score_files(args.predictions, args.references), ensure_ascii=False))
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--predictions" in argv:
-        if "--references" not in argv:
-            raise UsageError("--predictions needs --references REF.jsonl (the test split JSONL works)")
-        pred, ref = argv[argv.index("--predictions") + 1], argv[argv.index("--references") + 1]
-        print(json.dumps(score_files(pred, ref), indent=2))
+    if "--predictions" in argv or "--references" in argv:
+        score_files_main(argv)
         return
+    from sft_router.config import parse_recipe  # imports TRL: only the model path pays for it
+
     (recipe,) = parse_recipe(argv)
     results = run_eval(recipe)
     for name, metrics in results.items():
-        print(
-            f"eval {name}: exact_match={metrics['exact_match_rate']:.3f} arg_f1={metrics['average_argument_f1']:.3f}"
-        )
+        print(f"eval {name}: exact_match={_cell(metrics, 'exact_match_rate')} "
+              f"arg_f1={_cell(metrics, 'average_argument_f1')}")  # fmt: skip
+    print(f"comparison: {recipe.stage_dir('eval') / 'comparison.md'}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,152 @@
+"""Evaluation around the scorer: predictions files, the `evaluate` module, batched generation, the comparison."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sft_router import evaluate
+from sft_router.scoring import score
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "recipes/tiny/router.yaml"
+CALL = '{"tool_name": "get_calendar_events", "arguments": {"date": "今天"}}'
+PREDICTIONS = [f"output：{CALL}", "好的", '{"tool_name": "set_timer", "arguments": {"minutes": 3}}', ""]
+REFERENCES = [CALL, CALL, "你好！", '{"tool_name": "set_timer", "arguments": {"minutes": 3}}']
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    return path
+
+
+def run_module(args: list[str], **env) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=environment, cwd=ROOT)
+
+
+def test_predictions_file_scores_to_one_json_object_on_stdout(tmp_path):
+    pred = write_jsonl(tmp_path / "pred.jsonl", [{"text": text} for text in PREDICTIONS])
+    ref = write_jsonl(tmp_path / "ref.jsonl", [{"text": text} for text in REFERENCES])
+    done = run_module(["-m", "sft_router.evaluate", "--predictions", str(pred), "--references", str(ref)])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == json.loads(json.dumps(score(PREDICTIONS, REFERENCES)[0]))
+    assert len(done.stdout.strip().splitlines()) == 1
+
+
+def test_test_split_jsonl_is_accepted_as_references(workspace, capsys):
+    from sft_router import data
+
+    data.main(["--config", TINY])
+    split = workspace / "runs/tiny/dataset/test.jsonl"
+    rows = [json.loads(line) for line in split.read_text().splitlines()]
+    perfect = write_jsonl(workspace / "perfect.jsonl", [{"text": row["completion"][0]["content"]} for row in rows])
+    capsys.readouterr()
+    evaluate.main(["--predictions", str(perfect), "--references", str(split)])
+    metrics = json.loads(capsys.readouterr().out)
+    calls = sum(bool(row["tool_name"]) for row in rows)
+    assert (metrics["exact_match_rate"], metrics["exact_match_rate_strict"]) == (1.0, 1.0)
+    assert (metrics["total_samples"], metrics["call_samples"]) == (len(rows), calls) and 0 < calls < len(rows)
+
+
+def test_mismatched_files_fail_with_one_line(tmp_path, capsys):
+    pred = write_jsonl(tmp_path / "pred.jsonl", [{"text": "a"}])
+    ref = write_jsonl(tmp_path / "ref.jsonl", [{"text": "a"}, {"text": "b"}])
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--predictions", str(pred), "--references", str(ref)])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "1 predictions but 2 references" in error and len(error.splitlines()) == 1
+
+
+def test_predictions_file_from_an_eval_run_can_be_rescored(tmp_path, capsys):
+    records = [{"id": i, "expected": r, "output": p} for i, (p, r) in enumerate(zip(PREDICTIONS, REFERENCES))]
+    path = write_jsonl(tmp_path / "predictions.jsonl", records)
+    evaluate.main(["--predictions", str(path), "--references", str(path)])
+    assert (
+        json.loads(capsys.readouterr().out)["exact_match_rate"]
+        == score(PREDICTIONS, REFERENCES)[0]["exact_match_rate"]
+    )
+
+
+def test_evaluate_module_loads_offline_and_matches_the_scorer(tmp_path):
+    code = (
+        "import evaluate, json, sys\n"
+        "for path in sys.argv[3:]:\n"
+        "    metric = evaluate.load(path)\n"
+        "    print(json.dumps(metric.compute(predictions=json.loads(sys.argv[1]), references=json.loads(sys.argv[2]))))"
+    )
+    modules = ["metrics/tool_call", str(ROOT / "metrics/tool_call/tool_call.py")]
+    env = {"HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HOME": str(tmp_path / "hf")}
+    done = run_module(["-c", code, json.dumps(PREDICTIONS), json.dumps(REFERENCES), *modules], **env)
+    assert done.returncode == 0, done.stderr
+    expected = json.loads(json.dumps(score(PREDICTIONS, REFERENCES)[0]))
+    assert [json.loads(line) for line in done.stdout.strip().splitlines()[-2:]] == [expected, expected]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """The tiny recipe's base model as `make eval` loads it, and its tokenizer with the recipe's template."""
+    from transformers import AutoTokenizer
+
+    from sft_router.base_models import resolve_base_model
+    from sft_router.config import parse_recipe
+
+    (recipe,) = parse_recipe(["--config", str(ROOT / TINY)])
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("sft-router/tiny-gemma3"))
+    tokenizer.chat_template = (ROOT / "recipes/gemma-3-270m-it/chat_template.jinja").read_text()
+    return evaluate.load_generation_model(recipe), tokenizer
+
+
+def test_batched_generation_matches_one_at_a_time_in_prompt_order(tiny_model):
+    model, tokenizer = tiny_model
+    users = ["你好", "帮我查一下今天的日程安排，谢谢", "set a timer", "明天下午三点提醒我开会，地点在三楼会议室"]
+    prompts = evaluate.render_prompts(tokenizer, [{"prompt": [{"role": "user", "content": u}]} for u in users])
+    batched = evaluate.generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=6)
+    single = [evaluate.generate(model, tokenizer, [p], batch_size=1, max_new_tokens=6)[0] for p in prompts]
+    assert batched == single and len(set(batched)) > 1  # the random model answers prompts differently
+    assert model.config._attn_implementation == "sdpa" and model.device.type == "cpu"  # the tiny recipe: use_cpu
+
+
+def hand_results() -> dict[str, dict]:
+    other = ["好的", "好的", "hi", CALL]
+    return {"baseline": score(other, REFERENCES)[0], "finetuned": score(PREDICTIONS, REFERENCES)[0],
+            "gguf": score(PREDICTIONS[:2] + other[2:], REFERENCES)[0]}  # fmt: skip
+
+
+def test_comparison_covers_every_variant_with_intervals(tmp_path):
+    results = hand_results()
+    evaluate.write_comparison(tmp_path, results)
+    page = (tmp_path / "comparison.md").read_text()
+    finetuned = results["finetuned"]
+    low, high = finetuned["exact_match_rate_ci95"]
+    assert "| metric | baseline | finetuned | gguf |" in page
+    assert f"| exact match | {results['baseline']['exact_match_rate']:.3f} [" in page
+    assert f"{finetuned['exact_match_rate']:.3f} [{low:.3f}, {high:.3f}]" in page
+    assert "| get_calendar_events | 2 |" in page and "## Confusion: gguf" in page and "missed_call_rate" in page
+    assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_confusion_markdown_puts_no_call_last():
+    table = evaluate.confusion_markdown({"a": {"a": 2, "none": 1}, "none": {"b": 1, "invalid": 3}})
+    assert table.splitlines()[0] == "| expected \\ predicted | a | b | invalid | none |"
+    assert table.splitlines()[2:] == ["| a | 2 | 0 | 0 | 1 |", "| none | 0 | 1 | 3 | 0 |"]
+
+
+def test_make_eval_writes_both_variants_the_table_and_the_chart(tiny_run):
+    eval_dir = tiny_run / "runs/tiny/eval"
+    page = (eval_dir / "comparison.md").read_text()
+    for variant in ("baseline", "finetuned"):
+        metrics = json.loads((eval_dir / variant / "metrics.json").read_text())
+        assert f"{metrics['average_argument_f1']:.3f} [" in page and metrics["per_tool"] and metrics["confusion"]
+        records = [json.loads(line) for line in (eval_dir / variant / "predictions.jsonl").read_text().splitlines()]
+        assert {"id", "kind", "expected", "output", "parsed", "exact_match", "tool_correct"} <= set(records[0])
+        rescored, _ = score([r["output"] for r in records], [r["expected"] for r in records])
+        assert rescored == metrics
+    assert (eval_dir / "comparison.png").stat().st_size > 10_000
+    manifest = json.loads((eval_dir / "manifest.json").read_text())
+    assert set(manifest["metrics"]) == {"baseline", "finetuned"}
