@@ -112,12 +112,12 @@ def hub_api(token=TOKEN):
 
 def test_make_publish_makes_one_commit_per_repo_naming_recipe_and_git_commit(published, online):
     ws, stdout = published
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     for kind, repo_id in REPOS.items():
         repo_type = "dataset" if kind == "dataset" else "model"
         commits = hub_api().list_repo_commits(repo_id, repo_type=repo_type)
         assert [c.title for c in commits][1:] == ["initial commit"]  # the Hub's .gitattributes commit, then ours
-        assert TINY in commits[0].title and (git or "unknown")[:12] in commits[0].title
+        assert TINY in commits[0].title and git[:12] in commits[0].title
         assert f"{repo_id} pushed as commit {commits[0].commit_id}" in stdout
     manifest = json.loads((ws / "runs/tiny/hub/manifest.json").read_text())
     assert set(manifest["commits"]) == set(REPOS.values())
