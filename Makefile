@@ -7,7 +7,7 @@ R := runs/$(RUN)
 PY := .venv/bin/python
 VENV := .venv/.installed
 
-.PHONY: install demo preflight data push-data train eval merge gguf card publish all smoke test test-slow lint clean
+.PHONY: install demo results preflight data push-data train eval merge gguf card publish all smoke test test-slow lint clean
 
 install: $(VENV)
 $(VENV): pyproject.toml
@@ -57,6 +57,9 @@ demo: .venv/.installed-demo
 	$(MAKE) publish RECIPE=recipes/gemma-3-270m-demo/router.yaml
 .venv/.installed-demo: $(VENV)
 	.venv/bin/pip install --quiet -e '.[demo]' && touch $@
+
+results: $(VENV)
+	$(PY) -m sft_router.results
 
 test: $(VENV)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
