@@ -126,13 +126,13 @@ def add_completion_head(model) -> None:
     other call goes to the forward that was there before (TRL's), so generation and evaluation are unchanged.
     """
     previous_forward = model.forward
-    softcap = getattr(model.config.get_text_config(), "final_logit_softcapping", None)
 
     def forward(self, *args, completion_loss_only=False, labels=None, num_items_in_batch=None, **kwargs):
         if not completion_loss_only:
             extra = {"labels": labels, "num_items_in_batch": num_items_in_batch}
             return previous_forward(*args, **kwargs, **{k: v for k, v in extra.items() if v is not None})
         hidden = self.base_model(*args, **{**kwargs, "use_cache": False}).last_hidden_state
+        softcap = getattr(self.config.get_text_config(), "final_logit_softcapping", None)
         return completion_loss(hidden, labels, self.get_output_embeddings(), softcap, num_items_in_batch)
 
     model.forward = types.MethodType(forward, model)
@@ -237,11 +237,13 @@ def write_adapter_stage(recipe, trainer, result, saved: Path, resumed_from: str 
         shutil.copyfile(Path(recipe.training.output_dir) / "train_results.json", out / "train_results.json")
         plot_training_curves(trainer.state.log_history, out / "training_curves.png")
         facts["full_fine_tuning"] = not recipe.model.use_peft
+        facts["world_size"] = trainer.args.world_size
         facts["train_metrics"] = result.metrics
         facts["log_history"] = trainer.state.log_history
 
 
-def train(recipe, callbacks=()) -> Path:
+def train(recipe, callbacks=()) -> Path | None:
+    """Train (resuming if a checkpoint exists); the adapter folder on the main process, None on the others."""
     if recipe.training.completion_only_loss is False:
         raise UsageError(f"{recipe.path}: completion_only_loss must stay true; the router learns only its answers")
     trainer = build_trainer(recipe, callbacks)
@@ -250,10 +252,11 @@ def train(recipe, callbacks=()) -> Path:
     # Every process takes part in saving (FSDP gathers the weights); Trainer writes files on the main one only
     saved = Path(recipe.training.output_dir) / "final"
     trainer.save_model(str(saved))
-    if trainer.is_world_process_zero():
+    main_process = trainer.is_world_process_zero()
+    if main_process:
         write_adapter_stage(recipe, trainer, result, saved, resume)
-    trainer.accelerator.wait_for_everyone()
-    return recipe.stage_dir("adapter")
+    trainer.accelerator.wait_for_everyone()  # the others return only once the stage folder is in place
+    return recipe.stage_dir("adapter") if main_process else None
 
 
 def log_losses(adapter_dir: Path) -> list[float]:
@@ -270,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     start = time.time()
     out = train(recipe)
-    print(f"train: adapter written to {out} in {time.time() - start:.0f}s")
+    if out is not None:
+        print(f"train: adapter written to {out} in {time.time() - start:.0f}s")
 
 
 if __name__ == "__main__":
