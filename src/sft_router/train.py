@@ -228,7 +228,7 @@ def plot_training_curves(log_history: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def write_adapter_stage(recipe, trainer, result, saved: Path, resumed_from: str | None) -> None:
+def write_adapter_stage(recipe, trainer, result, saved: Path, resumed_from: str | None, seconds: float) -> None:
     """Main process only: the saved weights, tokenizer, metrics and curves become runs/<name>/adapter/."""
     with stage_output(recipe, "adapter", resumed_from=resumed_from) as (out, facts):
         shutil.copytree(saved, out, dirs_exist_ok=True)
@@ -238,6 +238,7 @@ def write_adapter_stage(recipe, trainer, result, saved: Path, resumed_from: str 
         plot_training_curves(trainer.state.log_history, out / "training_curves.png")
         facts["full_fine_tuning"] = not recipe.model.use_peft
         facts["world_size"] = trainer.args.world_size
+        facts["train_wall_time_s"] = round(seconds, 2)
         facts["train_metrics"] = result.metrics
         facts["log_history"] = trainer.state.log_history
 
@@ -248,13 +249,14 @@ def train(recipe, callbacks=()) -> Path | None:
         raise UsageError(f"{recipe.path}: completion_only_loss must stay true; the router learns only its answers")
     trainer = build_trainer(recipe, callbacks)
     resume = last_checkpoint(recipe.training.output_dir)
+    start = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     # Every process takes part in saving (FSDP gathers the weights); Trainer writes files on the main one only
     saved = Path(recipe.training.output_dir) / "final"
     trainer.save_model(str(saved))
     main_process = trainer.is_world_process_zero()
     if main_process:
-        write_adapter_stage(recipe, trainer, result, saved, resume)
+        write_adapter_stage(recipe, trainer, result, saved, resume, time.time() - start)
     trainer.accelerator.wait_for_everyone()  # the others return only once the stage folder is in place
     return recipe.stage_dir("adapter") if main_process else None
 
