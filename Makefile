@@ -26,7 +26,7 @@ $(R)/hub-data/manifest.json: $(R)/dataset/manifest.json
 
 train: $(R)/adapter/manifest.json
 $(R)/adapter/manifest.json: $(R)/dataset/manifest.json
-	$(PY) -m sft_router.train --config $(RECIPE)
+	$(if $(ACCELERATE_CONFIG),.venv/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) -m sft_router.train,$(PY) -m sft_router.train) --config $(RECIPE)
 
 eval: $(R)/eval/manifest.json
 $(R)/eval/manifest.json: $(R)/adapter/manifest.json

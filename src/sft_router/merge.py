@@ -1,5 +1,7 @@
 """Merge the LoRA adapter into the base model: a standalone folder that llama.cpp and gguf-my-repo can convert.
 
+A full fine-tune (`use_peft: false`) has nothing to merge: its trained model is saved as it is.
+
 transformers 5 `save_pretrained` writes neither `tokenizer.model` nor the template inside
 `tokenizer_config.json`; llama.cpp's converter needs the first (else it falls back to a score-less BPE
 vocabulary) and gguf-my-repo downloads `*.json` but not `*.jinja`, so both are put there by hand.
@@ -41,15 +43,16 @@ def save_tokenizer_files(tokenizer, recipe, out: Path) -> None:
 
 
 def merge_adapter(recipe, out: Path) -> None:
+    """LoRA: fold the adapter into the base weights. Full fine-tuning (`use_peft: false`): the model as trained."""
     from peft import PeftModel
     from transformers import GenerationConfig
 
     from sft_router.evaluate import stop_token_ids
-    from sft_router.train import load_base_model, load_tokenizer
+    from sft_router.train import load_tokenizer, load_trained_model
 
     tokenizer = load_tokenizer(recipe)
-    model = PeftModel.from_pretrained(load_base_model(recipe), str(recipe.stage_dir("adapter")))
-    merged = model.merge_and_unload()
+    model = load_trained_model(recipe)
+    merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
     merged.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -1,18 +1,35 @@
 """LoRA (or full) SFT of the recipe's base model with TRL's SFTTrainer; loss on the completion only.
 
-Writes checkpoints to runs/<name>/train/ and the final adapter to runs/<name>/adapter/. Rerunning after
-an interruption resumes from the last checkpoint; a finished run (adapter present) is not retrained.
+Writes checkpoints to runs/<name>/train/ and the final adapter (or, with `use_peft: false`, the full model) to
+runs/<name>/adapter/, with the loss and learning-rate curves as training_curves.png. Rerunning after an
+interruption resumes from the last checkpoint; a finished run (adapter manifest present) is not retrained.
+Under `accelerate launch` every process trains and only the main one writes the stage folder.
+
+Fast steps: Gemma 3 270M has a 262k vocabulary, so its LM head costs more than the 18 layers below it.
+The router's loss covers only the completion (a few dozen tokens of a ~1000-token prompt), so
+`CompletionOnlySFTTrainer` projects only the hidden states at labelled positions through the head, in
+vocabulary-bounded chunks that are recomputed in backward: memory is set by the completion, not the sequence.
 
 Usage: python -m sft_router.train --config recipes/tiny/router.yaml
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import time
+import types
+from dataclasses import dataclass
 from pathlib import Path
+
+from transformers.utils import ModelOutput
 
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.run import stage_output
+
+# Logits held at once by the completion head: 2**26 fp32 values is 256 MiB, ~256 positions of Gemma's vocabulary.
+LOGITS_PER_CHUNK = 2**26
 
 
 def load_tokenizer(recipe, source: str | None = None):
@@ -41,44 +58,213 @@ def load_base_model(recipe):
     )
 
 
+def load_trained_model(recipe):
+    """The fine-tuned model from runs/<name>/adapter/: base plus LoRA adapter, or the full model it holds."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    adapter = recipe.stage_dir("adapter")
+    if (adapter / "adapter_config.json").is_file():
+        return PeftModel.from_pretrained(load_base_model(recipe), str(adapter))
+    return AutoModelForCausalLM.from_pretrained(
+        str(adapter), attn_implementation=recipe.model.attn_implementation or "eager"
+    )
+
+
 def last_checkpoint(output_dir: str) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
     return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
 
 
-def build_trainer(recipe):
+@dataclass
+class CompletionLossOutput(ModelOutput):
+    """The completion head's output; a ModelOutput (a registered pytree) so DDP finds the tensors in it."""
+
+    loss: object = None
+    num_correct: object = None
+    num_labels: object = None
+
+
+def _chunk_loss(hidden, weight, bias, labels, softcap):
+    """Summed cross-entropy and correct top-1 count of one chunk of labelled positions."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = F.linear(hidden, weight, bias).float()
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap  # Gemma's final_logit_softcapping, as in its forward
+    return F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(-1) == labels).sum()
+
+
+def completion_loss(hidden_states, labels, lm_head, softcap=None, num_items_in_batch=None):
+    """Next-token loss over the positions whose label is set, projecting only those through `lm_head`."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    labels = labels[:, 1:].to(hidden_states.device)
+    mask = labels != -100
+    selected, targets = hidden_states[:, :-1][mask], labels[mask]
+    weight, bias = lm_head.weight, lm_head.bias
+    if hasattr(weight, "full_tensor"):  # FSDP2 shards the head as a DTensor; the backbone's output is plain
+        weight, bias = weight.full_tensor(), None if bias is None else bias.full_tensor()
+    rows = max(1, LOGITS_PER_CHUNK // weight.shape[0])
+    # `selected.sum() * 0` keeps a batch without labels connected to the graph, so backward (and DDP) still run
+    total, correct = selected.sum() * 0.0, torch.zeros((), dtype=torch.long, device=selected.device)
+    for start in range(0, selected.shape[0], rows):
+        chunk = (selected[start : start + rows], weight, bias, targets[start : start + rows], softcap)
+        chunk_loss, chunk_correct = checkpoint(_chunk_loss, *chunk, use_reentrant=False)
+        total, correct = total + chunk_loss, correct + chunk_correct
+    denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+    return CompletionLossOutput(loss=total / denominator, num_correct=correct, num_labels=mask.sum())
+
+
+def add_completion_head(model) -> None:
+    """Let `model(..., completion_loss_only=True)` return the completion loss instead of logits.
+
+    The head runs inside the model's forward, so DDP and FSDP wrappers see it as part of their module; any
+    other call goes to the forward that was there before (TRL's), so generation and evaluation are unchanged.
+    """
+    previous_forward = model.forward
+
+    def forward(self, *args, completion_loss_only=False, labels=None, num_items_in_batch=None, **kwargs):
+        if not completion_loss_only:
+            extra = {"labels": labels, "num_items_in_batch": num_items_in_batch}
+            return previous_forward(*args, **kwargs, **{k: v for k, v in extra.items() if v is not None})
+        hidden = self.base_model(*args, **{**kwargs, "use_cache": False}).last_hidden_state
+        softcap = getattr(self.config.get_text_config(), "final_logit_softcapping", None)
+        return completion_loss(hidden, labels, self.get_output_embeddings(), softcap, num_items_in_batch)
+
+    model.forward = types.MethodType(forward, model)
+
+
+def sft_trainer_class():
+    """`CompletionOnlySFTTrainer`, defined on first use so that importing this module stays light."""
+    from accelerate.utils import is_peft_model
+    from trl import SFTTrainer
+
+    class CompletionOnlySFTTrainer(SFTTrainer):
+        """SFTTrainer whose training loss projects only labelled positions through the LM head."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            add_completion_head(self.model.get_base_model() if is_peft_model(self.model) else self.model)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            uses_other_loss = self.compute_loss_func or self.label_smoother or self.args.loss_type != "nll"
+            if return_outputs or uses_other_loss:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            outputs = model(**inputs, completion_loss_only=True, num_items_in_batch=num_items_in_batch)
+            loss = outputs.loss
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # as TRL: DDP averages, the count spans every rank
+            self._log_token_accuracy(outputs)
+            return loss
+
+        def _log_token_accuracy(self, outputs) -> None:
+            mode = "train" if self.model.training else "eval"
+            correct = self.accelerator.gather_for_metrics(outputs.num_correct).sum()
+            labelled = self.accelerator.gather_for_metrics(outputs.num_labels).sum()
+            self._metrics[mode]["mean_token_accuracy"].append((correct / labelled.clamp(min=1)).item())
+
+    return CompletionOnlySFTTrainer
+
+
+def make_trainer(recipe, model, tokenizer, train_dataset, eval_dataset=None, trainer_class=None, callbacks=()):
+    """The project's trainer, or `trainer_class` (TRL's SFTTrainer, for the benchmark), with the recipe's LoRA."""
+    from trl import get_peft_config
+
+    columns = ["prompt", "completion"]
+    return (trainer_class or sft_trainer_class())(
+        model=model,
+        args=recipe.training,
+        train_dataset=train_dataset.select_columns(columns),
+        eval_dataset=eval_dataset.select_columns(columns) if eval_dataset is not None else None,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(recipe.model),
+        callbacks=list(callbacks),
+    )
+
+
+def build_trainer(recipe, callbacks=()):
+    """The trainer of `make train`: seed first, then the recipe's base model and the run's dataset."""
     from transformers import set_seed
-    from trl import SFTTrainer, get_peft_config
 
     from sft_router.data import load_split
 
     set_seed(recipe.training.seed)
-    train, validation = load_split(recipe, "train"), load_split(recipe, "validation")
-    columns = ["prompt", "completion"]
-    return SFTTrainer(
-        model=load_base_model(recipe),
-        args=recipe.training,
-        train_dataset=train.select_columns(columns),
-        eval_dataset=validation.select_columns(columns) if recipe.training.eval_strategy != "no" else None,
-        processing_class=load_tokenizer(recipe),
-        peft_config=get_peft_config(recipe.model),
+    validation = load_split(recipe, "validation") if recipe.training.eval_strategy != "no" else None
+    return make_trainer(
+        recipe,
+        load_base_model(recipe),
+        load_tokenizer(recipe),
+        load_split(recipe, "train"),
+        validation,
+        None,
+        callbacks,
     )
 
 
-def train(recipe) -> Path:
-    if recipe.training.completion_only_loss is False:
-        raise UsageError(f"{recipe.path}: completion_only_loss must stay true; the router learns only its answers")
-    trainer = build_trainer(recipe)
-    resume = last_checkpoint(recipe.training.output_dir)
-    with stage_output(recipe, "adapter", resumed_from=resume) as (out, facts):
-        result = trainer.train(resume_from_checkpoint=resume)
-        trainer.save_model(str(out))
+def plot_training_curves(log_history: list[dict], path: Path) -> None:
+    """Loss (train and, if logged, eval) and learning rate against the step, for the model card."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axes, lr_axes) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key, label in (("loss", "train"), ("eval_loss", "validation")):
+        points = [(entry["step"], entry[key]) for entry in log_history if key in entry]
+        if points:
+            loss_axes.plot(*zip(*points), marker=".", label=label)
+    loss_axes.set(xlabel="step", ylabel="loss", title="Loss (completion tokens)")
+    loss_axes.legend()
+    rates = [(entry["step"], entry["learning_rate"]) for entry in log_history if "learning_rate" in entry]
+    if rates:
+        lr_axes.plot(*zip(*rates), color="tab:orange")
+    lr_axes.set(xlabel="step", ylabel="learning rate", title="Learning rate")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_adapter_stage(recipe, trainer, result, saved: Path, resumed_from: str | None, seconds: float) -> None:
+    """Main process only: the saved weights, tokenizer, metrics and curves become runs/<name>/adapter/."""
+    with stage_output(recipe, "adapter", resumed_from=resumed_from) as (out, facts):
+        shutil.copytree(saved, out, dirs_exist_ok=True)
         trainer.processing_class.save_pretrained(str(out))
-        trainer.save_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)  # writes train_results.json into the trainer's output_dir
+        shutil.copyfile(Path(recipe.training.output_dir) / "train_results.json", out / "train_results.json")
+        plot_training_curves(trainer.state.log_history, out / "training_curves.png")
+        facts["full_fine_tuning"] = not recipe.model.use_peft
+        facts["world_size"] = trainer.args.world_size
+        facts["train_wall_time_s"] = round(seconds, 2)
         facts["train_metrics"] = result.metrics
         facts["log_history"] = trainer.state.log_history
-    return recipe.stage_dir("adapter")
+
+
+def train(recipe, callbacks=()) -> Path | None:
+    """Train (resuming if a checkpoint exists); the adapter folder on the main process, None on the others."""
+    if recipe.training.completion_only_loss is False:
+        raise UsageError(f"{recipe.path}: completion_only_loss must stay true; the router learns only its answers")
+    trainer = build_trainer(recipe, callbacks)
+    resume = last_checkpoint(recipe.training.output_dir)
+    start = time.time()
+    result = trainer.train(resume_from_checkpoint=resume)
+    # Every process takes part in saving (FSDP gathers the weights); Trainer writes files on the main one only
+    saved = Path(recipe.training.output_dir) / "final"
+    trainer.save_model(str(saved))
+    main_process = trainer.is_world_process_zero()
+    if main_process:
+        write_adapter_stage(recipe, trainer, result, saved, resume, time.time() - start)
+    trainer.accelerator.wait_for_everyone()  # the others return only once the stage folder is in place
+    return recipe.stage_dir("adapter") if main_process else None
+
+
+def log_losses(adapter_dir: Path) -> list[float]:
+    """Training losses in logging order, from a finished adapter's manifest."""
+    history = json.loads((Path(adapter_dir) / "manifest.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
 
 
 @one_line_errors
@@ -87,7 +273,10 @@ def main(argv: list[str] | None = None) -> None:
     if recipe.stage_dir("adapter").joinpath("manifest.json").is_file():
         print(f"train: {recipe.stage_dir('adapter')} is finished; delete it to retrain")
         return
-    print(f"train: adapter written to {train(recipe)}")
+    start = time.time()
+    out = train(recipe)
+    if out is not None:
+        print(f"train: adapter written to {out} in {time.time() - start:.0f}s")
 
 
 if __name__ == "__main__":
