@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.pop("HF_TOKEN", None)
+# The tiny model's matrices are too small for two threads to pay off; on busy cores they ran 5-40x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The loopback Hub starts before anything imports huggingface_hub, which reads HF_ENDPOINT once at import; Xet off,
 # since the Hub then takes uploads over Git LFS, which the loopback server speaks.
 HUB = HubServer(

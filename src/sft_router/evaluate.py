@@ -103,7 +103,7 @@ def load_test_rows(recipe) -> list[dict]:
     return list(rows.select(range(min(limit, len(rows))))) if limit else list(rows)
 
 
-def load_generation_model(recipe):
+def load_generation_model(recipe, source: str | None = None):
     """The recipe's base model for generation. Eager attention is Gemma 3's training requirement; for
     inference SDPA computes the same attention (Gemma 3 has no attention soft-capping) and prefills a
     batch of long prompts about twice as fast on CPU, so an eager recipe generates with SDPA. On a GPU
@@ -112,7 +112,7 @@ def load_generation_model(recipe):
 
     from sft_router.train import load_base_model
 
-    model = load_base_model(recipe).eval()
+    model = load_base_model(recipe, source).eval()
     if model.config._attn_implementation == "eager":
         model.set_attn_implementation("sdpa")
     return model.to("cuda") if torch.cuda.is_available() and not recipe.training.use_cpu else model
@@ -124,7 +124,10 @@ def model_variants(recipe, adapter: Path):
 
     model = load_generation_model(recipe)
     yield "baseline", model
-    yield "finetuned", PeftModel.from_pretrained(model, str(adapter)).eval()
+    if (adapter / "adapter_config.json").is_file():
+        yield "finetuned", PeftModel.from_pretrained(model, str(adapter)).eval()
+    else:  # full fine-tuning (`use_peft: false`): the adapter folder holds the whole model
+        yield "finetuned", load_generation_model(recipe, source=str(adapter))
 
 
 def run_eval(recipe) -> dict:

@@ -43,8 +43,9 @@ def load_tokenizer(recipe, source: str | None = None):
     return tokenizer
 
 
-def load_base_model(recipe):
-    """Gemma 3 trains with eager attention (its documented requirement); bf16 only where the device has it."""
+def load_base_model(recipe, source: str | None = None):
+    """Gemma 3 trains with eager attention (its documented requirement); bf16 only where the device has it.
+    `source` loads other weights (a fully fine-tuned model) the same way."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -52,7 +53,7 @@ def load_base_model(recipe):
 
     dtype = torch.bfloat16 if recipe.training.bf16 else torch.float32
     return AutoModelForCausalLM.from_pretrained(
-        resolve_base_model(recipe.model.model_name_or_path),
+        source or resolve_base_model(recipe.model.model_name_or_path),
         attn_implementation=recipe.model.attn_implementation or "eager",
         dtype=dtype,
     )
@@ -61,14 +62,11 @@ def load_base_model(recipe):
 def load_trained_model(recipe):
     """The fine-tuned model from runs/<name>/adapter/: base plus LoRA adapter, or the full model it holds."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     adapter = recipe.stage_dir("adapter")
     if (adapter / "adapter_config.json").is_file():
         return PeftModel.from_pretrained(load_base_model(recipe), str(adapter))
-    return AutoModelForCausalLM.from_pretrained(
-        str(adapter), attn_implementation=recipe.model.attn_implementation or "eager"
-    )
+    return load_base_model(recipe, str(adapter))
 
 
 def last_checkpoint(output_dir: str) -> str | None:
