@@ -80,7 +80,11 @@ def go_eval(expression: str, dot, scopes: list[dict]):
     words = shlex.split(expression, posix=False)
     if len(words) > 1:
         name, args = words[0], [go_eval(w, dot, scopes) for w in words[1:]]
-        functions = {"eq": lambda a, b: a == b, "and": lambda *a: all(map(go_truth, a)), "not": lambda a: not go_truth(a)}
+        functions = {
+            "eq": lambda a, b: a == b,
+            "and": lambda *a: all(map(go_truth, a)),
+            "not": lambda a: not go_truth(a),
+        }
         return functions[name](*args)
     word = words[0]
     if word.startswith('"'):
@@ -136,7 +140,7 @@ CONVERSATIONS = [
     [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "播放周杰伦的晴天"}],
     [{"role": "user", "content": "hello there"}],
     [
-        {"role": "system", "content": "Route requests.\nLine two with \"quotes\" and {braces}."},
+        {"role": "system", "content": 'Route requests.\nLine two with "quotes" and {braces}.'},
         {"role": "user", "content": "turn on the lamp"},
         {"role": "assistant", "content": '{"tool_name": "control_device", "arguments": {"device": "lamp"}}'},
         {"role": "user", "content": "and off again"},

@@ -86,6 +86,9 @@ def run_eval(recipe) -> dict:
         results["baseline"] = evaluate_model(model, tokenizer, rows, recipe, out / "baseline", "baseline")
         model = PeftModel.from_pretrained(model, str(adapter)).eval()
         results["finetuned"] = evaluate_model(model, tokenizer, rows, recipe, out / "finetuned", "fine-tuned")
+        from sft_router.gguf_eval import evaluate_gguf  # the Q8_0 GGUF under llama.cpp, free and grammar-constrained
+
+        results.update(evaluate_gguf(recipe, tokenizer, rows, out))
         facts["metrics"] = results
     return results
 

@@ -145,7 +145,9 @@ def check_gguf(path: Path, chat_template: str, outtype: str) -> dict:
     if FILE_TYPES[outtype] not in facts["tensor_types"]:
         problems.append(f"no {FILE_TYPES[outtype]} tensors")
     if facts["eot_token"] != STOP_TOKEN or facts["eos_token"] != "<eos>":
-        problems.append(f"stop tokens are eos={facts['eos_token']} eot={facts['eot_token']}, not <eos> and {STOP_TOKEN}")
+        problems.append(
+            f"stop tokens are eos={facts['eos_token']} eot={facts['eot_token']}, not <eos> and {STOP_TOKEN}"
+        )
     if facts["bos_token"] != "<bos>" or not facts["add_bos_token"]:
         problems.append("<bos> is not the BOS token added to every prompt")
     if problems:
@@ -173,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"no merged model in {merged}: run `make merge RECIPE={recipe.path}` first")
     unknown = [t for t in recipe.export.gguf_outtypes if t not in FILE_TYPES]
     if unknown or not recipe.export.gguf_outtypes:
-        raise UsageError(f"{recipe.path}: gguf_outtypes has '{(unknown or [''])[0]}'; use some of {sorted(FILE_TYPES)}")
+        raise UsageError(
+            f"{recipe.path}: gguf_outtypes has '{(unknown or [''])[0]}'; use some of {sorted(FILE_TYPES)}"
+        )
     backend = os.environ.get("GGUF_BACKEND") or recipe.export.gguf_backend
     if backend == "space":
         from sft_router.gguf_space import convert_on_space
