@@ -11,7 +11,9 @@ Usage: python -m sft_router.gguf --config recipes/tiny/router.yaml   (writes run
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -83,6 +85,25 @@ def _run_pinned(converter: Path, script: str, args: list[str], what: str) -> Non
         raise UsageError(f"llama.cpp {what} failed: {tail[0]}")
 
 
+def converter_input(merged: Path, staging: Path) -> Path:
+    """The merged folder as the converter must see it: tokenizer_config.json with `added_tokens_decoder`.
+
+    transformers 5 drops that key on save; without it the converter types <start_of_turn> and
+    <end_of_turn> as ordinary text, so llama.cpp splits them into characters and never stops at the
+    turn end. The entries come from tokenizer.json's `added_tokens` (ids, content, special flags).
+    """
+    staging.mkdir(parents=True, exist_ok=True)
+    for item in merged.iterdir():
+        if item.name != "tokenizer_config.json":
+            (staging / item.name).symlink_to(item.resolve())
+    config = json.loads((merged / "tokenizer_config.json").read_text())
+    added = json.loads((merged / "tokenizer.json").read_text()).get("added_tokens", [])
+    decoder = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
+    config["added_tokens_decoder"] = {**decoder, **config.get("added_tokens_decoder", {})}
+    (staging / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return staging
+
+
 def convert_to_gguf(merged: Path, outfile: Path, outtype: str) -> None:
     """Convert, then name <end_of_turn> the end-of-turn token in the metadata.
 
@@ -92,8 +113,13 @@ def convert_to_gguf(merged: Path, outfile: Path, outtype: str) -> None:
     """
     converter = fetch_converter()
     raw = outfile.with_name(outfile.name + ".raw")
-    _run_pinned(converter, "convert_hf_to_gguf.py", [str(merged), "--outtype", outtype, "--outfile", str(raw)],
-                f"converter on {merged}")  # fmt: skip
+    staging = outfile.with_name(outfile.name + ".input")
+    try:
+        source = converter_input(merged, staging)
+        _run_pinned(converter, "convert_hf_to_gguf.py", [str(source), "--outtype", outtype, "--outfile", str(raw)],
+                    f"converter on {merged}")  # fmt: skip
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     _run_pinned(converter, "gguf-py/gguf/scripts/gguf_new_metadata.py",
                 [str(raw), str(outfile), "--special-token", "eot", STOP_TOKEN, "--force"], "metadata writer")  # fmt: skip
     raw.unlink()
@@ -119,6 +145,11 @@ def describe_gguf(path: Path) -> dict:
         token_id = value(key)
         return tokens[token_id] if token_id is not None and token_id < len(tokens) else None
 
+    def token_type(text):
+        from gguf import TokenType
+
+        return TokenType(value("tokenizer.ggml.token_type")[tokens.index(text)]).name if text in tokens else None
+
     return {
         "architecture": value("general.architecture"),
         "tokenizer_model": value("tokenizer.ggml.model"),
@@ -129,6 +160,7 @@ def describe_gguf(path: Path) -> dict:
         "eos_token": token_text("tokenizer.ggml.eos_token_id"),
         "eot_token": token_text("tokenizer.ggml.eot_token_id"),
         "eot_token_id": value("tokenizer.ggml.eot_token_id"),
+        "turn_token_types": [token_type(turn) for turn in ("<start_of_turn>", STOP_TOKEN)],
         "tensor_types": sorted({tensor.tensor_type.name for tensor in reader.tensors}),
     }
 
@@ -148,6 +180,8 @@ def check_gguf(path: Path, chat_template: str, outtype: str) -> dict:
         problems.append(
             f"stop tokens are eos={facts['eos_token']} eot={facts['eot_token']}, not <eos> and {STOP_TOKEN}"
         )
+    if facts["turn_token_types"] != ["CONTROL", "CONTROL"]:
+        problems.append(f"<start_of_turn>/<end_of_turn> are {facts['turn_token_types']}, not CONTROL tokens")
     if facts["bos_token"] != "<bos>" or not facts["add_bos_token"]:
         problems.append("<bos> is not the BOS token added to every prompt")
     if problems:
