@@ -17,8 +17,9 @@ import pytest
 from sft_router.gguf import STOP_TOKEN, check_gguf, convert_to_gguf, describe_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
-Q8_TOLERANCE = 0.05  # max |logit difference|, Q8_0 vs fp32 transformers, on the tiny model (measured ~0.01)
-MAX_NEW_TOKENS = 32
+Q8_TOLERANCE = 0.05  # max |logit difference|, Q8_0 vs fp32 transformers, last prompt position, tiny model
+MAX_NEW_TOKENS = 24
+GREEDY_PROMPTS = 8  # greedy decoding in transformers is the slow part; token ids and logits use all 24 prompts
 
 
 def test_runtime_pins_equal_the_pyproject_extra():
@@ -87,6 +88,11 @@ def hf_greedy(merged, prompt: str) -> list[int]:
     return out[:-1] if out and out[-1] in stops else out
 
 
+@pytest.fixture(scope="session")
+def hf_answers(merged, prompts):
+    return [hf_greedy(merged, prompt) for prompt in prompts[:GREEDY_PROMPTS]]
+
+
 def hf_last_logits(merged, prompt: str):
     import torch
 
@@ -103,37 +109,43 @@ def test_prompt_token_ids_equal_transformers(runtime, tiny_run, merged, prompts)
         assert prompt_ids(llm, prompt) == hf_ids(merged[1], prompt)
 
 
-def test_f16_greedy_tokens_equal_transformers(runtime, f16_gguf, merged, prompts):
+def test_f16_greedy_tokens_equal_transformers(runtime, f16_gguf, prompts, hf_answers):
     from sft_router.runtime import greedy_ids, load_gguf, prompt_ids
 
     llm = load_gguf(f16_gguf)
-    for prompt in prompts:
-        assert greedy_ids(llm, prompt_ids(llm, prompt), MAX_NEW_TOKENS) == hf_greedy(merged, prompt), prompt[-80:]
+    for prompt, expected in zip(prompts, hf_answers):
+        assert greedy_ids(llm, prompt_ids(llm, prompt), MAX_NEW_TOKENS) == expected, prompt[-80:]
 
 
-def test_q8_logits_within_tolerance_and_greedy_mostly_equal(runtime, tiny_run, merged, prompts):
+def test_q8_logits_within_tolerance_and_greedy_mostly_equal(runtime, tiny_run, merged, prompts, hf_answers):
     import numpy as np
 
     from sft_router.runtime import greedy_ids, load_gguf, prompt_ids
 
     llm = load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf", logits_all=True)
-    agree = 0
     for prompt in prompts:
         ids = prompt_ids(llm, prompt)
         llm.reset()
         llm.eval(ids)
         gap = np.abs(np.asarray(llm.scores[len(ids) - 1]) - hf_last_logits(merged, prompt)).max()
         assert gap < Q8_TOLERANCE, f"logits differ by {gap:.4f}"
-        agree += greedy_ids(llm, ids, MAX_NEW_TOKENS) == hf_greedy(merged, prompt)
-    assert agree >= 0.9 * len(prompts)
+    agree = [greedy_ids(llm, prompt_ids(llm, p), MAX_NEW_TOKENS) == a for p, a in zip(prompts, hf_answers)]
+    assert sum(agree) >= 0.85 * len(agree)
 
 
 def test_reusing_the_cached_system_prefix_changes_no_answer(runtime, tiny_run, prompts):
-    from sft_router.runtime import complete, load_gguf
+    from sft_router.runtime import complete, load_gguf, prompt_ids
 
     llm = load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
-    fresh = [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=False) for p in prompts[:8]]
-    assert [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=True) for p in prompts[:8]] == fresh
+    fresh = [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=False) for p in prompts[:GREEDY_PROMPTS]]
+    evaluated, evaluate = [], llm.eval
+    llm.eval = lambda tokens: (evaluated.append(len(tokens)), evaluate(tokens))  # count, then run the real eval
+    assert [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=True) for p in prompts[:GREEDY_PROMPTS]] == fresh
+    prompt_evals = [n for n in evaluated if n > 1]  # the first eval of each request; later ones are 1 token
+    ids = [prompt_ids(llm, p) for p in prompts[:GREEDY_PROMPTS]]
+    shared = [next(i for i, (a, b) in enumerate(zip(x, y)) if a != b) for x, y in zip(ids, ids[1:])]
+    assert min(shared) > 100  # the static part of the system prompt
+    assert prompt_evals[1:] == [len(x) - n for x, n in zip(ids[1:], shared)]  # only the rest is evaluated
 
 
 @pytest.mark.parametrize("variant", ["gguf", "gguf_grammar"])
