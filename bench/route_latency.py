@@ -7,6 +7,8 @@ instructions) and evaluates only the rest, as a server would. llama.cpp reuses t
 prefix of consecutive prompts by itself; transformers gets a copy of a cache computed once.
 
 Usage: python bench/route_latency.py --config recipes/tiny/router.yaml [--requests 24] [--max_new_tokens 48] [--threads 2]
+       python bench/route_latency.py --config recipes/tiny/router.yaml --merged DIR --gguf FILE   (other weights,
+       e.g. real Gemma 3 270M, on the tiny run's test prompts)
        (after `make gguf`; prints p50/p95 per mode and the transformers / llama.cpp ratios)
 """
 
@@ -27,6 +29,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def load_prompts(run: Path, tokenizer, count: int) -> list[str]:
+    """The first `count` test prompts, rendered by the training chat template (set on `tokenizer`)."""
     rows = [json.loads(line) for line in (run / "dataset/test.jsonl").read_text().splitlines()][:count]
     return [tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True) for row in rows]
 
@@ -89,6 +92,10 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=48)
     # On a machine shared with other jobs, fewer threads than cores avoids OpenMP spin-waiting collapse.
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for both runtimes")
+    parser.add_argument(
+        "--merged", help="model folder to time instead of runs/<name>/merged (e.g. real Gemma weights)"
+    )
+    parser.add_argument("--gguf", help="GGUF file to time instead of the run's first gguf_outtypes file")
     args = parser.parse_args()
     from sft_router.config import parse_recipe
     from sft_router.gguf import gguf_path
@@ -97,9 +104,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
-    merged = recipe.stage_dir("merged")
-    prompts = load_prompts(recipe.run_dir, AutoTokenizer.from_pretrained(str(merged)), args.requests)
-    gguf = gguf_path(recipe, recipe.export.gguf_outtypes[0])
+    merged = Path(args.merged) if args.merged else recipe.stage_dir("merged")
+    tokenizer = AutoTokenizer.from_pretrained(str(merged))
+    tokenizer.chat_template = Path(recipe.training.chat_template_path).read_text()
+    prompts = load_prompts(recipe.run_dir, tokenizer, args.requests)
+    gguf = Path(args.gguf) if args.gguf else gguf_path(recipe, recipe.export.gguf_outtypes[0])
     results = {}
     for reuse in (False, True):
         mode = "prefix" if reuse else "fresh"
