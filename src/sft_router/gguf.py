@@ -108,8 +108,8 @@ def convert_to_gguf(merged: Path, outfile: Path, outtype: str) -> None:
     """Convert, then name <end_of_turn> the end-of-turn token in the metadata.
 
     The converter leaves tokenizer.ggml.eot_token_id unset for Gemma 3. llama.cpp finds <end_of_turn> by its
-    text anyway, but Ollama's Gemma 3 loader reads the key and falls back to id 106 (Gemma's own vocabulary),
-    which is wrong for any other vocabulary; so the key is written explicitly.
+    text anyway; runtimes that read the key instead would not stop, so it is written explicitly (the
+    Modelfile also names the stop string).
     """
     converter = fetch_converter()
     raw = outfile.with_name(outfile.name + ".raw")
