@@ -66,12 +66,12 @@ def time_transformers(merged: Path, prompts: list[str], max_new_tokens: int, reu
     prefix = common_prefix([ids[0].tolist() for ids in encoded])[:-1]  # at least one token left to evaluate
     prefix_cache = DynamicCache(config=model.config)
     with torch.inference_mode():
-        model(torch.tensor([prefix]), past_key_values=prefix_cache, use_cache=True)
+        model(torch.tensor([prefix]), cache=prefix_cache, use_cache=True)
 
     def answer(ids):
         cache = copy.deepcopy(prefix_cache) if reuse_prefix else None
         with torch.inference_mode():
-            model.generate(ids, past_key_values=cache, max_new_tokens=max_new_tokens, do_sample=False,
+            model.generate(ids, cache=cache, max_new_tokens=max_new_tokens, do_sample=False,
                            eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
 
     answer(encoded[0])  # warm-up

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 Q8_TOLERANCE = 0.05  # max |logit difference|, Q8_0 vs fp32 transformers, last prompt position, tiny model
 MAX_NEW_TOKENS = 24
 GREEDY_PROMPTS = 8  # greedy decoding in transformers is the slow part; token ids and logits use all 24 prompts
+REUSE_PROMPTS = 5
 
 
 def test_runtime_pins_equal_the_pyproject_extra():
@@ -137,12 +138,12 @@ def test_reusing_the_cached_system_prefix_changes_no_answer(runtime, tiny_run, p
     from sft_router.runtime import complete, load_gguf, prompt_ids
 
     llm = load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
-    fresh = [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=False) for p in prompts[:GREEDY_PROMPTS]]
+    fresh = [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=False) for p in prompts[:REUSE_PROMPTS]]
     evaluated, evaluate = [], llm.eval
     llm.eval = lambda tokens: (evaluated.append(len(tokens)), evaluate(tokens))  # count, then run the real eval
-    assert [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=True) for p in prompts[:GREEDY_PROMPTS]] == fresh
+    assert [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=True) for p in prompts[:REUSE_PROMPTS]] == fresh
     prompt_evals = [n for n in evaluated if n > 1]  # the first eval of each request; later ones are 1 token
-    ids = [prompt_ids(llm, p) for p in prompts[:GREEDY_PROMPTS]]
+    ids = [prompt_ids(llm, p) for p in prompts[:REUSE_PROMPTS]]
     shared = [next(i for i, (a, b) in enumerate(zip(x, y)) if a != b) for x, y in zip(ids, ids[1:])]
     assert min(shared) > 100  # the static part of the system prompt
     assert prompt_evals[1:] == [len(x) - n for x, n in zip(ids[1:], shared)]  # only the rest is evaluated
