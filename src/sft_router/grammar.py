@@ -28,8 +28,7 @@ value ::= object | array | string | number | boolean | null
 object ::= "{" ( string ": " value ( ", " string ": " value )* )? "}"
 array ::= "[" ( value ( ", " value )* )? "]"
 """.strip()
-TYPE_RULES = {"string": "string", "integer": "integer", "number": "number", "boolean": "boolean",
-              "null": "null", "array": "array", "object": "object"}  # fmt: skip
+JSON_TYPES = ("string", "integer", "number", "boolean", "null", "array", "object")  # each is a rule of JSON_RULES
 
 
 def literal(text: str) -> str:
@@ -58,9 +57,9 @@ def value_rule(schema: dict) -> str:
     if "enum" in schema or "const" in schema:
         options = schema.get("enum", [schema.get("const")])
         return "( " + " | ".join(literal(json.dumps(v, ensure_ascii=False)) for v in options) + " )"
-    types = schema.get("type", list(TYPE_RULES))
-    types = [types] if isinstance(types, str) else types
-    return "( " + " | ".join(TYPE_RULES[t] for t in types if t in TYPE_RULES) + " )" if types else "value"
+    types = schema.get("type", "value")
+    types = [t for t in ([types] if isinstance(types, str) else types) if t in JSON_TYPES]
+    return "( " + " | ".join(types) + " )" if types else "value"
 
 
 def arguments_rules(prefix: str, schema: dict) -> list[str]:
