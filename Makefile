@@ -7,11 +7,18 @@ R := runs/$(RUN)
 PY := .venv/bin/python
 VENV := .venv/.installed
 
-.PHONY: install demo results preflight data push-data train eval merge gguf card publish all smoke test test-slow lint clean
+RUNTIME := .venv/.runtime
 
-install: $(VENV)
+.PHONY: install runtime demo results preflight data push-data train eval merge gguf card publish all smoke test test-slow lint clean
+
+install: $(VENV) $(RUNTIME)
 $(VENV): pyproject.toml
 	python3 -m venv .venv && .venv/bin/pip install --quiet --upgrade pip && .venv/bin/pip install --quiet -e '.[dev]' && touch $@
+
+# llama.cpp runtime for GGUF eval, parity tests and the latency bench: built once into ~/.cache/sft-router/wheels.
+runtime: $(RUNTIME)
+$(RUNTIME): $(VENV) src/sft_router/runtime.py
+	$(PY) -m sft_router.runtime install && touch $@
 
 preflight: $(VENV)
 	$(PY) -m sft_router.base_models --config $(RECIPE)
@@ -29,7 +36,7 @@ $(R)/adapter/manifest.json: $(R)/dataset/manifest.json
 	$(if $(ACCELERATE_CONFIG),.venv/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) -m sft_router.train,$(PY) -m sft_router.train) --config $(RECIPE)
 
 eval: $(R)/eval/manifest.json
-$(R)/eval/manifest.json: $(R)/adapter/manifest.json
+$(R)/eval/manifest.json: $(R)/adapter/manifest.json $(R)/gguf/manifest.json | $(RUNTIME)
 	$(PY) -m sft_router.evaluate --config $(RECIPE)
 
 merge: $(R)/merged/manifest.json
@@ -61,7 +68,7 @@ demo: .venv/.installed-demo
 results: $(VENV)
 	$(PY) -m sft_router.results
 
-test: $(VENV)
+test: $(VENV) | $(RUNTIME)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test-slow: $(VENV)

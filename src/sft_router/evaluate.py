@@ -142,6 +142,9 @@ def run_eval(recipe) -> dict:
     with stage_output(recipe, "eval", test_rows=len(rows)) as (out, facts):
         for name, model in model_variants(recipe, adapter):
             results[name] = evaluate_model(model, tokenizer, rows, recipe, out / name, name)
+        from sft_router.gguf_eval import evaluate_gguf  # the Q8_0 GGUF under llama.cpp, free and grammar-constrained
+
+        results.update(evaluate_gguf(recipe, tokenizer, rows, out))
         write_comparison(out, results)
         facts["metrics"] = {name: headline(metrics) for name, metrics in results.items()}
     return results

@@ -5,12 +5,15 @@ at run time into the cache and checked against its hash; nothing of llama.cpp is
 LLAMA_CPP_DIR to use your own llama.cpp checkout instead.
 
 Usage: python -m sft_router.gguf --config recipes/tiny/router.yaml   (writes runs/<name>/gguf/<name>-Q8_0.gguf)
+       GGUF_BACKEND=space python -m sft_router.gguf --config ...   (asks ggml-org/gguf-my-repo instead)
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -25,6 +28,7 @@ LLAMA_CPP_PYTHON = "0.3.36"
 LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 FILE_TYPES = {"q8_0": "Q8_0", "f16": "F16", "bf16": "BF16", "f32": "F32"}
+STOP_TOKEN = "<end_of_turn>"
 
 
 def _sha256(path: Path) -> str:
@@ -35,13 +39,8 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_converter() -> Path:
-    """llama.cpp's convert_hf_to_gguf.py (and its gguf-py) at the pinned commit; downloaded once."""
-    if os.environ.get("LLAMA_CPP_DIR"):
-        return Path(os.environ["LLAMA_CPP_DIR"])
-    root = cache_root() / "llama.cpp" / LLAMA_CPP_PYTHON
-    if (root / "convert_hf_to_gguf.py").is_file():
-        return root
+def fetch_sdist() -> Path:
+    """The pinned llama-cpp-python sdist (llama.cpp's converter and runtime sources), downloaded once."""
     sdist_dir = cache_root() / "sdist"
     sdist = sdist_dir / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
     if not sdist.is_file():
@@ -55,6 +54,17 @@ def fetch_converter() -> Path:
     if _sha256(sdist) != LLAMA_CPP_PYTHON_SHA256:
         sdist.unlink()
         raise UsageError(f"{sdist.name} does not match its pinned sha256; it was deleted, run again to refetch")
+    return sdist
+
+
+def fetch_converter() -> Path:
+    """llama.cpp's convert_hf_to_gguf.py (and its gguf-py) at the pinned commit; extracted once."""
+    if os.environ.get("LLAMA_CPP_DIR"):
+        return Path(os.environ["LLAMA_CPP_DIR"])
+    root = cache_root() / "llama.cpp" / LLAMA_CPP_PYTHON
+    if (root / "convert_hf_to_gguf.py").is_file():
+        return root
+    sdist = fetch_sdist()
     prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
     tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
     with tarfile.open(sdist) as archive:
@@ -67,15 +77,52 @@ def fetch_converter() -> Path:
     return root
 
 
-def convert_to_gguf(merged: Path, outfile: Path, outtype: str) -> None:
-    converter = fetch_converter()
-    command = [sys.executable, str(converter / "convert_hf_to_gguf.py"), str(merged),
-               "--outtype", outtype, "--outfile", str(outfile)]  # fmt: skip
+def _run_pinned(converter: Path, script: str, args: list[str], what: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(converter / "gguf-py")}  # the pinned gguf-py, not the installed one
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(converter / script), *args], env=env, capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise UsageError(f"llama.cpp converter failed on {merged}: {tail[0]}")
+        raise UsageError(f"llama.cpp {what} failed: {tail[0]}")
+
+
+def converter_input(merged: Path, staging: Path) -> Path:
+    """The merged folder as the converter must see it: tokenizer_config.json with `added_tokens_decoder`.
+
+    transformers 5 drops that key on save; without it the converter types <start_of_turn> and
+    <end_of_turn> as ordinary text, so llama.cpp splits them into characters and never stops at the
+    turn end. The entries come from tokenizer.json's `added_tokens` (ids, content, special flags).
+    """
+    staging.mkdir(parents=True, exist_ok=True)
+    for item in merged.iterdir():
+        if item.name != "tokenizer_config.json":
+            (staging / item.name).symlink_to(item.resolve())
+    config = json.loads((merged / "tokenizer_config.json").read_text())
+    added = json.loads((merged / "tokenizer.json").read_text()).get("added_tokens", [])
+    decoder = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
+    config["added_tokens_decoder"] = {**decoder, **config.get("added_tokens_decoder", {})}
+    (staging / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return staging
+
+
+def convert_to_gguf(merged: Path, outfile: Path, outtype: str) -> None:
+    """Convert, then name <end_of_turn> the end-of-turn token in the metadata.
+
+    The converter leaves tokenizer.ggml.eot_token_id unset for Gemma 3. llama.cpp finds <end_of_turn> by its
+    text anyway; runtimes that read the key instead would not stop, so it is written explicitly (the
+    Modelfile also names the stop string).
+    """
+    converter = fetch_converter()
+    raw = outfile.with_name(outfile.name + ".raw")
+    staging = outfile.with_name(outfile.name + ".input")
+    try:
+        source = converter_input(merged, staging)
+        _run_pinned(converter, "convert_hf_to_gguf.py", [str(source), "--outtype", outtype, "--outfile", str(raw)],
+                    f"converter on {merged}")  # fmt: skip
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _run_pinned(converter, "gguf-py/gguf/scripts/gguf_new_metadata.py",
+                [str(raw), str(outfile), "--special-token", "eot", STOP_TOKEN, "--force"], "metadata writer")  # fmt: skip
+    raw.unlink()
 
 
 def gguf_path(recipe, outtype: str) -> Path:
@@ -92,15 +139,29 @@ def describe_gguf(path: Path) -> dict:
         field = reader.get_field(key)
         return field.contents() if field is not None else None
 
-    types = sorted({tensor.tensor_type.name for tensor in reader.tensors})
+    tokens = value("tokenizer.ggml.tokens") or []
+
+    def token_text(key):
+        token_id = value(key)
+        return tokens[token_id] if token_id is not None and token_id < len(tokens) else None
+
+    def token_type(text):
+        from gguf import TokenType
+
+        return TokenType(value("tokenizer.ggml.token_type")[tokens.index(text)]).name if text in tokens else None
+
     return {
         "architecture": value("general.architecture"),
         "tokenizer_model": value("tokenizer.ggml.model"),
         "has_scores": reader.get_field("tokenizer.ggml.scores") is not None,
         "chat_template": value("tokenizer.chat_template"),
-        "eos_token_id": value("tokenizer.ggml.eos_token_id"),
+        "bos_token": token_text("tokenizer.ggml.bos_token_id"),
+        "add_bos_token": value("tokenizer.ggml.add_bos_token"),
+        "eos_token": token_text("tokenizer.ggml.eos_token_id"),
+        "eot_token": token_text("tokenizer.ggml.eot_token_id"),
         "eot_token_id": value("tokenizer.ggml.eot_token_id"),
-        "tensor_types": types,
+        "turn_token_types": [token_type(turn) for turn in ("<start_of_turn>", STOP_TOKEN)],
+        "tensor_types": sorted({tensor.tensor_type.name for tensor in reader.tensors}),
     }
 
 
@@ -115,9 +176,29 @@ def check_gguf(path: Path, chat_template: str, outtype: str) -> dict:
         problems.append("tokenizer.chat_template differs from the training template")
     if FILE_TYPES[outtype] not in facts["tensor_types"]:
         problems.append(f"no {FILE_TYPES[outtype]} tensors")
+    if facts["eot_token"] != STOP_TOKEN or facts["eos_token"] != "<eos>":
+        problems.append(
+            f"stop tokens are eos={facts['eos_token']} eot={facts['eot_token']}, not <eos> and {STOP_TOKEN}"
+        )
+    if facts["turn_token_types"] != ["CONTROL", "CONTROL"]:
+        problems.append(f"<start_of_turn>/<end_of_turn> are {facts['turn_token_types']}, not CONTROL tokens")
+    if facts["bos_token"] != "<bos>" or not facts["add_bos_token"]:
+        problems.append("<bos> is not the BOS token added to every prompt")
     if problems:
         raise UsageError(f"{path.name}: {'; '.join(problems)}")
     return facts
+
+
+def convert_locally(recipe, out: Path, facts: dict) -> None:
+    """Every requested GGUF type from runs/<name>/merged, checked, plus the Ollama Modelfile beside them."""
+    from sft_router.modelfile import write_modelfile
+
+    template = Path(recipe.training.chat_template_path).read_text()
+    for outtype in recipe.export.gguf_outtypes:
+        path = out / gguf_path(recipe, outtype).name
+        convert_to_gguf(recipe.stage_dir("merged"), path, outtype)
+        facts[path.name] = {k: v for k, v in check_gguf(path, template, outtype).items() if k != "chat_template"}
+    write_modelfile(out / "Modelfile", gguf_path(recipe, recipe.export.gguf_outtypes[0]).name)
 
 
 @one_line_errors
@@ -127,15 +208,21 @@ def main(argv: list[str] | None = None) -> None:
     if not (merged / "manifest.json").is_file():
         raise UsageError(f"no merged model in {merged}: run `make merge RECIPE={recipe.path}` first")
     unknown = [t for t in recipe.export.gguf_outtypes if t not in FILE_TYPES]
-    if unknown:
-        raise UsageError(f"{recipe.path}: gguf_outtypes has '{unknown[0]}'; use some of {sorted(FILE_TYPES)}")
-    template = Path(recipe.training.chat_template_path).read_text()
-    with stage_output(recipe, "gguf", llama_cpp_python=LLAMA_CPP_PYTHON) as (out, facts):
-        for outtype in recipe.export.gguf_outtypes:
-            path = out / gguf_path(recipe, outtype).name
-            convert_to_gguf(merged, path, outtype)
-            facts[path.name] = {k: v for k, v in check_gguf(path, template, outtype).items() if k != "chat_template"}
-    print(f"gguf: {', '.join(str(gguf_path(recipe, t)) for t in recipe.export.gguf_outtypes)}")
+    if unknown or not recipe.export.gguf_outtypes:
+        raise UsageError(
+            f"{recipe.path}: gguf_outtypes has '{(unknown or [''])[0]}'; use some of {sorted(FILE_TYPES)}"
+        )
+    backend = os.environ.get("GGUF_BACKEND") or recipe.export.gguf_backend
+    if backend == "space":
+        from sft_router.gguf_space import convert_on_space
+
+        convert_on_space(recipe)
+        return
+    if backend != "local":
+        raise UsageError(f"gguf_backend is '{backend}'; use `local` or `space`")
+    with stage_output(recipe, "gguf", llama_cpp_python=LLAMA_CPP_PYTHON, backend="local") as (out, facts):
+        convert_locally(recipe, out, facts)
+    print(f"gguf: {', '.join(str(gguf_path(recipe, t)) for t in recipe.export.gguf_outtypes)} and Modelfile")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,162 @@
+"""The llama.cpp runtime (llama-cpp-python, pinned): built once into the project's wheel cache, then greedy decoding.
+
+Why our own wheel cache: llama-cpp-python ships only an sdist, and its default build compiles with
+-march=native, which dies with an illegal instruction on machines whose CPU flags the compiler
+misreads (these ones). We build the pinned sdist once with GGML_NATIVE=OFF into
+~/.cache/sft-router/wheels/ and install that file; pip's own cache keys wheels by version only, so it
+could hand back a wheel built with other flags, and is bypassed. CI keeps ~/.cache/sft-router and so
+reuses the wheel instead of spending ~10 minutes rebuilding it.
+
+Usage: python -m sft_router.runtime install   (builds the wheel once, ~10 min on 2 cores; later runs take seconds)
+       python -m sft_router.runtime check     (exit status 0 when the installed runtime is the cached build)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from sft_router.base_models import cache_root
+from sft_router.errors import UsageError, one_line_errors
+from sft_router.gguf import LLAMA_CPP_PYTHON, STOP_TOKEN, fetch_sdist
+
+# The same pins as the `runtime` extra in pyproject.toml (tests/test_gguf_runtime.py holds them equal).
+RUNTIME_PINS = (f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "diskcache==5.6.3")
+BUILD_FLAGS = "-DGGML_NATIVE=OFF"
+LIBRARY = "llama_cpp/lib/libllama.so"
+INSTALL_HINT = "run `make runtime` (builds the pinned llama.cpp runtime once, ~10 min on 2 cores)"
+
+
+def wheel_dir() -> Path:
+    flags = hashlib.sha256(BUILD_FLAGS.encode()).hexdigest()[:8]
+    return cache_root() / "wheels" / f"llama-cpp-python-{LLAMA_CPP_PYTHON}-{flags}"
+
+
+def cached_wheel() -> Path | None:
+    wheels = sorted(wheel_dir().glob(f"llama_cpp_python-{LLAMA_CPP_PYTHON}-*.whl"))
+    return wheels[0] if wheels else None
+
+
+def build_wheel() -> Path:
+    """Compile the pinned sdist with portable CPU flags into the wheel cache (atomically: no half wheel)."""
+    target = wheel_dir()
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    env = {**os.environ, "CMAKE_ARGS": BUILD_FLAGS, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", str(fetch_sdist()), "-w", str(tmp)]
+    print(f"runtime: building llama-cpp-python {LLAMA_CPP_PYTHON} with {BUILD_FLAGS} (once; ~10 min on 2 cores)")
+    if subprocess.run(command, env=env).returncode != 0:
+        raise UsageError("building llama-cpp-python failed (see above): install cmake and a C++ compiler, then rerun")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(target)
+    return cached_wheel()
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def installed_library() -> Path | None:
+    """libllama.so of the llama_cpp package importable by this interpreter, found without importing it."""
+    from importlib.util import find_spec
+
+    spec = find_spec("llama_cpp")
+    if spec is None or not spec.origin:
+        return None
+    library = Path(spec.origin).parent / "lib" / "libllama.so"
+    return library if library.is_file() else None
+
+
+def installed_is_cached_build() -> bool:
+    wheel, library = cached_wheel(), installed_library()
+    if wheel is None or library is None:
+        return False
+    with zipfile.ZipFile(wheel) as archive:
+        return _sha256_bytes(archive.read(LIBRARY)) == _sha256_bytes(library.read_bytes())
+
+
+def install_runtime() -> Path:
+    """Install the cached wheel (built first when missing) and its pinned dependencies into this environment."""
+    wheel = cached_wheel() or build_wheel()
+    if not installed_is_cached_build():
+        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-cache-dir", "--force-reinstall",
+                   "--no-deps", str(wheel)]  # fmt: skip
+        dependencies = [sys.executable, "-m", "pip", "install", "--quiet", *RUNTIME_PINS[1:]]
+        if subprocess.run(command).returncode or subprocess.run(dependencies).returncode:
+            raise UsageError(f"installing {wheel.name} failed (see above); delete {wheel_dir()} and rerun")
+    return wheel
+
+
+def require_runtime():
+    """The llama_cpp module, or a one-line error naming the install command."""
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise UsageError(f"the llama.cpp runtime (llama_cpp) is not installed: {INSTALL_HINT}") from exc
+    if llama_cpp.__version__ != LLAMA_CPP_PYTHON:
+        raise UsageError(
+            f"llama_cpp {llama_cpp.__version__} is installed, the project pins {LLAMA_CPP_PYTHON}: {INSTALL_HINT}"
+        )
+    return llama_cpp
+
+
+def load_gguf(path: Path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int | None = None):
+    """A llama.cpp model for greedy routing. swa_full keeps every position of the sliding-window layers in the
+    cache, which is what lets a later prompt reuse the cached system-prompt prefix (else llama.cpp re-evaluates).
+    Flash attention and 1024-token batches halve prompt time on CPU (a routed prompt is ~800 tokens)."""
+    llama_cpp = require_runtime()
+    if not Path(path).is_file():
+        raise UsageError(f"no GGUF at {path}: run `make gguf` first")
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=1024, n_ubatch=1024, flash_attn=True,
+                           n_threads=n_threads or os.cpu_count(), logits_all=logits_all, swa_full=True, seed=0,
+                           verbose=False)  # fmt: skip
+
+
+def prompt_ids(llm, rendered_prompt: str) -> list[int]:
+    """Token ids of a prompt already rendered by the chat template (it carries <bos> as text)."""
+    return llm.tokenize(rendered_prompt.encode("utf-8"), add_bos=False, special=True)
+
+
+def greedy_ids(llm, ids: list[int], max_new_tokens: int, grammar=None, reuse_prefix: bool = True) -> list[int]:
+    """Greedy continuation of `ids`, stopping at an end-of-generation token (<end_of_turn>, <eos>)."""
+    llama_cpp = require_runtime()
+    vocab = llm._model.vocab  # llama-cpp-python exposes the vocabulary only through its model wrapper
+    if not reuse_prefix:
+        llm.reset()
+    out: list[int] = []
+    for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, grammar=grammar):
+        if llama_cpp.llama_vocab_is_eog(vocab, token) or len(out) >= max_new_tokens:
+            break
+        out.append(token)
+    return out
+
+
+def complete(llm, rendered_prompt: str, max_new_tokens: int, grammar=None, reuse_prefix: bool = True) -> str:
+    """The model's answer text, special tokens dropped, as `make eval` decodes transformers' output."""
+    new_ids = greedy_ids(llm, prompt_ids(llm, rendered_prompt), max_new_tokens, grammar, reuse_prefix)
+    return llm.detokenize(new_ids, special=False).decode("utf-8", errors="replace").strip()
+
+
+def stop_token_id(llm) -> int:
+    return prompt_ids(llm, STOP_TOKEN)[0]
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
+    command = (sys.argv[1:] if argv is None else argv) or ["install"]
+    if command[0] == "install":
+        wheel = install_runtime()
+        print(f"runtime: llama-cpp-python {LLAMA_CPP_PYTHON} installed from {wheel}")
+    elif command[0] == "check":
+        if not installed_is_cached_build():
+            raise UsageError(f"the installed llama_cpp is not the cached portable build: {INSTALL_HINT}")
+        print(f"runtime: llama-cpp-python {LLAMA_CPP_PYTHON} from {cached_wheel()}")
+    else:
+        raise UsageError(f"unknown command '{command[0]}': use `install` or `check`")
+
+
+if __name__ == "__main__":
+    main()

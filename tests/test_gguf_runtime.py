@@ -1,0 +1,168 @@
+"""The GGUF in the real llama.cpp runtime answers as the merged model does in transformers (tiny model).
+
+Parity is checked on the tiny run's test prompts: the prompt token ids are identical; greedy tokens
+are identical for an f16 GGUF; for Q8_0 the last-position logits stay within Q8_TOLERANCE of
+transformers' and greedy answers agree on nearly every prompt (a near-tie may flip under 8-bit weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from sft_router.gguf import STOP_TOKEN, check_gguf, convert_to_gguf, describe_gguf
+
+ROOT = Path(__file__).resolve().parents[1]
+Q8_TOLERANCE = 0.05  # max |logit difference|, Q8_0 vs fp32 transformers, last prompt position, tiny model
+MAX_NEW_TOKENS = 24
+GREEDY_PROMPTS = 8  # greedy decoding in transformers is the slow part; token ids and logits use all 24 prompts
+REUSE_PROMPTS = 5
+
+
+def test_runtime_pins_equal_the_pyproject_extra():
+    from sft_router.runtime import RUNTIME_PINS
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert sorted(extras["runtime"]) == sorted(RUNTIME_PINS)
+
+
+def test_q8_gguf_metadata_carries_vocab_template_and_stop_tokens(tiny_run):
+    facts = describe_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
+    assert facts["architecture"] == "gemma3" and facts["tokenizer_model"] == "llama" and facts["has_scores"]
+    assert facts["chat_template"] == (ROOT / "recipes/gemma-3-270m-it/chat_template.jinja").read_text()
+    assert facts["eot_token"] == STOP_TOKEN and facts["eos_token"] == "<eos>" and facts["bos_token"] == "<bos>"
+    assert "Q8_0" in facts["tensor_types"] and facts["add_bos_token"]
+
+
+@pytest.fixture(scope="session")
+def runtime(tiny_run):
+    reason = os.environ.get("SFT_ROUTER_RUNTIME_UNAVAILABLE")
+    if reason:
+        pytest.skip(reason)
+    from sft_router.runtime import require_runtime
+
+    return require_runtime()
+
+
+@pytest.fixture(scope="session")
+def f16_gguf(tiny_run, tmp_path_factory):
+    """An f16 conversion of the tiny run's merged model (the recipe asks for Q8_0 only), checked like make gguf."""
+    path = tmp_path_factory.mktemp("f16") / "tiny-F16.gguf"
+    convert_to_gguf(tiny_run / "runs/tiny/merged", path, "f16")
+    check_gguf(path, (ROOT / "recipes/gemma-3-270m-it/chat_template.jinja").read_text(), "f16")
+    return path
+
+
+@pytest.fixture(scope="session")
+def merged(tiny_run):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_run / "runs/tiny/merged"
+    model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="eager").eval()
+    return model, AutoTokenizer.from_pretrained(str(path))
+
+
+@pytest.fixture(scope="session")
+def prompts(tiny_run, merged):
+    _, tokenizer = merged
+    rows = [json.loads(line) for line in (tiny_run / "runs/tiny/dataset/test.jsonl").read_text().splitlines()]
+    return [tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True) for row in rows]
+
+
+def hf_ids(tokenizer, prompt: str) -> list[int]:
+    return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
+def hf_greedy(merged, prompt: str) -> list[int]:
+    import torch
+
+    model, tokenizer = merged
+    ids = torch.tensor([hf_ids(tokenizer, prompt)])
+    stops = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(STOP_TOKEN)]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, eos_token_id=stops,
+                             pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1] :].tolist()  # fmt: skip
+    return out[:-1] if out and out[-1] in stops else out
+
+
+@pytest.fixture(scope="session")
+def hf_answers(merged, prompts):
+    return [hf_greedy(merged, prompt) for prompt in prompts[:GREEDY_PROMPTS]]
+
+
+def hf_last_logits(merged, prompt: str):
+    import torch
+
+    model, tokenizer = merged
+    with torch.no_grad():
+        return model(torch.tensor([hf_ids(tokenizer, prompt)])).logits[0, -1].numpy()
+
+
+def test_prompt_token_ids_equal_transformers(runtime, tiny_run, merged, prompts):
+    from sft_router.runtime import load_gguf, prompt_ids
+
+    llm = load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
+    for prompt in prompts:
+        assert prompt_ids(llm, prompt) == hf_ids(merged[1], prompt)
+
+
+def test_f16_greedy_tokens_equal_transformers(runtime, f16_gguf, prompts, hf_answers):
+    from sft_router.runtime import greedy_ids, load_gguf, prompt_ids
+
+    llm = load_gguf(f16_gguf)
+    for prompt, expected in zip(prompts, hf_answers):
+        assert greedy_ids(llm, prompt_ids(llm, prompt), MAX_NEW_TOKENS) == expected, prompt[-80:]
+
+
+def test_q8_logits_within_tolerance_and_greedy_mostly_equal(runtime, tiny_run, merged, prompts, hf_answers):
+    import numpy as np
+
+    from sft_router.runtime import greedy_ids, load_gguf, prompt_ids
+
+    llm = load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf", logits_all=True)
+    for prompt in prompts:
+        ids = prompt_ids(llm, prompt)
+        llm.reset()
+        llm.eval(ids)
+        gap = np.abs(np.asarray(llm.scores[len(ids) - 1]) - hf_last_logits(merged, prompt)).max()
+        assert gap < Q8_TOLERANCE, f"logits differ by {gap:.4f}"
+    agree = [greedy_ids(llm, prompt_ids(llm, p), MAX_NEW_TOKENS) == a for p, a in zip(prompts, hf_answers)]
+    assert sum(agree) >= 0.85 * len(agree)
+
+
+def test_reusing_the_cached_system_prefix_changes_no_answer(runtime, tiny_run, prompts):
+    from sft_router.runtime import complete, load_gguf, prompt_ids
+
+    llm = load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
+    fresh = [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=False) for p in prompts[:REUSE_PROMPTS]]
+    evaluated, evaluate = [], llm.eval
+    llm.eval = lambda tokens: (evaluated.append(len(tokens)), evaluate(tokens))  # count, then run the real eval
+    assert [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=True) for p in prompts[:REUSE_PROMPTS]] == fresh
+    prompt_evals = [n for n in evaluated if n > 1]  # the first eval of each request; later ones are 1 token
+    ids = [prompt_ids(llm, p) for p in prompts[:REUSE_PROMPTS]]
+    shared = [next(i for i, (a, b) in enumerate(zip(x, y)) if a != b) for x, y in zip(ids, ids[1:])]
+    assert min(shared) > 100  # the static part of the system prompt
+    assert prompt_evals[1:] == [len(x) - n for x, n in zip(ids[1:], shared)]  # only the rest is evaluated
+
+
+@pytest.mark.parametrize("variant", ["gguf", "gguf_grammar"])
+def test_eval_scores_the_gguf_with_the_shared_scorer(runtime, tiny_run, variant):
+    from sft_router.scoring import score
+
+    eval_dir = tiny_run / "runs/tiny/eval"
+    metrics = json.loads((eval_dir / variant / "metrics.json").read_text())
+    records = [json.loads(line) for line in (eval_dir / variant / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["total_samples"] == len(records) == 24
+    assert score([r["output"] for r in records], [r["expected"] for r in records])[0] == metrics
+    assert f"| {variant} |" in (tiny_run / "runs/tiny/card/README.md").read_text()
+
+
+def test_gguf_answers_as_the_finetuned_model_on_the_test_split(runtime, tiny_run):
+    eval_dir = tiny_run / "runs/tiny/eval"
+    gguf = [json.loads(line)["output"] for line in (eval_dir / "gguf/predictions.jsonl").read_text().splitlines()]
+    tf = [json.loads(line)["output"] for line in (eval_dir / "finetuned/predictions.jsonl").read_text().splitlines()]
+    assert sum(a == b for a, b in zip(gguf, tf)) >= 0.9 * len(tf)
