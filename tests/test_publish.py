@@ -90,7 +90,7 @@ def published(tiny_run, hub, tmp_path_factory):
             "PYTHONPATH": str(ROOT / "src")}  # fmt: skip
     installed = str(ROOT / "pyproject.toml")  # stands for .venv/.installed: `-o` keeps make from reinstalling
     make = ["make", "-f", str(ROOT / "Makefile"), "publish", f"RECIPE={TINY}", f"PY={sys.executable}",
-            f"VENV={installed}", "-o", installed]  # fmt: skip
+            f"VENV={installed}", f"RUNTIME={installed}", "-o", installed]  # fmt: skip
     result = subprocess.run(make, cwd=ws, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [line for line in result.stdout.splitlines() if "-m sft_router." in line] == [
