@@ -63,6 +63,8 @@ def test_merged_folder_is_convertible_and_carries_the_template(tiny_run):
     config = json.loads((run / "merged/tokenizer_config.json").read_text())
     template = (tiny_run / "recipes/gemma-3-270m-it/chat_template.jinja").read_text()
     assert config["chat_template"] == template
+    decoder = {entry["content"]: entry for entry in config["added_tokens_decoder"].values()}
+    assert decoder["<end_of_turn>"]["special"] and decoder["<start_of_turn>"]["special"]  # for gguf-my-repo too
     assert (run / "merged/tokenizer.model").read_bytes()[:2]  # SentencePiece file beside the weights
     gguf_facts = json.loads((run / "gguf/manifest.json").read_text())["tiny-Q8_0.gguf"]
     assert gguf_facts["architecture"] == "gemma3" and gguf_facts["tokenizer_model"] == "llama"

@@ -86,20 +86,16 @@ def _run_pinned(converter: Path, script: str, args: list[str], what: str) -> Non
 
 
 def converter_input(merged: Path, staging: Path) -> Path:
-    """The merged folder as the converter must see it: tokenizer_config.json with `added_tokens_decoder`.
-
-    transformers 5 drops that key on save; without it the converter types <start_of_turn> and
-    <end_of_turn> as ordinary text, so llama.cpp splits them into characters and never stops at the
-    turn end. The entries come from tokenizer.json's `added_tokens` (ids, content, special flags).
-    """
+    """The merged folder as the converter must see it: tokenizer_config.json with `added_tokens_decoder`
+    (`make merge` writes it; a merged folder from elsewhere may lack it)."""
     staging.mkdir(parents=True, exist_ok=True)
     for item in merged.iterdir():
         if item.name != "tokenizer_config.json":
             (staging / item.name).symlink_to(item.resolve())
+    from sft_router.merge import added_tokens_decoder
+
     config = json.loads((merged / "tokenizer_config.json").read_text())
-    added = json.loads((merged / "tokenizer.json").read_text()).get("added_tokens", [])
-    decoder = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
-    config["added_tokens_decoder"] = {**decoder, **config.get("added_tokens_decoder", {})}
+    config["added_tokens_decoder"] = added_tokens_decoder(merged)
     (staging / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     return staging
 

@@ -32,13 +32,27 @@ def base_file(recipe, filename: str) -> Path:
     return Path(hf_hub_download(source, filename, revision=recipe.model.model_revision))
 
 
+def added_tokens_decoder(folder: Path) -> dict:
+    """`added_tokens_decoder` rebuilt from tokenizer.json, which transformers 5 no longer writes to the config.
+
+    Without it llama.cpp's converter types <start_of_turn>/<end_of_turn> as text, so the GGUF splits them
+    into characters and never stops at the turn end.
+    """
+    added = json.loads((folder / "tokenizer.json").read_text()).get("added_tokens", [])
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    decoder = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
+    return {**decoder, **config.get("added_tokens_decoder", {})}
+
+
 def save_tokenizer_files(tokenizer, recipe, out: Path) -> None:
-    """Tokenizer files with `tokenizer.model` beside them and the chat template inside tokenizer_config.json."""
+    """Tokenizer files as llama.cpp and gguf-my-repo need them: `tokenizer.model` beside them, the chat template
+    and `added_tokens_decoder` inside tokenizer_config.json (the Space downloads *.json but not *.jinja)."""
     tokenizer.save_pretrained(str(out))
     shutil.copyfile(base_file(recipe, "tokenizer.model"), out / "tokenizer.model")
     config_path = out / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     config["chat_template"] = tokenizer.chat_template
+    config["added_tokens_decoder"] = added_tokens_decoder(out)
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
