@@ -11,7 +11,7 @@ def test_table_reads_wall_times_and_metrics_from_the_run(tiny_run):
     run = tiny_run / "runs/tiny"
     summary = run_summary(run)
     table = results_table(summary)
-    train_wall = json.loads((run / "adapter/manifest.json").read_text())["wall_time_s"]
+    train_wall = json.loads((run / "adapter/manifest.json").read_text())["train_wall_time_s"]  # the training itself
     finetuned = json.loads((run / "eval/finetuned/metrics.json").read_text())
     assert f"adapter {train_wall:.0f}s" in table and "CPU cores" in table
     assert f"| finetuned | {finetuned['exact_match_rate']:.3f}" in table
