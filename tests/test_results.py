@@ -15,7 +15,9 @@ def test_table_reads_wall_times_and_metrics_from_the_run(tiny_run):
     finetuned = json.loads((run / "eval/finetuned/metrics.json").read_text())
     assert f"adapter {train_wall:.0f}s" in table and "CPU cores" in table
     assert f"| finetuned | {finetuned['exact_match_rate']:.3f}" in table
-    assert "make all RECIPE=recipes/tiny/router.yaml" in table
+    assert "make publish RECIPE=recipes/tiny/router.yaml" in table
+    low, high = finetuned["exact_match_rate_ci95"]
+    assert f"{finetuned['exact_match_rate']:.3f} [{low:.3f}, {high:.3f}]" in table
 
 
 def test_block_is_replaced_in_place_keeping_the_prose(tmp_path):

@@ -25,7 +25,7 @@ def _with_interval(metrics: dict, key: str) -> str:
     value = metrics.get(key)
     if value is None:
         return "-"
-    interval = metrics.get(f"{key}_ci")
+    interval = metrics.get(f"{key}_ci95")
     return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
 
@@ -47,7 +47,7 @@ def run_summary(run_dir: Path) -> dict | None:
 
 def results_table(summary: dict) -> str:
     wall = ", ".join(f"{stage} {seconds:.0f}s" for stage, seconds in summary["wall"].items())
-    lines = [f"`make all RECIPE={summary['recipe']}` on {summary['machine']}; wall time: {wall}.", "",
+    lines = [f"`make publish RECIPE={summary['recipe']}` on {summary['machine']}; wall time: {wall}.", "",
              "| model | " + " | ".join(label for _, label in METRICS) + " | rows |",
              "|---|" + "---|" * (len(METRICS) + 1)]  # fmt: skip
     for variant, metrics in summary["metrics"].items():
@@ -64,7 +64,8 @@ def replace_block(path: Path, block: str) -> None:
 
 
 def main() -> None:
-    summaries = [s for s in map(run_summary, sorted(Path("runs").glob("*"))) if s and Path(s["recipe"]).is_file()]
+    runs = map(run_summary, sorted(Path("runs").glob("*")))
+    summaries = [s for s in runs if s and s["metrics"] and Path(s["recipe"]).is_file()]  # evaluated runs only
     blocks = []
     for summary in summaries:
         table = results_table(summary)
