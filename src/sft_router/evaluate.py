@@ -131,6 +131,7 @@ def model_variants(recipe, adapter: Path):
 
 
 def run_eval(recipe) -> dict:
+    from sft_router.gguf_eval import evaluate_gguf  # the Q8_0 GGUF under llama.cpp, free and grammar-constrained
     from sft_router.train import load_tokenizer
 
     adapter = recipe.stage_dir("adapter")
@@ -142,8 +143,6 @@ def run_eval(recipe) -> dict:
     with stage_output(recipe, "eval", test_rows=len(rows)) as (out, facts):
         for name, model in model_variants(recipe, adapter):
             results[name] = evaluate_model(model, tokenizer, rows, recipe, out / name, name)
-        from sft_router.gguf_eval import evaluate_gguf  # the Q8_0 GGUF under llama.cpp, free and grammar-constrained
-
         results.update(evaluate_gguf(recipe, tokenizer, rows, out))
         write_comparison(out, results)
         facts["metrics"] = {name: headline(metrics) for name, metrics in results.items()}
