@@ -34,7 +34,7 @@ def machine_info() -> dict:
 
 def bench_prompts(recipe, tokenizer, count: int) -> list[str]:
     from sft_router.data import build_splits
-    from sft_router.evaluate import render_prompts
+    from sft_router.prompts import render_prompts
 
     splits = build_splits(recipe)
     rows = [*splits["test"], *splits["validation"], *splits["train"]][:count]
@@ -64,8 +64,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from sft_router.config import parse_recipe
-    from sft_router.evaluate import load_generation_model
-    from sft_router.train import load_tokenizer
+    from sft_router.models import load_generation_model, load_tokenizer
 
     (recipe,) = parse_recipe(["--config", args.config])
     batch_size = args.batch_size or recipe.eval.eval_batch_size

@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--gguf", help="GGUF file to time instead of the run's first gguf_outtypes file")
     args = parser.parse_args()
     from sft_router.config import parse_recipe
-    from sft_router.gguf import gguf_path
+    from sft_router.run import gguf_path
 
     (recipe,) = parse_recipe(["--config", args.config])
     torch.set_num_threads(args.threads)

@@ -76,7 +76,8 @@ def build_bench_trainer(args, output_dir: str):
 
     from sft_router.config import parse_recipe
     from sft_router.data import build_splits
-    from sft_router.train import load_base_model, load_tokenizer, make_trainer
+    from sft_router.models import load_base_model, load_tokenizer
+    from sft_router.train import make_trainer
 
     flags = ["--num_train", str(args.batch_size), "--num_validation", "1", "--num_test", "1", "--eval_strategy", "no"]
     (recipe,) = parse_recipe(["--config", RECIPES["real" if args.real else "tiny"], *flags])

@@ -9,8 +9,8 @@ import pytest
 from conftest import TINY
 
 from sft_router.config import parse_recipe
-from sft_router.evaluate import render_prompts
-from sft_router.train import load_tokenizer
+from sft_router.models import load_tokenizer
+from sft_router.prompts import render_prompts
 
 CONVERSATIONS = 4
 

@@ -253,7 +253,7 @@ def test_unquoted_clock_time_in_a_pool_is_caught(workspace):
 
 
 def test_card_counts_match_the_data(workspace):
-    from sft_router.card import render_dataset_card
+    from sft_router.cards import render_dataset_card
 
     build_files(workspace)
     (recipe,) = parse_recipe(["--config", TINY])

@@ -337,7 +337,7 @@ def _closed_port_url() -> str:
 
 
 def test_metrics_tables_are_generic_over_variants_and_interval_formats():
-    from sft_router.card import intervals_table, metrics_table
+    from sft_router.cards import intervals_table, metrics_table
 
     metrics = {
         "baseline": {"exact_match_rate": 0.1, "total_samples": 24, "exact_match_rate_ci": [0.0, 0.25]},

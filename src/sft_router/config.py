@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
 import sys
 from dataclasses import dataclass, field, fields
@@ -147,3 +148,14 @@ def _bf16_only_where_supported(argv: list[str]) -> list[str]:
 
 def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def namespace(recipe) -> str:
+    return os.environ.get("HUB_NAMESPACE") or recipe.publish.hub_namespace or "your-namespace"
+
+
+def repo_ids(recipe) -> dict[str, str]:
+    ns = namespace(recipe)
+    publish = recipe.publish
+    return {"model": f"{ns}/{publish.model_repo}", "gguf": f"{ns}/{publish.gguf_repo}",
+            "dataset": f"{ns}/{publish.dataset_repo}"}  # fmt: skip

@@ -19,8 +19,10 @@ import sys
 from pathlib import Path
 
 from sft_router.errors import UsageError, one_line_errors
+from sft_router.models import load_generation_model
+from sft_router.prompts import render_prompts, stop_token_ids
 from sft_router.run import stage_output
-from sft_router.scoring import label_order, metric_definitions, score
+from sft_router.scoring import label_order, metric_definitions, score, target_text, write_variant
 
 # (metrics.json key, label) in the order the comparison table and chart show them.
 COMPARED = [
@@ -40,14 +42,6 @@ CHARTED = ["exact_match_rate", "tool_name_accuracy", "average_argument_f1", "jso
            "exact_match_rate_strict", "no_call_accuracy"]  # fmt: skip
 PREDICTION_FIELDS = ("text", "output")  # `output`: a predictions.jsonl written here
 REFERENCE_FIELDS = ("text", "expected")  # `expected`: a predictions.jsonl; a test-split row gives its completion
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    return [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")]
-
-
-def render_prompts(tokenizer, rows) -> list[str]:
-    return [tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True) for row in rows]
 
 
 def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, desc: str = "generate"):
@@ -73,22 +67,6 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_toke
     return outputs
 
 
-def target_text(row) -> str:
-    return row["completion"][0]["content"]
-
-
-def write_variant(out: Path, rows, outputs: list[str]) -> dict:
-    """Score one variant's raw outputs and write its metrics.json and predictions.jsonl under `out`."""
-    metrics, samples = score(outputs, [target_text(row) for row in rows])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
-        for row, output, sample in zip(rows, outputs, samples):
-            record = {"id": row["id"], "kind": row["kind"], "expected": target_text(row), "output": output, **sample}
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return metrics
-
-
 def evaluate_model(model, tokenizer, rows, recipe, out: Path, desc: str) -> dict:
     prompts = render_prompts(tokenizer, rows)
     outputs = generate(model, tokenizer, prompts, recipe.eval.eval_batch_size, recipe.eval.eval_max_new_tokens, desc)
@@ -96,26 +74,11 @@ def evaluate_model(model, tokenizer, rows, recipe, out: Path, desc: str) -> dict
 
 
 def load_test_rows(recipe) -> list[dict]:
-    from sft_router.data import load_split
+    from sft_router.catalog import load_split
 
     rows = load_split(recipe, "test")
     limit = recipe.eval.eval_limit
     return list(rows.select(range(min(limit, len(rows))))) if limit else list(rows)
-
-
-def load_generation_model(recipe, source: str | None = None):
-    """The recipe's base model for generation. Eager attention is Gemma 3's training requirement; for
-    inference SDPA computes the same attention (Gemma 3 has no attention soft-capping) and prefills a
-    batch of long prompts about twice as fast on CPU, so an eager recipe generates with SDPA. On a GPU
-    unless the recipe says `use_cpu`."""
-    import torch
-
-    from sft_router.train import load_base_model
-
-    model = load_base_model(recipe, source).eval()
-    if model.config._attn_implementation == "eager":
-        model.set_attn_implementation("sdpa")
-    return model.to("cuda") if torch.cuda.is_available() and not recipe.training.use_cpu else model
 
 
 def model_variants(recipe, adapter: Path):
@@ -132,7 +95,7 @@ def model_variants(recipe, adapter: Path):
 
 def run_eval(recipe) -> dict:
     from sft_router.gguf_eval import evaluate_gguf  # the Q8_0 GGUF under llama.cpp, free and grammar-constrained
-    from sft_router.train import load_tokenizer
+    from sft_router.models import load_tokenizer
 
     adapter = recipe.stage_dir("adapter")
     if not (adapter / "manifest.json").is_file():

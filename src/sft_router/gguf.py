@@ -10,79 +10,16 @@ Usage: python -m sft_router.gguf --config recipes/tiny/router.yaml   (writes run
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
-from sft_router.base_models import cache_root
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
-from sft_router.run import stage_output
-
-LLAMA_CPP_PYTHON = "0.3.36"
-LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
-CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
-FILE_TYPES = {"q8_0": "Q8_0", "f16": "F16", "bf16": "BF16", "f32": "F32"}
-STOP_TOKEN = "<end_of_turn>"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fetch_sdist() -> Path:
-    """The pinned llama-cpp-python sdist (llama.cpp's converter and runtime sources), downloaded once."""
-    sdist_dir = cache_root() / "sdist"
-    sdist = sdist_dir / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
-    if not sdist.is_file():
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
-                   f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(sdist_dir)]  # fmt: skip
-        if subprocess.run(command).returncode != 0:
-            raise UsageError(
-                f"cannot download llama-cpp-python=={LLAMA_CPP_PYTHON} from PyPI; check the network "
-                "or point LLAMA_CPP_DIR at a llama.cpp checkout"
-            )
-    if _sha256(sdist) != LLAMA_CPP_PYTHON_SHA256:
-        sdist.unlink()
-        raise UsageError(f"{sdist.name} does not match its pinned sha256; it was deleted, run again to refetch")
-    return sdist
-
-
-def fetch_converter() -> Path:
-    """llama.cpp's convert_hf_to_gguf.py (and its gguf-py) at the pinned commit; extracted once."""
-    if os.environ.get("LLAMA_CPP_DIR"):
-        return Path(os.environ["LLAMA_CPP_DIR"])
-    root = cache_root() / "llama.cpp" / LLAMA_CPP_PYTHON
-    if (root / "convert_hf_to_gguf.py").is_file():
-        return root
-    sdist = fetch_sdist()
-    prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
-    tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
-    with tarfile.open(sdist) as archive:
-        members = [m for m in archive.getmembers() if m.name.startswith(prefix)
-                   and m.name[len(prefix):].startswith(CONVERTER_PARTS)]  # fmt: skip
-        for member in members:
-            member.name = member.name[len(prefix) :]
-        archive.extractall(tmp, members=members, filter="data")
-    tmp.rename(root)
-    return root
-
-
-def _run_pinned(converter: Path, script: str, args: list[str], what: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(converter / "gguf-py")}  # the pinned gguf-py, not the installed one
-    result = subprocess.run([sys.executable, str(converter / script), *args], env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise UsageError(f"llama.cpp {what} failed: {tail[0]}")
+from sft_router.prompts import STOP_TOKEN
+from sft_router.run import FILE_TYPES, gguf_path, stage_output
+from sft_router.runtime import LLAMA_CPP_PYTHON, fetch_converter, run_pinned
 
 
 def converter_input(merged: Path, staging: Path) -> Path:
@@ -92,7 +29,7 @@ def converter_input(merged: Path, staging: Path) -> Path:
     for item in merged.iterdir():
         if item.name != "tokenizer_config.json":
             (staging / item.name).symlink_to(item.resolve())
-    from sft_router.merge import added_tokens_decoder
+    from sft_router.models import added_tokens_decoder
 
     config = json.loads((merged / "tokenizer_config.json").read_text())
     config["added_tokens_decoder"] = added_tokens_decoder(merged)
@@ -112,17 +49,13 @@ def convert_to_gguf(merged: Path, outfile: Path, outtype: str) -> None:
     staging = outfile.with_name(outfile.name + ".input")
     try:
         source = converter_input(merged, staging)
-        _run_pinned(converter, "convert_hf_to_gguf.py", [str(source), "--outtype", outtype, "--outfile", str(raw)],
+        run_pinned(converter, "convert_hf_to_gguf.py", [str(source), "--outtype", outtype, "--outfile", str(raw)],
                     f"converter on {merged}")  # fmt: skip
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _run_pinned(converter, "gguf-py/gguf/scripts/gguf_new_metadata.py",
+    run_pinned(converter, "gguf-py/gguf/scripts/gguf_new_metadata.py",
                 [str(raw), str(outfile), "--special-token", "eot", STOP_TOKEN, "--force"], "metadata writer")  # fmt: skip
     raw.unlink()
-
-
-def gguf_path(recipe, outtype: str) -> Path:
-    return recipe.stage_dir("gguf") / f"{recipe.name}-{FILE_TYPES[outtype]}.gguf"
 
 
 def describe_gguf(path: Path) -> dict:

@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sft_router.gguf import gguf_path
-from sft_router.run import read_manifest
+from sft_router.prompts import render_prompts
+from sft_router.run import gguf_path, read_manifest
+from sft_router.scoring import write_variant
 
 
 def eval_gguf_file(recipe) -> Path | None:
@@ -44,7 +45,6 @@ def gguf_outputs(llm, prompts: list[str], rows: list[dict], max_new_tokens: int,
 
 def evaluate_gguf(recipe, tokenizer, rows: list[dict], out: Path) -> dict[str, dict]:
     """Metrics of the `gguf` and `gguf_grammar` variants; none (with a note) when no GGUF was converted yet."""
-    from sft_router.evaluate import render_prompts, write_variant
     from sft_router.runtime import load_gguf
 
     path = eval_gguf_file(recipe)

@@ -46,7 +46,7 @@ def call_process_model(src: str, model_id: str, token: str):
 
 def convert_on_space(recipe, src: str | None = None) -> str:
     """Ask the Space (or a Gradio app at `src`) to convert the pushed merged model; returns the GGUF repo id."""
-    from sft_router.card import repo_ids
+    from sft_router.config import repo_ids
 
     model_id = repo_ids(recipe)["model"]
     token = os.environ.get("HF_TOKEN")

@@ -17,31 +17,8 @@ from pathlib import Path
 
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
+from sft_router.models import added_tokens_decoder, base_file
 from sft_router.run import stage_output
-
-
-def base_file(recipe, filename: str) -> Path:
-    """A file of the base model's repo: from its local folder, else from the Hub (cached)."""
-    from huggingface_hub import hf_hub_download
-
-    from sft_router.base_models import resolve_base_model
-
-    source = resolve_base_model(recipe.model.model_name_or_path)
-    if Path(source).is_dir():
-        return Path(source) / filename
-    return Path(hf_hub_download(source, filename, revision=recipe.model.model_revision))
-
-
-def added_tokens_decoder(folder: Path) -> dict:
-    """`added_tokens_decoder` rebuilt from tokenizer.json, which transformers 5 no longer writes to the config.
-
-    Without it llama.cpp's converter types <start_of_turn>/<end_of_turn> as text, so the GGUF splits them
-    into characters and never stops at the turn end.
-    """
-    added = json.loads((folder / "tokenizer.json").read_text()).get("added_tokens", [])
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    decoder = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
-    return {**decoder, **config.get("added_tokens_decoder", {})}
 
 
 def save_tokenizer_files(tokenizer, recipe, out: Path) -> None:
@@ -61,8 +38,8 @@ def merge_adapter(recipe, out: Path) -> None:
     from peft import PeftModel
     from transformers import GenerationConfig
 
-    from sft_router.evaluate import stop_token_ids
-    from sft_router.train import load_tokenizer, load_trained_model
+    from sft_router.models import load_tokenizer, load_trained_model
+    from sft_router.prompts import stop_token_ids
 
     tokenizer = load_tokenizer(recipe)
     model = load_trained_model(recipe)

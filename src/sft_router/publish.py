@@ -27,16 +27,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sft_router.card import (
-    namespace,
-    read_metrics,
-    render_dataset_card,
-    render_gguf_card,
-    render_model_card,
-    repo_ids,
-    save_card,
-)
-from sft_router.config import parse_recipe
+from sft_router.cards import read_metrics, render_dataset_card, render_gguf_card, render_model_card, save_card
+from sft_router.config import namespace, parse_recipe, repo_ids
 from sft_router.errors import UsageError, network_errors, one_line_errors
 from sft_router.run import git_commit, stage_output
 

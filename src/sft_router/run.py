@@ -82,3 +82,10 @@ def stage_output(recipe, stage: str, **facts):
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+
+
+FILE_TYPES = {"q8_0": "Q8_0", "f16": "F16", "bf16": "BF16", "f32": "F32"}
+
+
+def gguf_path(recipe, outtype: str) -> Path:
+    return recipe.stage_dir("gguf") / f"{recipe.name}-{FILE_TYPES[outtype]}.gguf"

@@ -17,13 +17,17 @@ import hashlib
 import os
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
 from sft_router.base_models import cache_root
 from sft_router.errors import UsageError, one_line_errors
-from sft_router.gguf import LLAMA_CPP_PYTHON, STOP_TOKEN, fetch_sdist
+from sft_router.prompts import STOP_TOKEN
 
+LLAMA_CPP_PYTHON = "0.3.36"
+LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 # The same pins as the `runtime` extra in pyproject.toml (tests/test_gguf_runtime.py holds them equal).
 RUNTIME_PINS = (f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "diskcache==5.6.3")
 BUILD_FLAGS = "-DGGML_NATIVE=OFF"
@@ -156,6 +160,60 @@ def main(argv: list[str] | None = None) -> None:
         print(f"runtime: llama-cpp-python {LLAMA_CPP_PYTHON} from {cached_wheel()}")
     else:
         raise UsageError(f"unknown command '{command[0]}': use `install` or `check`")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_sdist() -> Path:
+    """The pinned llama-cpp-python sdist (llama.cpp's converter and runtime sources), downloaded once."""
+    sdist_dir = cache_root() / "sdist"
+    sdist = sdist_dir / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
+    if not sdist.is_file():
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
+                   f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(sdist_dir)]  # fmt: skip
+        if subprocess.run(command).returncode != 0:
+            raise UsageError(
+                f"cannot download llama-cpp-python=={LLAMA_CPP_PYTHON} from PyPI; check the network "
+                "or point LLAMA_CPP_DIR at a llama.cpp checkout"
+            )
+    if _sha256(sdist) != LLAMA_CPP_PYTHON_SHA256:
+        sdist.unlink()
+        raise UsageError(f"{sdist.name} does not match its pinned sha256; it was deleted, run again to refetch")
+    return sdist
+
+
+def fetch_converter() -> Path:
+    """llama.cpp's convert_hf_to_gguf.py (and its gguf-py) at the pinned commit; extracted once."""
+    if os.environ.get("LLAMA_CPP_DIR"):
+        return Path(os.environ["LLAMA_CPP_DIR"])
+    root = cache_root() / "llama.cpp" / LLAMA_CPP_PYTHON
+    if (root / "convert_hf_to_gguf.py").is_file():
+        return root
+    sdist = fetch_sdist()
+    prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
+    tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
+    with tarfile.open(sdist) as archive:
+        members = [m for m in archive.getmembers() if m.name.startswith(prefix)
+                   and m.name[len(prefix):].startswith(CONVERTER_PARTS)]  # fmt: skip
+        for member in members:
+            member.name = member.name[len(prefix) :]
+        archive.extractall(tmp, members=members, filter="data")
+    tmp.rename(root)
+    return root
+
+
+def run_pinned(converter: Path, script: str, args: list[str], what: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(converter / "gguf-py")}  # the pinned gguf-py, not the installed one
+    result = subprocess.run([sys.executable, str(converter / script), *args], env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UsageError(f"llama.cpp {what} failed: {tail[0]}")
 
 
 if __name__ == "__main__":

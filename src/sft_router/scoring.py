@@ -47,6 +47,7 @@ import ast
 import json
 import random
 import re
+from pathlib import Path
 
 # A router call is a few hundred characters; these bounds keep hostile outputs (megabytes, deep nesting)
 # cheap: ast.literal_eval in particular is slow and recursive on big input.
@@ -321,3 +322,19 @@ def metric_definitions() -> list[str]:
     section = __doc__.split("How each metric is computed", 1)[1].split("\nUsage:", 1)[0]
     bullets = section.split("\n- ")[1:]
     return [" ".join(line.strip() for line in bullet.splitlines()) for bullet in bullets]
+
+
+def target_text(row) -> str:
+    return row["completion"][0]["content"]
+
+
+def write_variant(out: Path, rows, outputs: list[str]) -> dict:
+    """Score one variant's raw outputs and write its metrics.json and predictions.jsonl under `out`."""
+    metrics, samples = score(outputs, [target_text(row) for row in rows])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as handle:
+        for row, output, sample in zip(rows, outputs, samples):
+            record = {"id": row["id"], "kind": row["kind"], "expected": target_text(row), "output": output, **sample}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return metrics

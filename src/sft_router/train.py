@@ -26,47 +26,11 @@ from transformers.utils import ModelOutput
 
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
+from sft_router.models import load_base_model, load_tokenizer
 from sft_router.run import stage_output
 
 # Logits held at once by the completion head: 2**26 fp32 values is 256 MiB, ~256 positions of Gemma's vocabulary.
 LOGITS_PER_CHUNK = 2**26
-
-
-def load_tokenizer(recipe, source: str | None = None):
-    """The base tokenizer with the recipe's chat template: the one template every stage renders with."""
-    from transformers import AutoTokenizer
-
-    from sft_router.base_models import resolve_base_model
-
-    tokenizer = AutoTokenizer.from_pretrained(source or resolve_base_model(recipe.model.model_name_or_path))
-    tokenizer.chat_template = Path(recipe.training.chat_template_path).read_text()
-    return tokenizer
-
-
-def load_base_model(recipe, source: str | None = None):
-    """Gemma 3 trains with eager attention (its documented requirement); bf16 only where the device has it.
-    `source` loads other weights (a fully fine-tuned model) the same way."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from sft_router.base_models import resolve_base_model
-
-    dtype = torch.bfloat16 if recipe.training.bf16 else torch.float32
-    return AutoModelForCausalLM.from_pretrained(
-        source or resolve_base_model(recipe.model.model_name_or_path),
-        attn_implementation=recipe.model.attn_implementation or "eager",
-        dtype=dtype,
-    )
-
-
-def load_trained_model(recipe):
-    """The fine-tuned model from runs/<name>/adapter/: base plus LoRA adapter, or the full model it holds."""
-    from peft import PeftModel
-
-    adapter = recipe.stage_dir("adapter")
-    if (adapter / "adapter_config.json").is_file():
-        return PeftModel.from_pretrained(load_base_model(recipe), str(adapter))
-    return load_base_model(recipe, str(adapter))
 
 
 def last_checkpoint(output_dir: str) -> str | None:
@@ -188,7 +152,7 @@ def build_trainer(recipe, callbacks=()):
     """The trainer of `make train`: seed first, then the recipe's base model and the run's dataset."""
     from transformers import set_seed
 
-    from sft_router.data import load_split
+    from sft_router.catalog import load_split
 
     set_seed(recipe.training.seed)
     validation = load_split(recipe, "validation") if recipe.training.eval_strategy != "no" else None

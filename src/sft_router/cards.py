@@ -1,0 +1,244 @@
+"""Card rendering shared by the card and publish stages: the model and dataset cards from the Jinja templates,
+with numbers read from the run's files.
+
+The model card (model_card/template.md) and the GGUF card (model_card/gguf.md) carry the run's metrics as a table
+and as `model-index`, and embed the run's figures, copied beside each card so that the card folder is what the
+repo receives.
+
+Usage: from sft_router.cards import render_model_card  (the stage is `python -m sft_router.card`)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from sft_router.config import repo_ids
+from sft_router.errors import UsageError
+from sft_router.run import library_versions, read_manifest
+
+HEADLINE = [
+    ("exact_match_rate", "exact match"),
+    ("tool_name_accuracy", "tool name acc."),
+    ("average_argument_f1", "argument F1"),
+    ("no_call_accuracy", "no-call acc."),
+    ("json_valid_rate_strict", "JSON valid (strict)"),
+    ("exact_match_rate_strict", "exact match (strict)"),
+]
+LOW_KEYS, HIGH_KEYS = ("low", "lower", "lo"), ("high", "upper", "hi")
+HYPERPARAMETERS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                   "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps", "max_length", "seed")  # fmt: skip
+
+
+def read_metrics(recipe) -> dict[str, dict]:
+    """Metrics of every evaluated variant (baseline, finetuned, gguf ...) from runs/<name>/eval/."""
+    eval_dir = recipe.stage_dir("eval")
+    if not (eval_dir / "manifest.json").is_file():
+        raise UsageError(f"no finished evaluation in {eval_dir}: run `make eval RECIPE={recipe.path}` first")
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(eval_dir.glob("*/metrics.json"))}
+
+
+def _interval(values: dict, key: str) -> tuple[float, float] | None:
+    """The bootstrap interval of `key` however a metrics file stores it: `<key>_ci` as [low, high] or as
+    {"low"/"lower"/"lo": ..., "high"/"upper"/"hi": ...}, or `<key>_ci_low` and `<key>_ci_high`."""
+    value = values.get(f"{key}_ci")
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return float(value[0]), float(value[1])
+    if not isinstance(value, dict):
+        value = {"low": values.get(f"{key}_ci_low"), "high": values.get(f"{key}_ci_high")}
+    bounds = [next((value[k] for k in keys if value.get(k) is not None), None) for keys in (LOW_KEYS, HIGH_KEYS)]
+    return None if None in bounds else (float(bounds[0]), float(bounds[1]))
+
+
+def _cell(values: dict, key: str) -> str:
+    return f"{values[key]:.3f}" if isinstance(values.get(key), (int, float)) else "-"
+
+
+def metrics_table(metrics: dict[str, dict]) -> str:
+    header = "| model | " + " | ".join(label for _, label in HEADLINE) + " | rows |"
+    lines = [header, "|" + "---|" * (len(HEADLINE) + 2)]
+    for name, values in metrics.items():
+        cells = " | ".join(_cell(values, key) for key, _ in HEADLINE)
+        lines.append(f"| {name} | {cells} | {values.get('total_samples', '-')} |")
+    return "\n".join(lines)
+
+
+def intervals_table(metrics: dict[str, dict]) -> str:
+    """Bootstrap 95% intervals of the headline metrics that some metrics file carries intervals for ("" if none)."""
+    keys = [(key, label) for key, label in HEADLINE if any(_interval(v, key) for v in metrics.values())]
+    if not keys:
+        return ""
+    lines = ["| model | " + " | ".join(label for _, label in keys) + " |", "|" + "---|" * (len(keys) + 1)]
+    for name, values in metrics.items():
+        spans = [_interval(values, key) for key, _ in keys]
+        lines.append(f"| {name} | " + " | ".join(f"[{s[0]:.3f}, {s[1]:.3f}]" if s else "-" for s in spans) + " |")
+    return "\n".join(lines)
+
+
+def hyperparameters_table(recipe) -> str:
+    model = recipe.model
+    values = [getattr(recipe.training, key) for key in HYPERPARAMETERS]
+    rows = [(key, getattr(value, "value", value)) for key, value in zip(HYPERPARAMETERS, values)]  # enums by value
+    rows += [("lora_r", model.lora_r), ("lora_alpha", model.lora_alpha), ("lora_dropout", model.lora_dropout),
+             ("lora_target_modules", ", ".join(model.lora_target_modules or []))]  # fmt: skip
+    return "\n".join(["| hyperparameter | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+def eval_results(recipe, values: dict, label_suffix: str = ""):
+    """The model-index entries of one variant's metrics, so the Hub shows them on the model page."""
+    from huggingface_hub import EvalResult
+
+    dataset_id = repo_ids(recipe)["dataset"]
+    return [
+        EvalResult(task_type="text-generation", dataset_type=dataset_id, dataset_name="tool routing (test split)",
+                   dataset_split="test", metric_type=key, metric_name=label + label_suffix,
+                   metric_value=round(values[key], 4))
+        for key, label in HEADLINE if key in values
+    ]  # fmt: skip
+
+
+def card_images(recipe) -> dict[str, Path]:
+    """The figures a card embeds, by their name in the repo, when the run made them."""
+    sources = {"comparison.png": recipe.stage_dir("eval") / "comparison.png",
+               "training_curves.png": recipe.stage_dir("adapter") / "training_curves.png"}  # fmt: skip
+    return {name: path for name, path in sources.items() if path.is_file()}
+
+
+def save_card(recipe, card, folder: Path) -> None:
+    """README.md and the figures it embeds, side by side as in the repo it describes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    card.save(folder / "README.md")
+    for name, source in card_images(recipe).items():
+        if f"]({name})" in card.text:
+            shutil.copyfile(source, folder / name)
+
+
+def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
+    ids = repo_ids(recipe)
+    return {
+        "model_repo_id": ids["model"],
+        "gguf_repo_id": ids["gguf"],
+        "dataset_repo_id": ids["dataset"],
+        "base_model_id": recipe.publish.base_model_id,
+        "recipe_path": recipe.path.as_posix(),
+        "run_name": recipe.name,
+        "test_rows": next(iter(metrics.values()))["total_samples"] if metrics else 0,
+        "metrics_table": metrics_table(metrics),
+        "intervals_table": intervals_table(metrics),
+        "hyperparameters_table": hyperparameters_table(recipe),
+        "images": sorted(card_images(recipe)),
+        "has_modelfile": (recipe.stage_dir("gguf") / "Modelfile").is_file(),
+        "versions": ", ".join(f"{k} {v}" for k, v in library_versions().items()),
+    }
+
+
+def render_model_card(recipe, metrics: dict[str, dict]):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    ids = repo_ids(recipe)
+    data = ModelCardData(
+        base_model=recipe.publish.base_model_id,
+        datasets=[ids["dataset"]],
+        license="gemma",
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["gemma3", "tool-calling", "function-calling", "router", "lora", "trl", "sft"],
+        language=["zh", "en"],
+        model_name=ids["model"],
+        eval_results=eval_results(recipe, metrics.get("finetuned", {})),
+    )
+    values = _shared_template_values(recipe, metrics)
+    return ModelCard.from_template(data, template_path="model_card/template.md", repo_id=ids["model"], **values)
+
+
+def render_gguf_card(recipe, metrics: dict[str, dict]):
+    """The GGUF repo's card: its own model-index holds the GGUF's metrics when `make eval` scored the GGUF."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    ids = repo_ids(recipe)
+    data = ModelCardData(
+        base_model=ids["model"],
+        base_model_relation="quantized",
+        datasets=[ids["dataset"]],
+        license="gemma",
+        library_name="gguf",
+        pipeline_tag="text-generation",
+        tags=["gguf", "llama.cpp", "ollama", "gemma3", "tool-calling", "function-calling", "router"],
+        language=["zh", "en"],
+        model_name=ids["gguf"],
+        eval_results=eval_results(recipe, metrics.get("gguf", {}), " (GGUF Q8_0)") or None,
+    )
+    values = _shared_template_values(recipe, metrics)
+    files = sorted(p.name for p in recipe.stage_dir("gguf").glob("*.gguf"))
+    return ModelCard.from_template(data, template_path="model_card/gguf.md", repo_id=ids["gguf"], gguf_files=files,
+                                   **values)  # fmt: skip
+
+
+def render_dataset_card(recipe):
+    """The dataset card: every count on it is read from the dataset manifest, the tool list from its catalog."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    from sft_router.catalog import load_catalog
+
+    manifest = read_manifest(recipe.stage_dir("dataset"))
+    if manifest is None or "mix" not in manifest:
+        raise UsageError(f"no dataset in {recipe.stage_dir('dataset')}: run `make data RECIPE={recipe.path}` first")
+    catalog = load_catalog(manifest["catalog"])
+    data = DatasetCardData(license="apache-2.0", language=["zh", "en"], task_categories=["text-generation"],
+                           size_categories=[_size_category(sum(manifest["rows"].values()))],
+                           tags=["tool-calling", "function-calling", "synthetic", "router"],
+                           pretty_name="Tool routing scenarios")  # fmt: skip
+    return DatasetCard.from_template(
+        data,
+        template_path="dataset_card/template.md",
+        repo_id=repo_ids(recipe)["dataset"],
+        recipe_path=recipe.path.as_posix(),
+        seed=manifest["dataset_seed"],
+        tool_count=manifest["tools"],
+        domain_count=len(manifest["domains"]),
+        domains=", ".join(manifest["domains"]),
+        image_marker=manifest["image_marker"],
+        leaks=manifest["leaks"],
+        no_call_share=manifest["no_call_share"],
+        splits_table=dataset_splits_table(manifest),
+        language_table=dataset_language_table(manifest),
+        tools_table=dataset_tools_table(manifest, catalog),
+        content_sha256=manifest["content_sha256"],
+    )
+
+
+def _size_category(rows: int) -> str:
+    return "n<1K" if rows < 1_000 else "1K<n<10K" if rows < 10_000 else "10K<n<100K"
+
+
+def dataset_splits_table(manifest: dict) -> str:
+    from sft_router.catalog import KINDS
+
+    header = "| split | rows | " + " | ".join(KINDS) + " | no-call share | unseen values |"
+    lines = [header, "|" + "---|" * (len(KINDS) + 4)]
+    for split, rows in manifest["rows"].items():
+        mix = manifest["mix"][split]
+        kinds = " | ".join(str(mix["kind"][kind]) for kind in KINDS)
+        lines.append(f"| {split} | {rows} | {kinds} | {mix['no_call_share']:.2f} | {mix['rows_with_unseen_values']} |")
+    return "\n".join(lines)
+
+
+def dataset_language_table(manifest: dict) -> str:
+    lines = ["| split | zh | en |", "|---|---|---|"]
+    for split, mix in manifest["mix"].items():
+        lines.append(f"| {split} | {mix['lang']['zh']} | {mix['lang']['en']} |")
+    return "\n".join(lines)
+
+
+def dataset_tools_table(manifest: dict, catalog) -> str:
+    splits = list(manifest["mix"])
+    lines = ["| tool | domain | required | optional | description | " + " | ".join(splits) + " |",
+             "|" + "---|" * (5 + len(splits))]  # fmt: skip
+    for name, tool in catalog.tools.items():
+        required = tool["parameters"].get("required", [])
+        optional = [arg for arg in tool["parameters"].get("properties", {}) if arg not in required]
+        counts = " | ".join(str(manifest["mix"][split]["tool"].get(name, 0)) for split in splits)
+        lines.append(f"| `{name}` | {tool['domain']} | {', '.join(required)} | {', '.join(optional)} | "
+                     f"{tool['description']} | {counts} |")  # fmt: skip
+    return "\n".join(lines)
