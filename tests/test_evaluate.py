@@ -112,6 +112,36 @@ def test_batched_generation_matches_one_at_a_time_in_prompt_order(tiny_model):
     assert model.config._attn_implementation == "sdpa" and model.device.type == "cpu"  # the tiny recipe: use_cpu
 
 
+def plain_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """transformers' own greedy decoding of one prompt, no cache reuse: the reference for `generate`."""
+    import torch
+
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=evaluate.stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_shared_prefix_cache_gives_the_same_answers_as_plain_generation(tiny_model):
+    """Prompts that share a system prompt (as every eval prompt does): the prefix is prefilled once, the batch's
+    suffixes differ in length (pads sit between prefix and suffix), and every answer equals plain greedy decoding."""
+    model, tokenizer = tiny_model
+    system = "You route requests. Tools: " + "get_calendar_events set_timer send_message " * 4
+    users = ["你好", "帮我查一下今天的日程安排，谢谢，顺便看看明天", "set a timer", "明天下午三点提醒我开会"]
+    rows = [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": u}]} for u in users]
+    prompts = evaluate.render_prompts(tokenizer, rows)
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    assert evaluate.shared_prefix_length(ids) > 20  # the system prompt is shared, the messages are not
+    batched = evaluate.generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=8)
+    assert batched == [plain_greedy(model, tokenizer, p, 8) for p in prompts] and len(set(batched)) > 1
+
+
+def test_shared_prefix_length():
+    assert evaluate.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert evaluate.shared_prefix_length([[1, 2], [1, 2, 3]]) == 2 and evaluate.shared_prefix_length([[7]]) == 1
+
+
 def hand_results() -> dict[str, dict]:
     other = ["好的", "好的", "hi", CALL]
     return {"baseline": score(other, REFERENCES)[0], "finetuned": score(PREDICTIONS, REFERENCES)[0],

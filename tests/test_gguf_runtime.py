@@ -31,6 +31,18 @@ def test_runtime_pins_equal_the_pyproject_extra():
     assert sorted(extras["runtime"]) == sorted(RUNTIME_PINS)
 
 
+def test_build_flags_follow_the_cpu_flags():
+    from sft_router.runtime import PORTABLE, build_flags
+
+    epyc = {"sse4_2", "avx", "avx2", "fma", "f16c"}
+    xeon = epyc | {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16"}
+    assert build_flags(epyc) == PORTABLE  # the wheel cached for AVX2 machines keeps its key
+    flags = build_flags(xeon).split()
+    assert {"-DGGML_AVX512=ON", "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX512_BF16=ON", "-DGGML_AMX_INT8=OFF"} <= set(flags)
+    assert "-DGGML_AVX512_BF16=ON" not in build_flags(xeon - {"avx512_bf16"})
+    assert build_flags(xeon - {"avx512bw"}) == PORTABLE
+
+
 def test_q8_gguf_metadata_carries_vocab_template_and_stop_tokens(tiny_run):
     facts = describe_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
     assert facts["architecture"] == "gemma3" and facts["tokenizer_model"] == "llama" and facts["has_scores"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.models import load_generation_model
-from sft_router.prompts import render_prompts, stop_token_ids
+from sft_router.prompts import new_tokens_needed, render_prompts, stop_token_ids
 from sft_router.run import stage_output
 from sft_router.scoring import label_order, metric_definitions, score, target_text, write_variant
 
@@ -44,24 +44,67 @@ PREDICTION_FIELDS = ("text", "output")  # `output`: a predictions.jsonl written 
 REFERENCE_FIELDS = ("text", "expected")  # `expected`: a predictions.jsonl; a test-split row gives its completion
 
 
+def shared_prefix_length(id_lists: list[list[int]]) -> int:
+    """Tokens every prompt starts with (<bos>, the turn header and the system prompt's instructions)."""
+    first = id_lists[0] if id_lists else []
+    length = len(first)
+    for ids in id_lists[1:]:
+        length = next((i for i, (a, b) in enumerate(zip(first[:length], ids)) if a != b), min(length, len(ids)))
+    return length
+
+
+def prefill_prefix(model, prefix: list[int]):
+    """The KV cache of the shared prefix, computed once: every batch starts from a copy of it."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([prefix], device=model.device), past_key_values=cache, use_cache=True)
+    return cache
+
+
+def batch_inputs(id_lists: list[list[int]], prefix: list[int], pad_id: int, device):
+    """Prefix, then each prompt's own suffix left padded against it: pads sit between the two, masked out, so
+    positions (from the mask's running count) continue the prefix exactly as in an unpadded prompt."""
+    import torch
+
+    suffixes = [ids[len(prefix) :] for ids in id_lists]
+    width = max(len(s) for s in suffixes)
+    input_ids = torch.tensor([prefix + [pad_id] * (width - len(s)) + s for s in suffixes], device=device)
+    mask = torch.tensor([[1] * len(prefix) + [0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=device)
+    return input_ids, mask
+
+
 def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, desc: str = "generate"):
-    """Greedy completions in the prompts' order, `batch_size` prompts at a time, left padded; specials stripped."""
+    """Greedy completions in the prompts' order, `batch_size` prompts at a time; specials stripped.
+
+    The prefix all prompts share is prefilled once and its cache copied into every batch, so a batch computes
+    only its own tools and message; batches hold prompts of similar length (sorted), so little is padding.
+    """
+    import copy
+
     import torch
     from tqdm.auto import tqdm
 
-    tokenizer.padding_side = "left"
-    # Longest first, so that prompts batched together are of similar length and padding wastes little.
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    id_lists = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    # Keep one token of every prompt outside the prefix: generation needs at least one new input position.
+    prefix = id_lists[0][: max(0, min(shared_prefix_length(id_lists), min(map(len, id_lists)) - 1))]
+    cache = prefill_prefix(model, prefix) if prefix else None
+    order = sorted(range(len(prompts)), key=lambda i: -len(id_lists[i]))
     outputs: list[str] = [""] * len(prompts)
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
         indices = order[start : start + batch_size]
-        batch = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True,
-                          add_special_tokens=False).to(model.device)  # fmt: skip
+        input_ids, mask = batch_inputs([id_lists[i] for i in indices], prefix, tokenizer.pad_token_id, model.device)
+        past = None
+        if cache is not None:
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(indices))
         with torch.inference_mode():
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+            generated = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=past,
+                                       max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                        eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        texts = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        texts = tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)
         for index, text in zip(indices, texts):
             outputs[index] = text.strip()
     return outputs
@@ -69,7 +112,8 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_toke
 
 def evaluate_model(model, tokenizer, rows, recipe, out: Path, desc: str) -> dict:
     prompts = render_prompts(tokenizer, rows)
-    outputs = generate(model, tokenizer, prompts, recipe.eval.eval_batch_size, recipe.eval.eval_max_new_tokens, desc)
+    max_new_tokens = new_tokens_needed(tokenizer, rows, recipe.eval.eval_max_new_tokens)
+    outputs = generate(model, tokenizer, prompts, recipe.eval.eval_batch_size, max_new_tokens, desc)
     return write_variant(out, rows, outputs)
 
 
@@ -82,13 +126,14 @@ def load_test_rows(recipe) -> list[dict]:
 
 
 def model_variants(recipe, adapter: Path):
-    """(name, model) for each model scored: the base model, then the same weights with the adapter."""
+    """(name, model) for each model scored: the base model, then the same weights with the adapter merged in
+    (in memory: a merged projection costs one matmul, an unmerged LoRA one pays two more in every layer)."""
     from peft import PeftModel
 
     model = load_generation_model(recipe)
     yield "baseline", model
     if (adapter / "adapter_config.json").is_file():
-        yield "finetuned", PeftModel.from_pretrained(model, str(adapter)).eval()
+        yield "finetuned", PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
     else:  # full fine-tuning (`use_peft: false`): the adapter folder holds the whole model
         yield "finetuned", load_generation_model(recipe, source=str(adapter))
 
