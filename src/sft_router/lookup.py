@@ -36,7 +36,6 @@ class SlotText:
     slot: str
     text: str
     value: object
-    contexts: frozenset[str]
 
 
 def _is_word_char(char: str) -> bool:
@@ -51,13 +50,14 @@ def _ngrams(text: str) -> Counter:
 class LookupRouter:
     """Nearest train neighbour for the tool, a dictionary of train slot values for the arguments."""
 
-    def __init__(self, train_rows, image_marker: str = "<start_of_image>", tool_of_family: dict | None = None):
-        self.image_marker = image_marker
+    def __init__(self, train_rows, image_marker: str = "<start_of_image>", tool_of_family: dict | None = None,
+                 neighbours: int = NEIGHBOURS):  # fmt: skip
+        self.image_marker, self.neighbours = image_marker, neighbours
         rows = list(train_rows)
         self.labels = [_intent(row, tool_of_family or {}) for row in rows]
         self.answers = [row["completion"][0]["content"] for row in rows]
         self._index([self._normal(row["user"]) for row in rows])
-        self.slot_texts, self.argument_order = self._dictionary(rows)
+        self.slot_texts, self.contexts, self.argument_order = self._dictionary(rows)
 
     def _normal(self, message: str) -> str:
         return message.replace(self.image_marker, IMAGE_CHAR).lower()
@@ -81,9 +81,11 @@ class LookupRouter:
         norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
         return {gram: weight / norm for gram, weight in weights.items()}
 
-    def _dictionary(self, rows) -> tuple[dict[str, list[SlotText]], dict[str, list[str]]]:
-        """Per tool, every (slot, text) a train call stated, with the characters train put before it."""
-        found: dict[tuple[str, str, str], tuple[object, set[str]]] = {}
+    def _dictionary(self, rows):
+        """Per tool, every (slot, text) a train call stated with its value; per (tool, slot), the characters train
+        messages put before the argument; per tool, its arguments in the order calls gave them."""
+        found: dict[tuple[str, str, str], object] = {}
+        contexts: dict[tuple[str, str], set[str]] = {}
         order: dict[str, list[str]] = {}
         for row in rows:
             if not row["tool_name"]:
@@ -96,14 +98,14 @@ class LookupRouter:
                 if slot not in arguments or not str(text).strip():
                     continue
                 text = str(text).lower()
-                _, contexts = found.setdefault((tool, slot, text), (arguments[slot], set()))
+                found.setdefault((tool, slot, text), arguments[slot])
                 start = message.find(text)
                 if start >= 0:
-                    contexts.add(message[max(0, start - CONTEXT_CHARS) : start])
+                    contexts.setdefault((tool, slot), set()).add(message[max(0, start - CONTEXT_CHARS) : start])
         texts: dict[str, list[SlotText]] = {}
-        for (tool, slot, text), (value, contexts) in found.items():
-            texts.setdefault(tool, []).append(SlotText(slot, text, value, frozenset(contexts)))
-        return texts, order
+        for (tool, slot, text), value in found.items():
+            texts.setdefault(tool, []).append(SlotText(slot, text, value))
+        return texts, contexts, order
 
     def similarities(self, message: str) -> np.ndarray:
         scores = np.zeros(len(self.labels))
@@ -116,7 +118,7 @@ class LookupRouter:
         """The router's answer text: among the NEIGHBOURS nearest train rows that ask for a shown tool or got a
         reply, the label with the most similarity wins; a call of that tool, or the nearest such row's reply."""
         scores = self.similarities(message)
-        nearest = np.argsort(-scores, kind="stable")[:NEIGHBOURS]
+        nearest = np.argsort(-scores, kind="stable")[: self.neighbours]
         votes: dict[str, float] = {}
         for index in nearest:
             label = self.labels[index]
@@ -135,7 +137,7 @@ class LookupRouter:
         matches = []
         for entry in self.slot_texts.get(tool, []):
             for start in _occurrences(text, entry.text):
-                context = text[max(0, start - CONTEXT_CHARS) : start] in entry.contexts
+                context = text[max(0, start - CONTEXT_CHARS) : start] in self.contexts.get((tool, entry.slot), ())
                 matches.append((-len(entry.text), not context, start, entry))
         filled: dict[str, object] = {}
         taken: list[tuple[int, int]] = []
