@@ -43,7 +43,19 @@ class DataArguments:
 class EvalArguments:
     eval_max_new_tokens: int = field(default=96, metadata={"help": "Most tokens generated per test prompt."})
     eval_batch_size: int = field(default=16, metadata={"help": "Prompts decoded together (left padded)."})
-    eval_limit: int | None = field(default=None, metadata={"help": "Score only the first N test rows (None: all)."})
+    eval_limit: int | None = field(
+        default=None, metadata={"help": "Score only the first N rows of each evaluated split (None: all)."}
+    )
+    eval_splits: list[str] = field(
+        default_factory=lambda: ["test"],
+        metadata={"help": "Splits `make eval` scores, `test` first: generated ones (test, test_unseen, validation) "
+                  "and `handwritten` (the `handwritten` file)."},
+    )  # fmt: skip
+    handwritten: str | None = field(
+        default=None,
+        metadata={"help": "JSONL of hand-written test rows (user message, tools shown, expected call or null), "
+                  "scored as the `handwritten` split."},
+    )  # fmt: skip
 
 
 @dataclass
