@@ -54,7 +54,8 @@ HELD_OUT_OF = (2, 5)  # of the other entries, two in five never appear in train
 CONFUSABLE_SHARE = 0.8  # a prompt with room for distractors shows a confusable tool this often
 CORRECTION = {"zh": ["，不对，", "，不是，是", "，说错了，", "，哦不，"],
               "en": [", no wait, ", ", sorry, I mean ", ", no, ", " - actually "]}  # fmt: skip
-EVAL_SPLITS = ("validation", "test", "test_unseen")
+NOISE_REQUEST = ("typo", "mixed", "curt", "polite", "filler", "context")
+NOISE_TALK = ("typo", "polite", "filler")
 
 
 def held_out(entry, index: int, seed: int) -> bool:
@@ -125,7 +126,9 @@ class Generator:
         segments, shown, values = [], {}, {}
         records: dict[str, dict] = {}
         slots = SLOT.findall(template)
-        corrected = self.rng.choice(slots) if correct and slots else None
+        correctable = [slot for slot in slots if (self.catalog.slots.get(self.catalog.pool_name(tool, slot)) or {}).get(
+            "correctable")]  # fmt: skip
+        corrected = self.rng.choice(correctable) if correct and correctable else None
         for literal, slot in zip(re.split(r"\{\w+\}", template), [*slots, None]):
             if literal:
                 segments.append([literal, False])
@@ -167,10 +170,12 @@ class Generator:
         return entry_text_value(self.rng.choice(others), slot)[0]
 
     def _said(self, tool: dict, family: str, template: str, lang: str, correct: bool = False) -> Utterance:
-        """A filled template with noise; in evaluation splits a message already drawn is drawn again (a few tries)."""
+        """A filled template with noise; in evaluation splits a message already drawn is drawn again (a few tries).
+        Small talk and questions get slips, fillers and politeness, not request framing (context, curt forms)."""
+        rules = NOISE_REQUEST if tool else NOISE_TALK
         for _ in range(8):
             segments, shown, arguments = self.fill(tool, template, lang, correct)
-            text, applied = self.noise.apply(segments, lang, self.rng)
+            text, applied = self.noise.apply(segments, lang, self.rng, rules)
             if self.split == "train" or text not in self._messages:
                 break
         self._messages.add(text)

@@ -63,10 +63,10 @@ class NoiseRules:
     def fires(self, rule: str, rng) -> bool:
         return rng.random() < self.rates.get(rule, 0.0)
 
-    def apply(self, segments: list[list], lang: str, rng) -> tuple[str, list[str]]:
-        """The noisy message and the rules that changed it, in a fixed order so the stream stays reproducible."""
+    def apply(self, segments: list[list], lang: str, rng, rules: tuple[str, ...]) -> tuple[str, list[str]]:
+        """The noisy message and the rules that changed it; `rules` in a fixed order keeps the stream reproducible."""
         applied = []
-        for rule in ("typo", "mixed", "curt", "polite", "filler", "context"):
+        for rule in rules:
             if self.fires(rule, rng) and getattr(self, f"_{rule}")(segments, lang, rng):
                 applied.append(rule)
         return "".join(text for text, _ in segments).strip(), applied
