@@ -17,6 +17,8 @@ from sft_router.errors import UsageError
 CATALOG = ROOT / "recipes/gemma-3-270m-it/catalog.yaml"
 SMALL = ["--num_train", "200", "--num_validation", "60", "--num_test", "60"]
 
+PUBLISHED = yaml.safe_load(CATALOG.read_text())
+
 # A two-tool catalog small enough to break on purpose in each test.
 MINI_CATALOG = {
     "image_marker": "<start_of_image>",
@@ -25,12 +27,19 @@ MINI_CATALOG = {
             "name": "set_timer",
             "domain": "alarms",
             "description": "Start a countdown timer in minutes.",
+            "feature": {"zh": "计时器", "en": "timers"},
+            "how": {"zh": "告诉我计时多久。", "en": "Tell me how long."},
             "parameters": {
                 "type": "object",
                 "properties": {"duration_minutes": {"type": "integer", "minimum": 1}, "label": {"type": "string"}},
                 "required": ["duration_minutes"],
             },
             "pools": {"duration_minutes": "duration"},
+            "ask": {"duration_minutes": {"zh": "计时多久？", "en": "How long?"}},
+            "clarify": {
+                "zh": ["开个计时器", "计个时", "来个倒计时", "定个计时器", "{label}计时"],
+                "en": ["Start a timer", "Set a timer", "A countdown please", "Timer on", "Time the {label}"],
+            },
             "families": [
                 {"id": "t1", "zh": ["计时{duration_minutes}"], "en": ["Timer for {duration_minutes}"]},
                 {"id": "t2", "zh": ["{label}倒计时{duration_minutes}"], "en": ["Count down {duration_minutes}"]},
@@ -41,6 +50,8 @@ MINI_CATALOG = {
             "name": "get_calendar_events",
             "domain": "calendar",
             "description": "Query the schedule for a date.",
+            "feature": {"zh": "日程", "en": "the calendar"},
+            "how": {"zh": "告诉我日期。", "en": "Tell me the date."},
             "parameters": {"type": "object", "properties": {"date": {"type": "string"}}},
             "families": [
                 {"id": "c1", "zh": ["{date}有会吗"], "en": ["Any meetings {date}?"]},
@@ -60,7 +71,11 @@ MINI_CATALOG = {
             "en": ["today", "tomorrow", "Friday", "next Monday"],
         },
     },  # fmt: skip
-    "no_call": yaml.safe_load(CATALOG.read_text())["no_call"],
+    "no_call": {
+        kind: [{k: v for k, v in item.items() if not k.startswith("offer")} for item in items]
+        for kind, items in PUBLISHED["no_call"].items()
+    },  # no offers of tools this catalog lacks
+    **{key: PUBLISHED[key] for key in ("replies", "noise", "procedural")},
 }
 
 
@@ -68,7 +83,7 @@ def mini_recipe(workspace: Path, catalog: dict, *flags: str):
     path = workspace / "catalog.yaml"
     path.write_text(yaml.safe_dump(catalog, allow_unicode=True))
     recipe = copy_recipe(TINY, workspace / "mini.yaml", {"recipes/gemma-3-270m-it/catalog.yaml": str(path)})
-    return parse_recipe(["--config", str(recipe), *flags])[0]
+    return parse_recipe(["--config", str(recipe), "--num_test_unseen", "0", *flags])[0]
 
 
 def mutated(change) -> dict:
@@ -118,14 +133,19 @@ def test_a_different_seed_gives_different_rows(workspace):
 def test_every_tool_appears_in_every_split_and_the_manifest_counts_them(workspace):
     build_files(workspace)
     manifest = json.loads((workspace / "runs/tiny/dataset/manifest.json").read_text())
-    tools = set(data.load_catalog(CATALOG).tools)
+    catalog = data.load_catalog(CATALOG)
+    unseen = set(catalog.unseen_tools)
     for split in data.SPLITS:
         rows = read_jsonl(workspace / f"runs/tiny/dataset/{split}.jsonl")
-        assert {row["tool_name"] for row in rows if row["tool_name"]} == tools, split
-        assert manifest["mix"][split]["tool"] == dict(Counter(r["tool_name"] for r in rows if r["tool_name"]))
+        called = {row["tool_name"] for row in rows if row["tool_name"] in catalog.tools}
+        assert called == (unseen if split == "test_unseen" else set(catalog.tools) - unseen), split
+        counts = Counter(r["tool_name"] for r in rows if r["tool_name"] in catalog.tools)
+        assert manifest["mix"][split]["tool"] == {name: counts[name] for name in catalog.tools}
         assert manifest["mix"][split]["kind"] == {k: sum(r["kind"] == k for r in rows) for k in data.KINDS}
+        assert manifest["mix"][split]["distinct_messages"] == len({r["user"] for r in rows})
     assert manifest["leaks"] == 0 and manifest["mix"]["train"]["rows_with_unseen_values"] == 0
     assert manifest["mix"]["test"]["rows_with_unseen_values"] > 0  # held-out values reach evaluation
+    assert manifest["unseen_tools"] == catalog.unseen_tools and manifest["pool_sizes"]["person"]["zh"] >= 60
 
 
 def test_no_call_share_comes_from_the_recipe(workspace):
@@ -133,34 +153,38 @@ def test_no_call_share_comes_from_the_recipe(workspace):
     rows = data.build_splits(recipe)["train"]
     kinds = Counter(row["kind"] for row in rows)
     assert sum(kinds[k] for k in data.NO_CALL_KINDS) == 100
-    assert all(kinds[k] == 25 for k in data.NO_CALL_KINDS)  # the four no-call kinds in equal parts
+    assert {kinds[k] for k in data.NO_CALL_KINDS} == {16, 17}  # the six no-call kinds in equal parts
 
 
 def test_prompts_show_the_target_among_at_most_max_distractors_others(workspace):
     (recipe,) = parse_recipe(["--config", TINY, *SMALL, "--max_distractors", "0"])
     for row in data.build_splits(recipe)["train"]:
-        assert row["tools"] == ([row["tool_name"]] if row["tool_name"] else [])
+        if row["tool_name"]:
+            assert row["tools"] == [row["tool_name"]]
+        else:  # a clarifying question or a how-to answer is about the one tool shown
+            assert row["tools"] == [] or (row["kind"] in ("clarify", "how_to") and len(row["tools"]) == 1)
     (recipe,) = parse_recipe(["--config", TINY, *SMALL, "--max_distractors", "4"])
     rows = data.build_splits(recipe)["train"]
     assert max(len(row["tools"]) for row in rows) == 5 and all(row["tools"] for row in rows)
     catalog = data.load_catalog(CATALOG)
-    domain = {name: tool["domain"] for name, tool in catalog.tools.items()}
-    near_miss = [r for r in rows if r["tool_name"] and any(
-        domain[t] == domain[r["tool_name"]] for t in r["tools"] if t != r["tool_name"])]  # fmt: skip
-    assert len(near_miss) > len(rows) // 4  # create vs query vs delete of the same object, often side by side
+    calls = [r for r in rows if r["tool_name"] in catalog.tools]
+    confusable = [r for r in calls if set(catalog.confusable_with(r["tool_name"])) & set(r["tools"])]
+    assert len(confusable) > len(calls) // 2  # reminder vs alarm vs timer, note vs to-do: side by side
 
 
 def test_values_are_copied_as_written_and_unstated_arguments_omitted(workspace):
     (recipe,) = parse_recipe(["--config", TINY, *SMALL])
     catalog = data.load_catalog(CATALOG)
-    for row in (r for rows in data.build_splits(recipe).values() for r in rows if r["tool_name"]):
+    rows = [r for rows in data.build_splits(recipe).values() for r in rows if r["tool_name"] in catalog.tools]
+    for row in rows:
         shown, arguments = json.loads(row["values"]), json.loads(row["arguments"])
         assert set(arguments) == set(shown) == set(data.SLOT.findall(row["template"])), row["id"]
         properties = catalog.tools[row["tool_name"]]["parameters"]["properties"]
         for slot, text in shown.items():
             assert text in row["user"]
-            mapped = "enum" in properties[slot] or properties[slot]["type"] == "integer"
-            assert arguments[slot] == text or mapped, (row["id"], slot)
+            if "enum" in properties[slot] or properties[slot]["type"] == "integer":
+                continue
+            assert arguments[slot] in text, (row["id"], slot)  # the whole phrase, or it without at/on (rule 2)
 
 
 def test_image_marker_starts_the_user_message_of_image_rows_only(workspace):
@@ -197,8 +221,8 @@ def test_leak_through_a_template_without_slots_fails_the_build(workspace):
 def test_target_breaking_its_schema_fails_the_build_naming_it(workspace, monkeypatch):
     original = data.Generator.utterance
 
-    def with_stray_argument(self, tool):
-        said = original(self, tool)
+    def with_stray_argument(self, tool, **kwargs):
+        said = original(self, tool, **kwargs)
         return data.Utterance(**{**said.__dict__, "arguments": {**said.arguments, "colour": "red"}})
 
     monkeypatch.setattr(data.Generator, "utterance", with_stray_argument)
@@ -212,8 +236,8 @@ def test_target_breaking_its_schema_fails_the_build_naming_it(workspace, monkeyp
 
 def test_tool_missing_from_its_prompt_fails_the_build_naming_it(workspace, monkeypatch):
     original = data.Generator._prompt_tools
-    monkeypatch.setattr(data.Generator, "_prompt_tools", lambda self, target, absent=None: [
-        t for t in original(self, target, absent) if t is not target or t["name"] != "set_timer"])  # fmt: skip
+    monkeypatch.setattr(data.Generator, "_prompt_tools", lambda self, target, absent=None, **kw: [
+        t for t in original(self, target, absent, **kw) if t is not target or t["name"] != "set_timer"])  # fmt: skip
     (recipe,) = parse_recipe(["--config", TINY, *SMALL])
     with pytest.raises(UsageError, match="target tool 'set_timer' is not in its prompt's tool list"):
         data.build_splits(recipe)

@@ -102,7 +102,7 @@ class Generator:
         self.item_split = "test" if split == "test_unseen" else split
         self.rendered = {name: render_tool(tool) for name, tool in catalog.tools.items()}
         self.noise = NoiseRules(catalog.noise, {rule: getattr(args, f"noise_{rule}") for rule in RULES})
-        self.procedural = ProceduralTools(catalog.procedural)
+        self.procedural = ProceduralTools(catalog.procedural) if catalog.procedural else None
         self.applied: Counter = Counter()
         self._queues: dict[str, list] = {}
         self._messages: set[str] = set()
@@ -221,8 +221,9 @@ class Generator:
         slip = english_lint(text) if lang == "en" else None
         if slip:
             raise UsageError(f"procedural tool '{tool['name']}': message '{text}' reads {slip}; fix `procedural`")
-        siblings = self.procedural.siblings(self.rng, tool, self.rng.randint(0, 2))
-        count = self.rng.randint(0, max(0, min(self.args.max_distractors, len(self.shown_pool)) - len(siblings)))
+        most = min(self.args.max_distractors, len(self.shown_pool))
+        siblings = self.procedural.siblings(self.rng, tool, self.rng.randint(0, min(2, most)))
+        count = self.rng.randint(0, most - len(siblings))
         tools = [tool, *siblings, *self.rng.sample(self.shown_pool, count)]
         self.rng.shuffle(tools)
         said = Utterance(tool, lang, "procedural", text, text, shown, arguments)
@@ -263,7 +264,10 @@ class Generator:
 
     def clarify(self) -> dict:
         """Rule 6/7: a request missing a required argument; the reply asks for the first one missing."""
-        tool = self._next("clarify", [t for t in self.targets if t.get("clarify")] or self.targets)
+        tools = [t for t in self.targets if t.get("clarify")]
+        if not tools:
+            raise UsageError(f"{self.catalog.path}: no tool has `clarify` templates for the clarify rows; add some")
+        tool = self._next("clarify", tools)
         lang = self.rng.choice(LANG_DRAW)
         templates = [t for i, t in enumerate(tool["clarify"][lang]) if item_split(i) == self.item_split]
         template = self.rng.choice(templates)
@@ -454,6 +458,15 @@ def _check_mix(args) -> None:
             raise UsageError(f"{name} is {getattr(args, name)}; set it to 0 or more")
 
 
+def _check_catalog_for(args, catalog: Catalog) -> None:
+    if args.num_test_unseen and not catalog.unseen_tools:
+        raise UsageError(f"{catalog.path}: no `unseen_tools` for the {args.num_test_unseen} test_unseen rows; "
+                         "list the tools to hold out, or set num_test_unseen: 0")  # fmt: skip
+    if args.procedural_share and not catalog.procedural:
+        raise UsageError(f"{catalog.path}: no `procedural` section for procedural_share {args.procedural_share}; "
+                         "add one, or set procedural_share: 0")  # fmt: skip
+
+
 def _read_system_prompt(path: str) -> str:
     if not Path(path).is_file():
         raise UsageError(f"system prompt {path} does not exist: set `system_prompt` in the recipe to a text file")
@@ -469,6 +482,7 @@ def build_splits(recipe, catalog: Catalog | None = None, applied: dict | None = 
     args = recipe.data
     _check_mix(args)
     catalog = catalog or load_catalog(args.catalog)
+    _check_catalog_for(args, catalog)
     system_prompt = _read_system_prompt(args.system_prompt)
     sizes = {"train": args.num_train, "validation": args.num_validation, "test": args.num_test,
              "test_unseen": args.num_test_unseen}  # fmt: skip

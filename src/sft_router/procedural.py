@@ -21,7 +21,6 @@ def join_words(words: list[str], lang: str) -> str:
 class ProceduralTools:
     def __init__(self, spec: dict):
         self.spec = spec
-        self.names = [f"{verb}_{obj['name']}" for obj in spec["objects"] for verb in obj["verbs"]]
 
     def tool(self, rng, obj: dict | None = None, verb: str | None = None) -> dict:
         """A tool: the object's action with a random parameter set (schema, description, and how to say each)."""
