@@ -49,19 +49,26 @@ from sft_router.procedural import ProceduralTools, join_words
 from sft_router.run import stage_output
 
 IMAGE_CALL_SHARE = 0.05
-KEEP_IN_TRAIN = 10  # a pool's first entries are its most common values: always in train
-HELD_OUT_OF = (2, 5)  # of the other entries, two in five never appear in train
+KEEP_IN_TRAIN = 6  # a pool's first entries are its most common values: always in train
+HELD_OUT_OF = (1, 2)  # of the other entries, one in two never appears in train
+EVAL_UNSEEN_DRAW = 0.6  # an evaluation row draws a slot's value from the held-out entries this often
 CONFUSABLE_SHARE = 0.8  # a prompt with room for distractors shows a confusable tool this often
 CORRECTION = {"zh": ["，不对，", "，不是，是", "，说错了，", "，哦不，"],
               "en": [", no wait, ", ", sorry, I mean ", ", no, ", " - actually "]}  # fmt: skip
+# The no-call kinds in turn; a request whose tool is not shown and one missing an argument come twice as often as
+# chat, out-of-scope, image and how-to questions: they are the decisions a router gets wrong.
+NO_CALL_MIX = ("missing_tool", "clarify", "chat", "out_of_scope", "missing_tool", "clarify", "image", "how_to")
 NOISE_REQUEST = ("typo", "mixed", "curt", "polite", "filler", "context")
 NOISE_TALK = ("typo", "polite", "filler")
 
 
 def held_out(entry, index: int, seed: int) -> bool:
-    """Beyond a pool's KEEP_IN_TRAIN most common entries, two in five are kept out of train, so evaluation has
-    values the model never saw. A mapped enum or number entry is never held out: the model cannot copy it."""
-    if index < KEEP_IN_TRAIN or (isinstance(entry, dict) and "text" in entry and not isinstance(entry["value"], str)):
+    """Beyond a pool's KEEP_IN_TRAIN most common entries, one in two is kept out of train, so evaluation has
+    values the model never saw. A mapped entry whose value cannot be copied from its text (十分钟 -> 10, every day ->
+    daily) is never held out: the model must see the mapping; "25 minutes" -> 25 can be copied."""
+    if index < KEEP_IN_TRAIN:
+        return False
+    if isinstance(entry, dict) and "text" in entry and str(entry["value"]) not in entry["text"]:
         return False
     digest = hashlib.sha256(f"{seed}:{json.dumps(entry, ensure_ascii=False)}".encode()).digest()
     return digest[0] % HELD_OUT_OF[1] < HELD_OUT_OF[0]
@@ -115,9 +122,14 @@ class Generator:
         return self._queues[queue].pop()
 
     def _entry(self, tool: dict, slot: str, lang: str):
+        """Train draws from the values not held out; evaluation mostly from the held-out ones (values it never saw),
+        else from the whole pool."""
         pool = self.catalog.pool(tool, slot, lang)
+        held = [held_out(e, i, self.args.dataset_seed) for i, e in enumerate(pool)]
         if self.split == "train":
-            pool = [e for i, e in enumerate(pool) if not held_out(e, i, self.args.dataset_seed)] or pool
+            pool = [e for e, h in zip(pool, held) if not h] or pool
+        elif any(held) and self.rng.random() < EVAL_UNSEEN_DRAW:
+            pool = [e for e, h in zip(pool, held) if h]
         return self.rng.choice(pool)
 
     def fill(self, tool: dict, template: str, lang: str, correct: bool = False):
@@ -321,7 +333,7 @@ class Generator:
             rows = [self.call() for _ in range(count - no_calls - image_calls - made_up)]  # first: every tool
             rows += [self.call(image=True) for _ in range(image_calls)]
             rows += [self.procedural_call() for _ in range(made_up)]
-            rows += [self.no_call(NO_CALL_KINDS[i % len(NO_CALL_KINDS)]) for i in range(no_calls)]
+            rows += [self.no_call(NO_CALL_MIX[i % len(NO_CALL_MIX)]) for i in range(no_calls)]
         self.rng.shuffle(rows)
         for i, row in enumerate(rows):
             row["id"] = f"{self.split}-{i:06d}"
