@@ -113,6 +113,7 @@ class Generator:
         self.applied: Counter = Counter()
         self._queues: dict[str, list] = {}
         self._messages: set[str] = set()
+        self._held: dict[tuple[str, str], list[bool]] = {}
 
     def _next(self, queue: str, items: list):
         """Items in shuffled rounds, so every item appears once the split has drawn as many as there are items."""
@@ -125,7 +126,10 @@ class Generator:
         """Train draws from the values not held out; evaluation mostly from the held-out ones (values it never saw),
         else from the whole pool."""
         pool = self.catalog.pool(tool, slot, lang)
-        held = [held_out(e, i, self.args.dataset_seed) for i, e in enumerate(pool)]
+        key = (self.catalog.pool_name(tool, slot), lang)
+        if key not in self._held:
+            self._held[key] = [held_out(e, i, self.args.dataset_seed) for i, e in enumerate(pool)]
+        held = self._held[key]
         if self.split == "train":
             pool = [e for e, h in zip(pool, held) if not h] or pool
         elif any(held) and self.rng.random() < EVAL_UNSEEN_DRAW:
@@ -370,6 +374,7 @@ class RowValidator:
         self.rendered = {name: render_tool(tool) for name, tool in catalog.tools.items()}
         self.tool_of_family = catalog.tool_of_family()
         self.features = {lang: self._features(lang) for lang in LANGS}
+        self._validators: dict[str, jsonschema.Draft202012Validator] = {}
 
     def _features(self, lang: str) -> list[tuple[re.Pattern, set[str]]]:
         by_word: dict[str, set[str]] = {}
@@ -406,6 +411,12 @@ class RowValidator:
                 "condition the reply on the shown tools (rule 11)"
             )
 
+    def _validator(self, schema: dict):
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._validators:
+            self._validators[key] = jsonschema.Draft202012Validator({**schema, "additionalProperties": False})
+        return self._validators[key]
+
     def _check_call(self, row: dict, where: str) -> None:
         name = row["tool_name"]
         system = row["prompt"][0]["content"]
@@ -414,8 +425,7 @@ class RowValidator:
         if name not in tools or name not in row["tools"] or not known:
             raise UsageError(f"{where}: target tool '{name}' is not in its prompt's tool list; fix the generator")
         arguments = json.loads(row["arguments"])
-        schema = {**tools[name]["arguments"], "additionalProperties": False}
-        error = next(iter(jsonschema.Draft202012Validator(schema).iter_errors(arguments)), None)
+        error = next(iter(self._validator(tools[name]["arguments"]).iter_errors(arguments)), None)
         if error is not None:
             raise UsageError(
                 f"{where}: arguments {row['arguments']} break the schema of '{name}' ({error.message}); "
@@ -582,10 +592,10 @@ def _dataset(rows: list[dict], fingerprint: str):
     return Dataset(table.data, info=table.info, split=table.split, fingerprint=fingerprint)
 
 
-def write_dataset(splits: dict[str, list[dict]], out: Path) -> None:
+def write_dataset(splits: dict[str, list[dict]], out: Path, digest: str | None = None) -> None:
     from datasets import DatasetDict
 
-    digest = content_hash(splits)
+    digest = digest or content_hash(splits)
     fingerprints = {name: hashlib.sha256(f"{digest}:{name}".encode()).hexdigest()[:16] for name in splits}
     DatasetDict({name: _dataset(rows, fingerprints[name]) for name, rows in splits.items()}).save_to_disk(out / "hf")
     for name, rows in splits.items():
@@ -601,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
     splits = build_splits(recipe, catalog, applied)
     facts = dataset_facts(splits, catalog, recipe, applied)
     with stage_output(recipe, "dataset", **facts) as (out, _):
-        write_dataset(splits, out)
+        write_dataset(splits, out, facts["content_sha256"])
     print(f"dataset: {facts['rows']}, {facts['leaks']} leaks -> {recipe.stage_dir('dataset')}")
 
 
