@@ -394,6 +394,24 @@ def _lint_template(catalog: Catalog, tool: dict, template: str, where: str) -> N
                 raise UsageError(f"{where}: with {slot}='{text}' it reads {slip}; fix the template or the value")
 
 
+def labelling_rules(path: str | Path) -> str:
+    """The labelling rules written at the top of a catalog (its LABELLING RULES comment), for the dataset card."""
+    lines, keep = [], False
+    for line in Path(path).read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        text = line[1:].strip()
+        if text.startswith("LABELLING RULES"):
+            keep = True
+        elif text.startswith("FORMAT"):
+            break
+        if keep:
+            lines.append(line[2:] if line.startswith("# ") else line[1:])
+    if not lines:
+        raise UsageError(f"{path}: no LABELLING RULES comment at the top; write the rules the rows follow there")
+    return "\n".join(lines).strip()
+
+
 def _brief(exc: Exception) -> str:
     return str(exc).splitlines()[0]
 
