@@ -296,3 +296,135 @@ def test_card_counts_match_the_data(workspace):
     assert line.endswith(" | " + " | ".join(map(str, timers)) + " |")
     assert "license: apache-2.0" in card and "make data RECIPE=recipes/tiny/router.yaml" in card
     assert "`<start_of_image>` at the very start of the user message" in card
+
+
+PUBLISHED_SMALL = ["--num_train", "1500", "--num_validation", "100", "--num_test", "600", "--num_test_unseen", "100"]
+
+
+@pytest.fixture(scope="module")
+def published_rows():
+    """The published recipe's data at a quarter of its size: the same catalog, rules, rates and tool lists."""
+    (recipe,) = parse_recipe(["--config", "recipes/gemma-3-270m-it/router.yaml", *PUBLISHED_SMALL])
+    return data.build_splits(recipe)
+
+
+def test_published_data_is_varied_hard_and_holds_unseen_tools_out(published_rows):
+    catalog = data.load_catalog(CATALOG)
+    for tool in catalog.tools.values():  # every free-text slot draws from 60 or more values per language
+        for slot, schema in tool["parameters"]["properties"].items():
+            if schema["type"] == "string" and "enum" not in schema:
+                assert all(len(catalog.pool(tool, slot, lang)) >= 60 for lang in data.LANGS), (tool["name"], slot)
+    items = {
+        lang: {i[lang] for kind in ("chat", "out_of_scope") for i in catalog.no_call[kind]} for lang in data.LANGS
+    }
+    assert min(len(texts) for texts in items.values()) >= 40
+    train_values = {v for row in published_rows["train"] for v in json.loads(row["values"]).values()}
+    test = published_rows["test"]
+    calls = [row for row in test if row["tool_name"]]
+    assert len({row["user"] for row in test}) >= 0.9 * len(test)
+    assert sum(any(v not in train_values for v in json.loads(r["values"]).values()) for r in calls) >= 0.3 * len(calls)
+    near = [r for r in calls if set(catalog.confusable_with(r["tool_name"])) & set(r["tools"])]
+    assert len(near) >= len(calls) / 2
+    assert {len(row["tools"]) for row in test} == set(range(1, 13))
+    train_users = {row["user"] for row in published_rows["train"]}
+    test_only = [r for r in test if r["kind"] in ("chat", "out_of_scope") and r["family"] not in
+                 {t["family"] for t in published_rows["train"]}]  # fmt: skip
+    assert test_only and not any(r["user"] in train_users for r in test_only)
+    unseen = set(catalog.unseen_tools)
+    assert len(unseen) >= 4
+    for split in ("train", "validation", "test"):
+        assert not any(unseen & set(row["tools"]) for row in published_rows[split]), split
+    assert {row["tool_name"] for row in published_rows["test_unseen"]} == unseen
+    assert all(set(row["tools"]) - unseen for row in published_rows["test_unseen"] if len(row["tools"]) > 1)
+    made_up = [row for row in published_rows["train"] if row["family"] == "procedural"]
+    assert len(made_up) == 300 and not set(row["tool_name"] for row in made_up) & set(catalog.tools)
+
+
+def test_generated_tools_are_called_with_typed_values_their_prompt_shows(published_rows):
+    types = Counter()
+    for row in (r for r in published_rows["train"] if r["family"] == "procedural"):
+        schema = data.shown_tools(row["prompt"][0]["content"])[row["tool_name"]]["arguments"]
+        arguments = json.loads(row["arguments"])
+        assert set(schema["required"]) <= set(arguments) <= set(schema["properties"]), row["id"]
+        python = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list}
+        for name, value in arguments.items():
+            kind = schema["properties"][name]["type"]
+            assert isinstance(value, python[kind]) and (kind == "boolean" or not isinstance(value, bool)), row["id"]
+            types[kind] += 1
+    assert set(types) == {"string", "integer", "number", "boolean", "array"}
+
+
+def test_clarify_rows_ask_for_the_first_missing_argument_of_a_shown_tool(published_rows):
+    catalog = data.load_catalog(CATALOG)
+    rows = [row for rows in published_rows.values() for row in rows if row["kind"] == "clarify"]
+    assert rows
+    for row in rows:
+        tool = catalog.tools[row["family"].removeprefix("clarify_")]
+        missing = data.missing_required(tool, row["template"])
+        assert tool["name"] in row["tools"] and not row["tool_name"]
+        assert row["completion"][0]["content"] == tool["ask"][missing[0]][row["lang"]]
+
+
+def test_corrections_keep_the_corrected_value(published_rows):
+    corrected = [row for row in published_rows["train"] if any(
+        marker in row["user"] for marker in ("，不对，", ", no wait, ", ", sorry, I mean "))]  # fmt: skip
+    assert corrected
+    for row in corrected:
+        for value in json.loads(row["values"]).values():
+            assert row["user"].rindex(value) > 0  # the value said last is the one in the call
+        assert json.loads(row["values"]) and row["tool_name"]
+
+
+def test_english_lint_flags_articles_doubled_words_and_to_home():
+    from sft_router.catalog import english_lint
+
+    for text in ("Set a alarm", "Put an timer on", "Shoot Mike a email", "A the oven timer", "Head to home",
+                 "Put a an hour countdown on", "What do I have on tomorrow?", "Call call Bob"):  # fmt: skip
+        assert english_lint(text), text
+    for text in ("Set an alarm for an hour", "Find an ATM", "a user", "an 8am alarm", "a 10 minute timer", "an SMS"):
+        assert english_lint(text) is None, text
+
+
+def test_catalog_lint_fails_naming_the_template_and_the_value(workspace):
+    recipe = mini_recipe(
+        workspace, mutated(lambda c: c["tools"][1]["families"][0]["en"].append("Any meetings on {date}?"))
+    )
+    with pytest.raises(
+        UsageError, match=r"template 'Any meetings on \{date\}\?': with date='today' it reads 'on today'"
+    ):
+        data.build_splits(recipe)
+    catalog = mutated(lambda c: c["tools"][0]["families"][0]["en"].append("A {label} timer of {duration_minutes}"))
+    catalog["slots"]["label"]["en"].append("oven")
+    with pytest.raises(UsageError, match="with label='oven' it reads 'A oven' \\(use 'an'\\)"):
+        data.build_splits(mini_recipe(workspace, catalog))
+
+
+def test_rule_breaking_replies_and_repeated_values_fail_the_check(published_rows):
+    catalog = data.load_catalog(CATALOG)
+    validator = data.RowValidator(catalog)
+    chat = next(r for r in published_rows["test"] if r["kind"] == "chat" and r["lang"] == "zh"
+                and not {"set_alarm", "cancel_alarm"} & set(r["tools"]))  # fmt: skip
+    offer = {**chat, "completion": [{"role": "assistant", "content": "好的！需要的话我可以帮你定个闹钟。"}]}
+    with pytest.raises(UsageError, match="names '闹钟', which no tool in its prompt does"):
+        validator.check(offer)
+    call = next(r for r in published_rows["test"] if r["tool_name"] == "send_message")
+    arguments = {"recipient": "Bob", "content": "Bob"}
+    twice = {**call, "arguments": json.dumps(arguments), "completion": [
+        {"role": "assistant", "content": data.render_call("send_message", arguments)}]}  # fmt: skip
+    with pytest.raises(UsageError, match="repeat one value"):
+        validator.check(twice)
+
+
+def test_noise_leaves_values_as_written():
+    from sft_router.noise import RULES, NoiseRules, number_words
+
+    tables = data.load_catalog(CATALOG).noise
+    noise = NoiseRules(tables, {rule: 1.0 for rule in RULES})
+    rng = __import__("random").Random(0)
+    for lang, segments in (("zh", [["帮我设置一下", False], ["明天早上8点", True], ["的闹钟吧", False]]),
+                           ("en", [["Please remind me to ", False], ["Call Mom", True], [" tomorrow", False]])):  # fmt: skip
+        value = segments[1][0]
+        text, applied = noise.apply([list(s) for s in segments], lang, rng, data.NOISE_REQUEST)
+        assert value in text and len(applied) >= 4, (text, applied)
+    assert number_words("下午3点", "zh") == "下午三点" and number_words("7:45 pm", "en") == "seven forty-five pm"
+    assert number_words("12月24号", "zh") == "十二月二十四号" and number_words("Dec 24", "en") == "Dec 24"
