@@ -59,7 +59,7 @@ CORRECTION = {"zh": ["，不对，", "，不是，是", "，说错了，", "，�
 # chat, out-of-scope, image and how-to questions: they are the decisions a router gets wrong.
 NO_CALL_MIX = ("missing_tool", "clarify", "chat", "out_of_scope", "missing_tool", "clarify", "image", "how_to")
 NOISE_REQUEST = ("typo", "mixed", "curt", "polite", "filler", "context")
-NOISE_TALK = ("typo", "polite", "filler")
+NOISE_TALK = ("typo", "polite")
 
 
 def held_out(entry, index: int, seed: int) -> bool:

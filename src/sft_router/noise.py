@@ -146,6 +146,13 @@ class NoiseRules:
 
     def _prefix(self, segments, lang: str, prefix: str) -> None:
         first = segments[0]
-        if lang == "en" and not first[1] and first[0][:1].isupper() and not re.match(r"I\b", first[0]):
+        sentence = prefix.rstrip().endswith((".", ":", "。", "："))  # a new sentence keeps its capital
+        if (
+            lang == "en"
+            and not sentence
+            and not first[1]
+            and first[0][:1].isupper()
+            and not re.match(r"I\b", first[0])
+        ):
             first[0] = first[0][0].lower() + first[0][1:]
         segments.insert(0, [prefix, False])
