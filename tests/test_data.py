@@ -17,6 +17,8 @@ from sft_router.errors import UsageError
 CATALOG = ROOT / "recipes/gemma-3-270m-it/catalog.yaml"
 SMALL = ["--num_train", "200", "--num_validation", "60", "--num_test", "60"]
 
+PUBLISHED = yaml.safe_load(CATALOG.read_text())
+
 # A two-tool catalog small enough to break on purpose in each test.
 MINI_CATALOG = {
     "image_marker": "<start_of_image>",
@@ -25,12 +27,19 @@ MINI_CATALOG = {
             "name": "set_timer",
             "domain": "alarms",
             "description": "Start a countdown timer in minutes.",
+            "feature": {"zh": "计时器", "en": "timers"},
+            "how": {"zh": "告诉我计时多久。", "en": "Tell me how long."},
             "parameters": {
                 "type": "object",
                 "properties": {"duration_minutes": {"type": "integer", "minimum": 1}, "label": {"type": "string"}},
                 "required": ["duration_minutes"],
             },
             "pools": {"duration_minutes": "duration"},
+            "ask": {"duration_minutes": {"zh": "计时多久？", "en": "How long?"}},
+            "clarify": {
+                "zh": ["开个计时器", "计个时", "来个倒计时", "定个计时器", "{label}计时"],
+                "en": ["Start a timer", "Set a timer", "A countdown please", "Timer on", "Time the {label}"],
+            },
             "families": [
                 {"id": "t1", "zh": ["计时{duration_minutes}"], "en": ["Timer for {duration_minutes}"]},
                 {"id": "t2", "zh": ["{label}倒计时{duration_minutes}"], "en": ["Count down {duration_minutes}"]},
@@ -41,6 +50,8 @@ MINI_CATALOG = {
             "name": "get_calendar_events",
             "domain": "calendar",
             "description": "Query the schedule for a date.",
+            "feature": {"zh": "日程", "en": "the calendar"},
+            "how": {"zh": "告诉我日期。", "en": "Tell me the date."},
             "parameters": {"type": "object", "properties": {"date": {"type": "string"}}},
             "families": [
                 {"id": "c1", "zh": ["{date}有会吗"], "en": ["Any meetings {date}?"]},
@@ -60,7 +71,11 @@ MINI_CATALOG = {
             "en": ["today", "tomorrow", "Friday", "next Monday"],
         },
     },  # fmt: skip
-    "no_call": yaml.safe_load(CATALOG.read_text())["no_call"],
+    "no_call": {
+        kind: [{k: v for k, v in item.items() if not k.startswith("offer")} for item in items]
+        for kind, items in PUBLISHED["no_call"].items()
+    },  # no offers of tools this catalog lacks
+    **{key: PUBLISHED[key] for key in ("replies", "noise", "procedural")},
 }
 
 
@@ -68,7 +83,7 @@ def mini_recipe(workspace: Path, catalog: dict, *flags: str):
     path = workspace / "catalog.yaml"
     path.write_text(yaml.safe_dump(catalog, allow_unicode=True))
     recipe = copy_recipe(TINY, workspace / "mini.yaml", {"recipes/gemma-3-270m-it/catalog.yaml": str(path)})
-    return parse_recipe(["--config", str(recipe), *flags])[0]
+    return parse_recipe(["--config", str(recipe), "--num_test_unseen", "0", *flags])[0]
 
 
 def mutated(change) -> dict:
@@ -118,14 +133,19 @@ def test_a_different_seed_gives_different_rows(workspace):
 def test_every_tool_appears_in_every_split_and_the_manifest_counts_them(workspace):
     build_files(workspace)
     manifest = json.loads((workspace / "runs/tiny/dataset/manifest.json").read_text())
-    tools = set(data.load_catalog(CATALOG).tools)
+    catalog = data.load_catalog(CATALOG)
+    unseen = set(catalog.unseen_tools)
     for split in data.SPLITS:
         rows = read_jsonl(workspace / f"runs/tiny/dataset/{split}.jsonl")
-        assert {row["tool_name"] for row in rows if row["tool_name"]} == tools, split
-        assert manifest["mix"][split]["tool"] == dict(Counter(r["tool_name"] for r in rows if r["tool_name"]))
+        called = {row["tool_name"] for row in rows if row["tool_name"] in catalog.tools}
+        assert called == (unseen if split == "test_unseen" else set(catalog.tools) - unseen), split
+        counts = Counter(r["tool_name"] for r in rows if r["tool_name"] in catalog.tools)
+        assert manifest["mix"][split]["tool"] == {name: counts[name] for name in catalog.tools}
         assert manifest["mix"][split]["kind"] == {k: sum(r["kind"] == k for r in rows) for k in data.KINDS}
+        assert manifest["mix"][split]["distinct_messages"] == len({r["user"] for r in rows})
     assert manifest["leaks"] == 0 and manifest["mix"]["train"]["rows_with_unseen_values"] == 0
     assert manifest["mix"]["test"]["rows_with_unseen_values"] > 0  # held-out values reach evaluation
+    assert manifest["unseen_tools"] == catalog.unseen_tools and manifest["pool_sizes"]["person"]["zh"] >= 60
 
 
 def test_no_call_share_comes_from_the_recipe(workspace):
@@ -133,34 +153,39 @@ def test_no_call_share_comes_from_the_recipe(workspace):
     rows = data.build_splits(recipe)["train"]
     kinds = Counter(row["kind"] for row in rows)
     assert sum(kinds[k] for k in data.NO_CALL_KINDS) == 100
-    assert all(kinds[k] == 25 for k in data.NO_CALL_KINDS)  # the four no-call kinds in equal parts
+    assert kinds["missing_tool"] == kinds["clarify"] == 25  # the decisions a router gets wrong, twice as often
+    assert {kinds[k] for k in ("chat", "out_of_scope", "image", "how_to")} == {12, 13}
 
 
 def test_prompts_show_the_target_among_at_most_max_distractors_others(workspace):
     (recipe,) = parse_recipe(["--config", TINY, *SMALL, "--max_distractors", "0"])
     for row in data.build_splits(recipe)["train"]:
-        assert row["tools"] == ([row["tool_name"]] if row["tool_name"] else [])
+        if row["tool_name"]:
+            assert row["tools"] == [row["tool_name"]]
+        else:  # a clarifying question or a how-to answer is about the one tool shown
+            assert row["tools"] == [] or (row["kind"] in ("clarify", "how_to") and len(row["tools"]) == 1)
     (recipe,) = parse_recipe(["--config", TINY, *SMALL, "--max_distractors", "4"])
     rows = data.build_splits(recipe)["train"]
     assert max(len(row["tools"]) for row in rows) == 5 and all(row["tools"] for row in rows)
     catalog = data.load_catalog(CATALOG)
-    domain = {name: tool["domain"] for name, tool in catalog.tools.items()}
-    near_miss = [r for r in rows if r["tool_name"] and any(
-        domain[t] == domain[r["tool_name"]] for t in r["tools"] if t != r["tool_name"])]  # fmt: skip
-    assert len(near_miss) > len(rows) // 4  # create vs query vs delete of the same object, often side by side
+    calls = [r for r in rows if r["tool_name"] in catalog.tools]
+    confusable = [r for r in calls if set(catalog.confusable_with(r["tool_name"])) & set(r["tools"])]
+    assert len(confusable) > len(calls) // 2  # reminder vs alarm vs timer, note vs to-do: side by side
 
 
 def test_values_are_copied_as_written_and_unstated_arguments_omitted(workspace):
     (recipe,) = parse_recipe(["--config", TINY, *SMALL])
     catalog = data.load_catalog(CATALOG)
-    for row in (r for rows in data.build_splits(recipe).values() for r in rows if r["tool_name"]):
+    rows = [r for rows in data.build_splits(recipe).values() for r in rows if r["tool_name"] in catalog.tools]
+    for row in rows:
         shown, arguments = json.loads(row["values"]), json.loads(row["arguments"])
         assert set(arguments) == set(shown) == set(data.SLOT.findall(row["template"])), row["id"]
         properties = catalog.tools[row["tool_name"]]["parameters"]["properties"]
         for slot, text in shown.items():
             assert text in row["user"]
-            mapped = "enum" in properties[slot] or properties[slot]["type"] == "integer"
-            assert arguments[slot] == text or mapped, (row["id"], slot)
+            if "enum" in properties[slot] or properties[slot]["type"] == "integer":
+                continue
+            assert arguments[slot] in text, (row["id"], slot)  # the whole phrase, or it without at/on (rule 2)
 
 
 def test_image_marker_starts_the_user_message_of_image_rows_only(workspace):
@@ -197,8 +222,8 @@ def test_leak_through_a_template_without_slots_fails_the_build(workspace):
 def test_target_breaking_its_schema_fails_the_build_naming_it(workspace, monkeypatch):
     original = data.Generator.utterance
 
-    def with_stray_argument(self, tool):
-        said = original(self, tool)
+    def with_stray_argument(self, tool, **kwargs):
+        said = original(self, tool, **kwargs)
         return data.Utterance(**{**said.__dict__, "arguments": {**said.arguments, "colour": "red"}})
 
     monkeypatch.setattr(data.Generator, "utterance", with_stray_argument)
@@ -212,8 +237,8 @@ def test_target_breaking_its_schema_fails_the_build_naming_it(workspace, monkeyp
 
 def test_tool_missing_from_its_prompt_fails_the_build_naming_it(workspace, monkeypatch):
     original = data.Generator._prompt_tools
-    monkeypatch.setattr(data.Generator, "_prompt_tools", lambda self, target, absent=None: [
-        t for t in original(self, target, absent) if t is not target or t["name"] != "set_timer"])  # fmt: skip
+    monkeypatch.setattr(data.Generator, "_prompt_tools", lambda self, target, absent=None, **kw: [
+        t for t in original(self, target, absent, **kw) if t is not target or t["name"] != "set_timer"])  # fmt: skip
     (recipe,) = parse_recipe(["--config", TINY, *SMALL])
     with pytest.raises(UsageError, match="target tool 'set_timer' is not in its prompt's tool list"):
         data.build_splits(recipe)
@@ -272,3 +297,134 @@ def test_card_counts_match_the_data(workspace):
     assert line.endswith(" | " + " | ".join(map(str, timers)) + " |")
     assert "license: apache-2.0" in card and "make data RECIPE=recipes/tiny/router.yaml" in card
     assert "`<start_of_image>` at the very start of the user message" in card
+
+
+PUBLISHED_SMALL = ["--num_train", "1500", "--num_validation", "100", "--num_test", "600", "--num_test_unseen", "100"]
+
+
+@pytest.fixture(scope="module")
+def published_rows():
+    """The published recipe's data at a quarter of its size: the same catalog, rules, rates and tool lists."""
+    (recipe,) = parse_recipe(["--config", "recipes/gemma-3-270m-it/router.yaml", *PUBLISHED_SMALL])
+    return data.build_splits(recipe)
+
+
+def test_published_data_is_varied_hard_and_holds_unseen_tools_out(published_rows):
+    catalog = data.load_catalog(CATALOG)
+    for tool in catalog.tools.values():  # every free-text slot draws from 60 or more values per language
+        for slot, schema in tool["parameters"]["properties"].items():
+            if schema["type"] == "string" and "enum" not in schema:
+                assert all(len(catalog.pool(tool, slot, lang)) >= 60 for lang in data.LANGS), (tool["name"], slot)
+    items = {
+        lang: {i[lang] for kind in ("chat", "out_of_scope") for i in catalog.no_call[kind]} for lang in data.LANGS
+    }
+    assert min(len(texts) for texts in items.values()) >= 40
+    train_values = {v for row in published_rows["train"] for v in json.loads(row["values"]).values()}
+    test = published_rows["test"]
+    calls = [row for row in test if row["tool_name"]]
+    assert len({row["user"] for row in test}) >= 0.9 * len(test)
+    assert sum(any(v not in train_values for v in json.loads(r["values"]).values()) for r in calls) >= 0.3 * len(calls)
+    near = [r for r in calls if set(catalog.confusable_with(r["tool_name"])) & set(r["tools"])]
+    assert len(near) >= len(calls) / 2
+    assert {len(row["tools"]) for row in test} == set(range(1, 13))
+    train_users = {row["user"] for row in published_rows["train"]}
+    test_only = [r for r in test if r["kind"] in ("chat", "out_of_scope") and r["family"] not in
+                 {t["family"] for t in published_rows["train"]}]  # fmt: skip
+    assert test_only and not any(r["user"] in train_users for r in test_only)
+    unseen = set(catalog.unseen_tools)
+    assert len(unseen) >= 4
+    for split in ("train", "validation", "test"):
+        assert not any(unseen & set(row["tools"]) for row in published_rows[split]), split
+    assert {row["tool_name"] for row in published_rows["test_unseen"]} == unseen
+    assert all(set(row["tools"]) - unseen for row in published_rows["test_unseen"] if len(row["tools"]) > 1)
+    made_up = [row for row in published_rows["train"] if row["family"] == "procedural"]
+    assert len(made_up) == 300 and not set(row["tool_name"] for row in made_up) & set(catalog.tools)
+
+
+def test_generated_tools_are_called_with_typed_values_their_prompt_shows(published_rows):
+    types = Counter()
+    for row in (r for r in published_rows["train"] if r["family"] == "procedural"):
+        schema = data.shown_tools(row["prompt"][0]["content"])[row["tool_name"]]["arguments"]
+        arguments = json.loads(row["arguments"])
+        assert set(schema["required"]) <= set(arguments) <= set(schema["properties"]), row["id"]
+        python = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list}
+        for name, value in arguments.items():
+            kind = schema["properties"][name]["type"]
+            assert isinstance(value, python[kind]) and (kind == "boolean" or not isinstance(value, bool)), row["id"]
+            types[kind] += 1
+    assert set(types) == {"string", "integer", "number", "boolean", "array"}
+
+
+def test_clarify_rows_ask_for_the_first_missing_argument_of_a_shown_tool(published_rows):
+    catalog = data.load_catalog(CATALOG)
+    rows = [row for rows in published_rows.values() for row in rows if row["kind"] == "clarify"]
+    assert rows
+    for row in rows:
+        tool = catalog.tools[row["family"].removeprefix("clarify_")]
+        missing = data.missing_required(tool, row["template"])
+        assert tool["name"] in row["tools"] and not row["tool_name"]
+        assert row["completion"][0]["content"] == tool["ask"][missing[0]][row["lang"]]
+
+
+def test_corrections_keep_the_corrected_value(published_rows):
+    markers = [m for ms in data.CORRECTION.values() for m in ms]
+    corrected = [row for row in published_rows["train"] if any(m in row["user"] for m in markers)]
+    assert len(corrected) > 10
+    for row in corrected:  # "7点，不对，7点半": the call carries the value said after the marker
+        said = json.loads(row["values"]).values()
+        assert any(m + v in row["user"] for m in markers for v in said), row["user"]
+
+
+def test_english_lint_flags_articles_doubled_words_and_to_home():
+    from sft_router.catalog import english_lint
+
+    for text in ("Set a alarm", "Put an timer on", "Shoot Mike a email", "A the oven timer", "Head to home",
+                 "Put a an hour countdown on", "What do I have on tomorrow?", "Call call Bob"):  # fmt: skip
+        assert english_lint(text), text
+    for text in ("Set an alarm for an hour", "Find an ATM", "a user", "an 8am alarm", "a 10 minute timer", "an SMS"):
+        assert english_lint(text) is None, text
+
+
+def test_catalog_lint_fails_naming_the_template_and_the_value(workspace):
+    recipe = mini_recipe(
+        workspace, mutated(lambda c: c["tools"][1]["families"][0]["en"].append("Any meetings on {date}?"))
+    )
+    with pytest.raises(
+        UsageError, match=r"template 'Any meetings on \{date\}\?': with date='today' it reads 'on today'"
+    ):
+        data.build_splits(recipe)
+    catalog = mutated(lambda c: c["tools"][0]["families"][0]["en"].append("A {label} timer of {duration_minutes}"))
+    catalog["slots"]["label"]["en"].append("oven")
+    with pytest.raises(UsageError, match="with label='oven' it reads 'A oven' \\(use 'an'\\)"):
+        data.build_splits(mini_recipe(workspace, catalog))
+
+
+def test_rule_breaking_replies_and_repeated_values_fail_the_check(published_rows):
+    catalog = data.load_catalog(CATALOG)
+    validator = data.RowValidator(catalog)
+    chat = next(r for r in published_rows["test"] if r["kind"] == "chat" and r["lang"] == "zh"
+                and not {"set_alarm", "cancel_alarm"} & set(r["tools"]))  # fmt: skip
+    offer = {**chat, "completion": [{"role": "assistant", "content": "好的！需要的话我可以帮你定个闹钟。"}]}
+    with pytest.raises(UsageError, match="names '闹钟', which no tool in its prompt does"):
+        validator.check(offer)
+    call = next(r for r in published_rows["test"] if r["tool_name"] == "send_message")
+    arguments = {"recipient": "Bob", "content": "Bob"}
+    twice = {**call, "arguments": json.dumps(arguments), "completion": [
+        {"role": "assistant", "content": data.render_call("send_message", arguments)}]}  # fmt: skip
+    with pytest.raises(UsageError, match="repeat one value"):
+        validator.check(twice)
+
+
+def test_noise_leaves_values_as_written():
+    from sft_router.noise import RULES, NoiseRules, number_words
+
+    tables = data.load_catalog(CATALOG).noise
+    noise = NoiseRules(tables, {rule: 1.0 for rule in RULES})
+    rng = __import__("random").Random(0)
+    for lang, segments in (("zh", [["帮我设置一下", False], ["明天早上8点", True], ["的闹钟吧", False]]),
+                           ("en", [["Please remind me to ", False], ["Call Mom", True], [" tomorrow", False]])):  # fmt: skip
+        value = segments[1][0]
+        text, applied = noise.apply([list(s) for s in segments], lang, rng, data.NOISE_REQUEST)
+        assert value in text and len(applied) >= 4, (text, applied)
+    assert number_words("下午3点", "zh") == "下午三点" and number_words("7:45 pm", "en") == "seven forty-five pm"
+    assert number_words("12月24号", "zh") == "十二月二十四号" and number_words("Dec 24", "en") == "Dec 24"

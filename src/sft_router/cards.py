@@ -198,7 +198,7 @@ def render_dataset_card(recipe):
     """The dataset card: every count on it is read from the dataset manifest, the tool list from its catalog."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from sft_router.catalog import load_catalog
+    from sft_router.catalog import labelling_rules, load_catalog
 
     manifest = read_manifest(recipe.stage_dir("dataset"))
     if manifest is None or "mix" not in manifest:
@@ -223,6 +223,14 @@ def render_dataset_card(recipe):
         splits_table=dataset_splits_table(manifest),
         language_table=dataset_language_table(manifest),
         tools_table=dataset_tools_table(manifest, catalog),
+        variety_table=dataset_variety_table(manifest),
+        pools_table=dataset_pools_table(manifest),
+        noise_table=dataset_noise_table(manifest),
+        unseen_tools=", ".join(f"`{name}`" for name in manifest["unseen_tools"]),
+        procedural_share=manifest["procedural_share"],
+        procedural_calls=manifest["mix"]["train"]["procedural_calls"],
+        max_distractors=manifest["max_distractors"],
+        rules=labelling_rules(manifest["catalog"]),
         content_sha256=manifest["content_sha256"],
     )
 
@@ -240,6 +248,46 @@ def dataset_splits_table(manifest: dict) -> str:
         mix = manifest["mix"][split]
         kinds = " | ".join(str(mix["kind"][kind]) for kind in KINDS)
         lines.append(f"| {split} | {rows} | {kinds} | {mix['no_call_share']:.2f} | {mix['rows_with_unseen_values']} |")
+    return "\n".join(lines)
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part} ({part / whole:.0%})" if whole else "0"
+
+
+def dataset_variety_table(manifest: dict) -> str:
+    """Per split: distinct templates and messages, calls with a value never in train or a confusable tool beside the
+    target, and how many tools the prompts show."""
+    lines = ["| split | distinct templates | distinct messages | calls with an unseen value | calls beside a confusable "
+             "tool | tools per prompt (min-max, mean) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for split, rows in manifest["rows"].items():
+        mix = manifest["mix"][split]
+        calls = mix["kind"]["call"] + mix["kind"]["image_call"]
+        sizes = {int(size): count for size, count in mix["tool_list_sizes"].items()}
+        mean = sum(size * count for size, count in sizes.items()) / max(sum(sizes.values()), 1)
+        span = f"{min(sizes, default=0)}-{max(sizes, default=0)}, {mean:.1f}"
+        lines.append(f"| {split} | {mix['distinct_templates']} | {_share(mix['distinct_messages'], rows)} | "
+                     f"{_share(mix['call_rows_with_unseen_values'], calls)} | "
+                     f"{_share(mix['calls_with_confusable_distractor'], calls)} | {span} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def dataset_pools_table(manifest: dict) -> str:
+    lines = ["| pool | zh | en |", "|---|---|---|"]
+    lines += [f"| `{name}` | {sizes['zh']} | {sizes['en']} |" for name, sizes in manifest["pool_sizes"].items()]
+    return "\n".join(lines)
+
+
+def dataset_noise_table(manifest: dict) -> str:
+    """Each rate the recipe set and how many rows of each split the rule changed."""
+    splits = list(manifest["noise_applied"])
+    lines = ["| rule | rate | " + " | ".join(splits) + " |", "|" + "---|" * (2 + len(splits))]
+    for key, rate in manifest["rates"].items():
+        rule = key.removeprefix("noise_").removesuffix("_rate")
+        if key in ("no_call_share", "procedural_share"):
+            continue
+        counts = " | ".join(str(manifest["noise_applied"][split].get(rule, 0)) for split in splits)
+        lines.append(f"| {rule.replace('_', ' ')} | {rate} | {counts} |")
     return "\n".join(lines)
 
 

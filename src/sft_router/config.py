@@ -37,6 +37,26 @@ class DataArguments:
     no_call_share: float = field(default=0.25, metadata={"help": "Share of rows whose answer is a reply, not a call."})
     max_distractors: int = field(default=4, metadata={"help": "Most distractor tools shown beside the target tool."})
     dataset_seed: int = field(default=1234, metadata={"help": "Seed of the dataset generator."})
+    num_test_unseen: int = field(
+        default=200, metadata={"help": "Rows in the test_unseen split: calls to the catalog's `unseen_tools` only."}
+    )
+    procedural_share: float = field(
+        default=0.2, metadata={"help": "Share of train rows that call a procedurally generated tool."}
+    )
+    correction_rate: float = field(
+        default=0.05, metadata={"help": "Share of calls whose message corrects a value (7点，不对，7点半)."}
+    )
+    noise_typo: float = field(
+        default=0.08, metadata={"help": "Rate of typos (zh homophone/pinyin slips, en letters)."}
+    )
+    noise_filler: float = field(default=0.1, metadata={"help": "Rate of fillers and particles (嗯，/吧, um/ok?)."})
+    noise_polite: float = field(default=0.1, metadata={"help": "Rate of politeness (麻烦/谢谢, please/thanks)."})
+    noise_curt: float = field(default=0.1, metadata={"help": "Rate of curt forms (no 帮我/please, no end mark)."})
+    noise_context: float = field(default=0.08, metadata={"help": "Rate of extra context before the request."})
+    noise_mixed: float = field(default=0.08, metadata={"help": "Rate of mixed Chinese/English wording."})
+    noise_number_words: float = field(
+        default=0.15, metadata={"help": "Rate at which a copied time or date with digits is said in words."}
+    )
 
 
 @dataclass

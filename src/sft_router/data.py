@@ -1,11 +1,14 @@
 """Build the router dataset from a recipe's tool catalog: prompts like production, exact targets, leak-free splits.
 
 Each row is a TRL conversational prompt-completion pair: the system prompt listing the shown tools
-(the seed's format) and the user message, then the target, either one JSON tool call or a reply.
-Train, validation and test use disjoint paraphrase families (the last family of each tool is test, the one
-before it validation), and about one copied slot value in five never appears in train, so evaluation
-measures routing and argument copying on wordings and values the model has not seen. Every row is checked
-(schema, tool in prompt, no leak) before anything is written, and the same recipe and seed give the same bytes.
+(the seed's format) and the user message, then the target, either one JSON tool call or a reply, labelled by the
+rules written at the top of the catalog. Train, validation and test use disjoint paraphrase families (the last
+family of each tool is test, the one before it validation) and disjoint no-call items; a third of each value pool
+beyond its most common entries never appears in train; the catalog's `unseen_tools` are left out of train,
+validation and test and make up the `test_unseen` split; a share of train rows calls procedurally generated tools.
+Messages get seeded noise (typos, fillers, politeness, curt forms, context, mixed languages, numbers as words,
+corrections) at the recipe's rates. Every row is checked (schema, tool in prompt, replies, no leak) before
+anything is written, and the same recipe and seed give the same bytes.
 
 Usage: python -m sft_router.data --config recipes/gemma-3-270m-it/router.yaml   (writes runs/<name>/dataset/)
 """
@@ -15,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jsonschema
@@ -30,40 +34,51 @@ from sft_router.catalog import (
     SLOT,
     SPLITS,
     Catalog,
+    english_lint,
+    entry_text_value,
+    item_split,
     load_catalog,
+    missing_required,
     render_call,
     render_tool,
 )
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
+from sft_router.noise import RULES, NoiseRules, number_words
+from sft_router.procedural import ProceduralTools, join_words
 from sft_router.run import stage_output
 
 IMAGE_CALL_SHARE = 0.05
-HELD_OUT_ONE_IN = 5
-NO_TOOL_REPLY = {
-    "zh": "抱歉，我现在没有可以完成这个请求的工具。",
-    "en": "Sorry, none of my current tools can do that.",
-}
-OUT_OF_SCOPE_REPLY = {"zh": "抱歉，我无法提供{topic}。", "en": "Sorry, I can't help with {topic}."}
-IMAGE_REPLY = {"zh": "这张图片展示了[此处为图片内容的描述]。", "en": "This image shows [a description of the image]."}
+KEEP_IN_TRAIN = 6  # a pool's first entries are its most common values: always in train
+HELD_OUT_OF = (1, 2)  # of the other entries, one in two never appears in train
+EVAL_UNSEEN_DRAW = 0.6  # an evaluation row draws a slot's value from the held-out entries this often
+CONFUSABLE_SHARE = 0.8  # a prompt with room for distractors shows a confusable tool this often
+CORRECTION = {"zh": ["，不对，", "，不是，是", "，说错了，", "，哦不，"],
+              "en": [", no wait, ", ", sorry, I mean ", ", no, ", " - actually "]}  # fmt: skip
+# The no-call kinds in turn; a request whose tool is not shown and one missing an argument come twice as often as
+# chat, out-of-scope, image and how-to questions: they are the decisions a router gets wrong.
+NO_CALL_MIX = ("missing_tool", "clarify", "chat", "out_of_scope", "missing_tool", "clarify", "image", "how_to")
+NOISE_REQUEST = ("typo", "mixed", "curt", "polite", "filler", "context")
+NOISE_TALK = ("typo", "polite")
 
 
-def held_out(entry, seed: int) -> bool:
-    """About one copied value in five is kept out of train, so evaluation has values the model never saw.
-
-    A mapped entry ({text, value}) is never held out: the model cannot copy it, so it must see the mapping.
-    """
-    if isinstance(entry, dict):
+def held_out(entry, index: int, seed: int) -> bool:
+    """Beyond a pool's KEEP_IN_TRAIN most common entries, one in two is kept out of train, so evaluation has
+    values the model never saw. A mapped entry whose value cannot be copied from its text (十分钟 -> 10, every day ->
+    daily) is never held out: the model must see the mapping; "25 minutes" -> 25 can be copied."""
+    if index < KEEP_IN_TRAIN:
+        return False
+    if isinstance(entry, dict) and "text" in entry and str(entry["value"]) not in entry["text"]:
         return False
     digest = hashlib.sha256(f"{seed}:{json.dumps(entry, ensure_ascii=False)}".encode()).digest()
-    return digest[0] % HELD_OUT_ONE_IN == 0
+    return digest[0] % HELD_OUT_OF[1] < HELD_OUT_OF[0]
 
 
 def family_split(index: int, count: int) -> str:
     return "test" if index == count - 1 else "validation" if index == count - 2 else "train"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Utterance:
     tool: dict
     lang: str
@@ -72,6 +87,7 @@ class Utterance:
     text: str
     shown: dict
     arguments: dict
+    noise: list[str] = field(default_factory=list)
 
 
 class Generator:
@@ -80,50 +96,126 @@ class Generator:
     def __init__(self, catalog: Catalog, system_prompt: str, args, split: str):
         self.catalog, self.system_prompt, self.args, self.split = catalog, system_prompt, args, split
         self.rng = random.Random(f"{args.dataset_seed}:{split}")
+        unseen = set(catalog.unseen_tools)
+        seen = [t for name, t in catalog.tools.items() if name not in unseen]
+        self.targets = [catalog.tools[n] for n in catalog.unseen_tools] if split == "test_unseen" else seen
+        self.shown_pool = list(catalog.tools.values()) if split == "test_unseen" else seen
+        every_family = split == "test_unseen"  # no family of an unseen tool was ever trained on
         self.families = {
-            name: [f for i, f in enumerate(tool["families"]) if family_split(i, len(tool["families"])) == split]
+            name: [f for i, f in enumerate(tool["families"])
+                   if every_family or family_split(i, len(tool["families"])) == split]
             for name, tool in catalog.tools.items()
-        }
+        }  # fmt: skip
+        self.item_split = "test" if split == "test_unseen" else split
         self.rendered = {name: render_tool(tool) for name, tool in catalog.tools.items()}
-        self._tool_queue: list[str] = []
+        self.noise = NoiseRules(catalog.noise, {rule: getattr(args, f"noise_{rule}") for rule in RULES})
+        self.procedural = ProceduralTools(catalog.procedural) if catalog.procedural else None
+        self.applied: Counter = Counter()
+        self._queues: dict[str, list] = {}
+        self._messages: set[str] = set()
+        self._held: dict[tuple[str, str], list[bool]] = {}
 
-    def _next_tool(self) -> dict:
-        """Tools in shuffled rounds, so every tool appears once the split has as many calls as tools."""
-        if not self._tool_queue:
-            self._tool_queue = list(self.catalog.tools)
-            self.rng.shuffle(self._tool_queue)
-        return self.catalog.tools[self._tool_queue.pop()]
+    def _next(self, queue: str, items: list):
+        """Items in shuffled rounds, so every item appears once the split has drawn as many as there are items."""
+        if not self._queues.get(queue):
+            self._queues[queue] = list(items)
+            self.rng.shuffle(self._queues[queue])
+        return self._queues[queue].pop()
 
     def _entry(self, tool: dict, slot: str, lang: str):
+        """Train draws from the values not held out; evaluation mostly from the held-out ones (values it never saw),
+        else from the whole pool."""
         pool = self.catalog.pool(tool, slot, lang)
+        key = (self.catalog.pool_name(tool, slot), lang)
+        if key not in self._held:
+            self._held[key] = [held_out(e, i, self.args.dataset_seed) for i, e in enumerate(pool)]
+        held = self._held[key]
         if self.split == "train":
-            pool = [e for e in pool if not held_out(e, self.args.dataset_seed)] or pool
+            pool = [e for e, h in zip(pool, held) if not h] or pool
+        elif any(held) and self.rng.random() < EVAL_UNSEEN_DRAW:
+            pool = [e for e, h in zip(pool, held) if h]
         return self.rng.choice(pool)
 
-    def utterance(self, tool: dict) -> Utterance:
+    def fill(self, tool: dict, template: str, lang: str, correct: bool = False):
+        """Segments of the message (text, is_value), the values as said and the arguments; two arguments never
+        share a value (rule 14); a copied time phrase may be said in words; a correction may precede a value."""
+        segments, shown, values = [], {}, {}
+        records: dict[str, dict] = {}
+        slots = SLOT.findall(template)
+        correctable = [slot for slot in slots if (self.catalog.slots.get(self.catalog.pool_name(tool, slot)) or {}).get(
+            "correctable")]  # fmt: skip
+        corrected = self.rng.choice(correctable) if correct and correctable else None
+        for literal, slot in zip(re.split(r"\{\w+\}", template), [*slots, None]):
+            if literal:
+                segments.append([literal, False])
+            if slot is None:
+                continue
+            text, value, entry = self._draw(tool, slot, lang, records, set(map(str, values.values())))
+            schema = tool["parameters"]["properties"][slot]
+            if schema.get("type") == "string" and "enum" not in schema and self.noise.fires("number_words", self.rng):
+                said = number_words(text, lang)
+                if said != text:
+                    text, value = said, number_words(value, lang)
+                    self.applied["number_words"] += 1
+            if slot == corrected:
+                wrong = self._wrong(tool, slot, lang, entry)
+                if wrong is not None:
+                    segments += [[wrong, True], [self.rng.choice(CORRECTION[lang]), False]]
+                    self.applied["correction"] += 1
+            segments.append([text, True])
+            shown[slot], values[slot] = text, value
+        order = list((tool.get("parameters") or {}).get("properties", {}))  # schema order: one target per request
+        return segments, shown, {slot: values[slot] for slot in sorted(values, key=order.index)}
+
+    def _draw(self, tool: dict, slot: str, lang: str, records: dict, taken: set):
+        pool_name = self.catalog.pool_name(tool, slot)
+        for _ in range(20):
+            entry = records.get(pool_name) or self._entry(tool, slot, lang)
+            text, value = entry_text_value(entry, slot)
+            if str(value) not in taken or pool_name in records:
+                break
+        if isinstance(entry, dict) and "text" not in entry:
+            records[pool_name] = entry  # a record fills its other slots too (a song with its own artist)
+        return text, value, entry
+
+    def _wrong(self, tool: dict, slot: str, lang: str, right) -> str | None:
+        pool = self.catalog.pool(tool, slot, lang)
+        others = [e for e in pool if entry_text_value(e, slot)[1] != entry_text_value(right, slot)[1]]
+        if not others or (isinstance(right, dict) and "text" not in right):
+            return None
+        return entry_text_value(self.rng.choice(others), slot)[0]
+
+    def _said(self, tool: dict, family: str, template: str, lang: str, correct: bool = False) -> Utterance:
+        """A filled template with noise; in evaluation splits a message already drawn is drawn again (a few tries).
+        Small talk and questions get slips, fillers and politeness, not request framing (context, curt forms)."""
+        rules = NOISE_REQUEST if tool else NOISE_TALK
+        for _ in range(8):
+            segments, shown, arguments = self.fill(tool, template, lang, correct)
+            text, applied = self.noise.apply(segments, lang, self.rng, rules)
+            if self.split == "train" or text not in self._messages:
+                break
+        self._messages.add(text)
+        self.applied.update(applied)
+        return Utterance(tool, lang, family, template, text, shown, arguments, applied)
+
+    def utterance(self, tool: dict, correct: bool = False) -> Utterance:
         family = self.rng.choice(self.families[tool["name"]])
         lang = self.rng.choice(LANG_DRAW)
-        template = self.rng.choice(family[lang])
-        text, shown, values = template, {}, {}
-        for slot in SLOT.findall(template):
-            entry = self._entry(tool, slot, lang)
-            shown[slot], values[slot] = (
-                (entry["text"], entry["value"]) if isinstance(entry, dict) else (str(entry), entry)
-            )
-            text = text.replace("{" + slot + "}", shown[slot], 1)
-        order = list(tool["parameters"].get("properties", {}))  # arguments in schema order: one target per request
-        arguments = {slot: values[slot] for slot in sorted(values, key=order.index)}
-        return Utterance(tool, lang, family["id"], template, text, shown, arguments)
+        return self._said(tool, family["id"], self.rng.choice(family[lang]), lang, correct)
 
-    def _prompt_tools(self, target: dict | None, absent: dict | None = None) -> list[dict]:
-        """Distractors in shuffled order, often near-misses: tools of the same domain (create vs query vs delete)."""
+    def _prompt_tools(self, target: dict | None, absent: dict | None = None, hide: set = frozenset()) -> list[dict]:
+        """Distractors in shuffled order, most often with a tool declared confusable with the request's tool
+        (reminder vs alarm vs timer; note vs to-do), else often near-misses of the same domain."""
         anchor = target or absent
-        names = {t["name"] for t in (target, absent) if t}
-        others = [t for t in self.catalog.tools.values() if t["name"] not in names]
+        names = {t["name"] for t in (target, absent) if t} | set(hide)
+        others = [t for t in self.shown_pool if t["name"] not in names]
         most = min(self.args.max_distractors, len(others))
         count = self.rng.randint(min(most, 0 if target else 1), most)  # a no-call prompt shows a tool when it may
-        near = [t for t in others if anchor and t["domain"] == anchor["domain"]]
-        picked = self.rng.sample(near, min(len(near), self.rng.randint(0, count)))
+        confusable = set(self.catalog.confusable_with(anchor["name"])) if anchor else set()
+        near = [t for t in others if t["name"] in confusable]
+        if not near or self.rng.random() >= CONFUSABLE_SHARE:
+            near = [t for t in others if anchor and t["domain"] == anchor["domain"]]
+        picked = self.rng.sample(near, min(len(near), self.rng.randint(1 if count else 0, count)))
         rest = [t for t in others if t not in picked]
         picked += self.rng.sample(rest, count - len(picked))
         tools = picked + ([target] if target else [])
@@ -131,36 +223,95 @@ class Generator:
         return tools
 
     def call(self, image: bool = False) -> dict:
-        said = self.utterance(self._next_tool())
+        said = self.utterance(self._next("tools", self.targets), correct=self.rng.random() < self.args.correction_rate)
         text = f"{self.catalog.image_marker}{said.text}" if image else said.text
         tools = self._prompt_tools(said.tool)
         completion = render_call(said.tool["name"], said.arguments)
         return self._row("image_call" if image else "call", said, text, tools, completion, said.tool["name"])
 
+    def procedural_call(self) -> dict:
+        """A call to a tool made up for this row, beside its near-misses and catalog tools (train only)."""
+        tool = self.procedural.tool(self.rng)
+        lang = self.rng.choice(LANG_DRAW)
+        text, shown, arguments = self.procedural.utterance(self.rng, tool, lang)
+        slip = english_lint(text) if lang == "en" else None
+        if slip:
+            raise UsageError(f"procedural tool '{tool['name']}': message '{text}' reads {slip}; fix `procedural`")
+        most = min(self.args.max_distractors, len(self.shown_pool))
+        siblings = self.procedural.siblings(self.rng, tool, self.rng.randint(0, min(2, most)))
+        count = self.rng.randint(0, most - len(siblings))
+        tools = [tool, *siblings, *self.rng.sample(self.shown_pool, count)]
+        self.rng.shuffle(tools)
+        said = Utterance(tool, lang, "procedural", text, text, shown, arguments)
+        return self._row("call", said, text, tools, render_call(tool["name"], arguments), tool["name"])
+
     def no_call(self, kind: str) -> dict:
         if kind == "missing_tool":  # a real request whose tool is not shown (its near-misses may be)
-            said = self.utterance(self._next_tool())
-            return self._row(kind, said, said.text, self._prompt_tools(None, said.tool), NO_TOOL_REPLY[said.lang])
+            said = self.utterance(self._next("tools", self.targets))
+            reply = self.catalog.replies["missing_tool"][said.lang]
+            return self._row(kind, said, said.text, self._prompt_tools(None, said.tool), reply)
+        if kind == "clarify":
+            return self.clarify()
+        if kind == "how_to":
+            return self.how_to()
         items = self.catalog.no_call[kind]
-        index = self.rng.choice(self._item_indices(len(items)))
+        index = self._next(kind, self._item_indices(len(items)))
         item, lang = items[index], self.rng.choice(LANG_DRAW)
-        said = Utterance({}, lang, f"{kind}_{index}", item[lang], item[lang], {}, {})
+        said = self._said({}, f"{kind}_{index}", item[lang], lang)
+        text = f"{self.catalog.image_marker}{said.text}" if kind == "image" else said.text
+        tools = self._prompt_tools(None)
         if kind == "chat":
-            return self._row(kind, said, item[lang], self._prompt_tools(None), item[f"reply_{lang}"])
+            return self._row(kind, said, text, tools, self.chat_reply(item, lang, tools))
         if kind == "out_of_scope":
-            reply = OUT_OF_SCOPE_REPLY[lang].format(topic=item[f"topic_{lang}"])
-            return self._row(kind, said, item[lang], self._prompt_tools(None), reply)
-        return self._row(
-            kind, said, f"{self.catalog.image_marker}{item[lang]}", self._prompt_tools(None), IMAGE_REPLY[lang]
-        )
+            reply = self.catalog.replies["out_of_scope"][lang].format(topic=item[f"topic_{lang}"])
+            return self._row(kind, said, text, tools, reply)
+        return self._row(kind, said, text, tools, self.catalog.replies["image"][lang])
+
+    def chat_reply(self, item: dict, lang: str, tools: list[dict]) -> str:
+        """Rule 11: an offer only when its tool is shown; `{features}` lists what the shown tools do."""
+        reply = item[f"reply_{lang}"]
+        if "{features}" in reply:
+            features = list(dict.fromkeys(t["feature"][lang] for t in tools if "feature" in t))
+            listed = self.catalog.replies["features"][lang].format(features=_join(features, lang))
+            reply = reply.replace("{features}", listed)
+        if item.get("offer") and item["offer"] in {t["name"] for t in tools}:
+            reply += item[f"offer_{lang}"]
+        return reply
+
+    def clarify(self) -> dict:
+        """Rule 6/7: a request missing a required argument; the reply asks for the first one missing."""
+        tools = [t for t in self.targets if t.get("clarify")]
+        if not tools:
+            raise UsageError(f"{self.catalog.path}: no tool has `clarify` templates for the clarify rows; add some")
+        tool = self._next("clarify", tools)
+        lang = self.rng.choice(LANG_DRAW)
+        templates = [t for i, t in enumerate(tool["clarify"][lang]) if item_split(i) == self.item_split]
+        template = self.rng.choice(templates)
+        said = self._said(tool, f"clarify_{tool['name']}", template, lang)
+        reply = tool["ask"][missing_required(tool, template)[0]][lang]
+        return self._row("clarify", said, said.text, self._prompt_tools(tool), reply)
+
+    def how_to(self) -> dict:
+        """Rule 10: a question about a feature; how to ask if a tool with it is shown, else the missing-tool reply."""
+        tool = self._next("how_to_tools", self.targets)
+        items = self.catalog.no_call["how_to"]
+        index = self._next("how_to", self._item_indices(len(items)))
+        lang = self.rng.choice(LANG_DRAW)
+        question = items[index][lang].replace("{feature}", tool["feature"][lang])
+        said = self._said({}, f"how_to_{index}", question, lang)
+        if self.rng.random() < 0.6:
+            return self._row("how_to", said, said.text, self._prompt_tools(tool), tool["how"][lang])
+        same = {name for name, t in self.catalog.tools.items() if t["feature"][lang] == tool["feature"][lang]}
+        tools = self._prompt_tools(None, tool, hide=same)
+        return self._row("how_to", said, said.text, tools, self.catalog.replies["missing_tool"][lang])
 
     def _item_indices(self, count: int) -> list[int]:
-        """No-call items split like families; validation and test share theirs (too few items to split three ways)."""
-        allowed = {"train"} if self.split == "train" else {"validation", "test"}
-        return [i for i in range(count) if family_split(i, count) in allowed]
+        """No-call items split one in five to test, one in five to validation, the rest to train."""
+        return [i for i in range(count) if item_split(i) == self.item_split]
 
     def _row(self, kind: str, said: Utterance, text: str, tools: list[dict], completion: str, tool_name: str = ""):
-        system = self.system_prompt.replace("{tools}", " ".join(self.rendered[t["name"]] for t in tools))
+        system = self.system_prompt.replace("{tools}", " ".join(self.rendered.get(t["name"]) or render_tool(t)
+                                                               for t in tools))  # fmt: skip
         return {
             "prompt": [{"role": "system", "content": system}, {"role": "user", "content": text}],
             "completion": [{"role": "assistant", "content": completion}],
@@ -176,28 +327,61 @@ class Generator:
         }
 
     def rows(self, count: int) -> list[dict]:
-        no_calls = round(count * self.args.no_call_share)
-        image_calls = min(count - no_calls, round(count * IMAGE_CALL_SHARE))
-        rows = [self.call() for _ in range(count - no_calls - image_calls)]  # calls first: they cover every tool
-        rows += [self.call(image=True) for _ in range(image_calls)]
-        rows += [self.no_call(NO_CALL_KINDS[i % len(NO_CALL_KINDS)]) for i in range(no_calls)]
+        if self.split == "test_unseen":  # calls only: whether the router reads a tool it never trained on
+            rows = [self.call() for _ in range(count)]
+        else:
+            no_calls = round(count * self.args.no_call_share)
+            image_calls = min(count - no_calls, round(count * IMAGE_CALL_SHARE))
+            made_up = round(count * self.args.procedural_share) if self.split == "train" else 0
+            made_up = min(made_up, count - no_calls - image_calls)
+            rows = [self.call() for _ in range(count - no_calls - image_calls - made_up)]  # first: every tool
+            rows += [self.call(image=True) for _ in range(image_calls)]
+            rows += [self.procedural_call() for _ in range(made_up)]
+            rows += [self.no_call(NO_CALL_MIX[i % len(NO_CALL_MIX)]) for i in range(no_calls)]
         self.rng.shuffle(rows)
         for i, row in enumerate(rows):
             row["id"] = f"{self.split}-{i:06d}"
         return rows
 
 
+def _join(words: list[str], lang: str) -> str:
+    return join_words(words, lang) if words else ""
+
+
+TOOL_ENTRY = re.compile(r'\{"tool_name": ')
+
+
+def shown_tools(system: str) -> dict[str, dict]:
+    """The tool entries of a system prompt, by name, as the model reads them (catalog or generated tools)."""
+    decoder, tools = json.JSONDecoder(), {}
+    for match in TOOL_ENTRY.finditer(system):
+        try:
+            entry, _ = decoder.raw_decode(system, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and "tool_description" in entry:
+            tools[entry["tool_name"]] = entry
+    return tools
+
+
 class RowValidator:
-    """Checks one generated row: a call names a tool shown in its own prompt and satisfies that tool's schema."""
+    """Checks one generated row against the written rules: a call names a tool shown in its own prompt and satisfies
+    the schema shown there, no two arguments repeat one value, and a reply names no tool or feature the prompt
+    does not show."""
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
         self.rendered = {name: render_tool(tool) for name, tool in catalog.tools.items()}
-        self.validators = {
-            name: jsonschema.Draft202012Validator({**tool["parameters"], "additionalProperties": False})
-            for name, tool in catalog.tools.items()
-        }
         self.tool_of_family = catalog.tool_of_family()
+        self.features = {lang: self._features(lang) for lang in LANGS}
+        self._validators: dict[str, jsonschema.Draft202012Validator] = {}
+
+    def _features(self, lang: str) -> list[tuple[re.Pattern, set[str]]]:
+        by_word: dict[str, set[str]] = {}
+        for name, tool in self.catalog.tools.items():
+            by_word.setdefault(tool["feature"][lang], set()).add(name)
+        bound = r"\b" if lang == "en" else ""
+        return [(re.compile(bound + re.escape(word) + bound, re.IGNORECASE), names) for word, names in by_word.items()]
 
     def check(self, row: dict) -> None:
         where = f"row {row.get('id', '?')} (family '{row['family']}', template '{row['template']}')"
@@ -205,26 +389,51 @@ class RowValidator:
             raise UsageError(f"{where}: unknown kind '{row['kind']}'; use one of {', '.join(KINDS)}")
         if row["kind"] in CALL_KINDS:
             self._check_call(row, where)
-        elif row["tool_name"]:
+            return
+        if row["tool_name"]:
             raise UsageError(f"{where}: a {row['kind']} row names tool '{row['tool_name']}'; fix the generator")
-        elif row["kind"] == "missing_tool" and self.tool_of_family[row["family"]] in row["tools"]:
+        if row["kind"] == "missing_tool" and self.tool_of_family[row["family"]] in row["tools"]:
             raise UsageError(
                 f"{where}: tool '{self.tool_of_family[row['family']]}' is in the prompt of a missing_tool row; "
                 "fix the generator"
             )
+        self._check_reply(row, where)
+
+    def _check_reply(self, row: dict, where: str) -> None:
+        """Rule 11: a reply offers only what the prompt shows."""
+        reply, shown = row["completion"][0]["content"], set(row["tools"])
+        named = [name for name in self.catalog.tools if name in reply and name not in shown]
+        named += [pattern.pattern for pattern, names in self.features[row["lang"]]
+                  if not names & shown and pattern.search(reply)]  # fmt: skip
+        if named:
+            raise UsageError(
+                f"{where}: reply '{reply}' names '{named[0]}', which no tool in its prompt does; "
+                "condition the reply on the shown tools (rule 11)"
+            )
+
+    def _validator(self, schema: dict):
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._validators:
+            self._validators[key] = jsonschema.Draft202012Validator({**schema, "additionalProperties": False})
+        return self._validators[key]
 
     def _check_call(self, row: dict, where: str) -> None:
         name = row["tool_name"]
         system = row["prompt"][0]["content"]
-        if name not in self.rendered or name not in row["tools"] or self.rendered[name] not in system:
+        tools = shown_tools(system)
+        known = name not in self.rendered or self.rendered[name] in system
+        if name not in tools or name not in row["tools"] or not known:
             raise UsageError(f"{where}: target tool '{name}' is not in its prompt's tool list; fix the generator")
         arguments = json.loads(row["arguments"])
-        error = next(iter(self.validators[name].iter_errors(arguments)), None)
+        error = next(iter(self._validator(tools[name]["arguments"]).iter_errors(arguments)), None)
         if error is not None:
             raise UsageError(
                 f"{where}: arguments {row['arguments']} break the schema of '{name}' ({error.message}); "
                 "fix the template or the slot pool"
             )
+        values = [v for v in arguments.values() if isinstance(v, str)]  # flags and counts may well agree
+        if len(set(values)) != len(values):
+            raise UsageError(f"{where}: two arguments of {row['arguments']} repeat one value (rule 14); fix the pools")
         if row["completion"][0]["content"] != render_call(name, arguments):
             raise UsageError(f"{where}: completion does not match its target call to '{name}'; fix the generator")
 
@@ -259,12 +468,25 @@ def assert_no_leaks(splits: dict[str, list[dict]]) -> None:
         )
 
 
+RATES = ("no_call_share", "procedural_share", "correction_rate", *(f"noise_{rule}" for rule in RULES))
+
+
 def _check_mix(args) -> None:
-    if not 0 <= args.no_call_share <= 1:
-        raise UsageError(f"no_call_share is {args.no_call_share}; set it between 0 and 1 (default 0.25)")
-    for name in ("num_train", "num_validation", "num_test", "max_distractors"):
+    for name in RATES:
+        if not 0 <= getattr(args, name) <= 1:
+            raise UsageError(f"{name} is {getattr(args, name)}; set it between 0 and 1")
+    for name in ("num_train", "num_validation", "num_test", "num_test_unseen", "max_distractors"):
         if getattr(args, name) < 0:
             raise UsageError(f"{name} is {getattr(args, name)}; set it to 0 or more")
+
+
+def _check_catalog_for(args, catalog: Catalog) -> None:
+    if args.num_test_unseen and not catalog.unseen_tools:
+        raise UsageError(f"{catalog.path}: no `unseen_tools` for the {args.num_test_unseen} test_unseen rows; "
+                         "list the tools to hold out, or set num_test_unseen: 0")  # fmt: skip
+    if args.procedural_share and not catalog.procedural:
+        raise UsageError(f"{catalog.path}: no `procedural` section for procedural_share {args.procedural_share}; "
+                         "add one, or set procedural_share: 0")  # fmt: skip
 
 
 def _read_system_prompt(path: str) -> str:
@@ -276,14 +498,22 @@ def _read_system_prompt(path: str) -> str:
     return text
 
 
-def build_splits(recipe, catalog: Catalog | None = None) -> dict[str, list[dict]]:
-    """Generate all three splits and check every row and every split boundary; raises before anything is written."""
+def build_splits(recipe, catalog: Catalog | None = None, applied: dict | None = None) -> dict[str, list[dict]]:
+    """Generate every split and check every row and every split boundary; raises before anything is written.
+    `applied`, if given, receives per split how often each noise rule fired."""
     args = recipe.data
     _check_mix(args)
     catalog = catalog or load_catalog(args.catalog)
+    _check_catalog_for(args, catalog)
     system_prompt = _read_system_prompt(args.system_prompt)
-    sizes = {"train": args.num_train, "validation": args.num_validation, "test": args.num_test}
-    splits = {name: Generator(catalog, system_prompt, args, name).rows(sizes[name]) for name in SPLITS}
+    sizes = {"train": args.num_train, "validation": args.num_validation, "test": args.num_test,
+             "test_unseen": args.num_test_unseen}  # fmt: skip
+    splits = {}
+    for name in SPLITS:
+        generator = Generator(catalog, system_prompt, args, name)
+        splits[name] = generator.rows(sizes[name])
+        if applied is not None:
+            applied[name] = {rule: generator.applied[rule] for rule in (*RULES, "correction")}
     check_rows(splits, catalog)
     assert_no_leaks(splits)
     return splits
@@ -298,28 +528,51 @@ def content_hash(splits: dict[str, list[dict]]) -> str:
 
 
 def split_mix(rows: list[dict], catalog: Catalog, train_values: set[str]) -> dict:
-    """What one split holds: counts per kind, language and tool, the no-call share, rows with unseen values."""
+    """What one split holds: counts per kind, language and tool, the no-call share, rows with unseen values,
+    distinct templates and messages, tool-list sizes and how many prompts show a confusable distractor."""
     kinds = Counter(row["kind"] for row in rows)
     tools = Counter(row["tool_name"] for row in rows if row["tool_name"])
+    calls = [row for row in rows if row["kind"] in CALL_KINDS]
     unseen = sum(any(v not in train_values for v in json.loads(row["values"]).values()) for row in rows)
+    unseen_calls = sum(any(v not in train_values for v in json.loads(row["values"]).values()) for row in calls)
+    sizes = Counter(len(row["tools"]) for row in rows)
+    confusable = sum(bool(set(catalog.confusable_with(row["tool_name"])) & set(row["tools"])) for row in calls
+                     if row["tool_name"] in catalog.tools)  # fmt: skip
     return {
         "kind": {kind: kinds[kind] for kind in KINDS},
         "lang": {lang: sum(row["lang"] == lang for row in rows) for lang in LANGS},
         "tool": {name: tools[name] for name in catalog.tools},
+        "procedural_calls": sum(row["family"] == "procedural" for row in rows),
         "no_call_share": round(sum(kinds[k] for k in NO_CALL_KINDS) / len(rows), 4) if rows else 0.0,
         "rows_with_unseen_values": unseen,
+        "call_rows_with_unseen_values": unseen_calls,
+        "calls_with_confusable_distractor": confusable,
+        "distinct_templates": len({row["template"] for row in rows}),
+        "distinct_messages": len({row["user"] for row in rows}),
+        "tool_list_sizes": {str(size): sizes[size] for size in sorted(sizes)},
         "longest_prompt_chars": max((sum(len(m["content"]) for m in row["prompt"]) for row in rows), default=0),
     }
 
 
-def dataset_facts(splits: dict[str, list[dict]], catalog: Catalog, recipe) -> dict:
+def pool_sizes(catalog: Catalog) -> dict[str, dict[str, int]]:
+    return {name: {lang: len(pool.get(lang) or []) for lang in LANGS} for name, pool in catalog.slots.items()}
+
+
+def dataset_facts(splits: dict[str, list[dict]], catalog: Catalog, recipe, applied: dict) -> dict:
     """The manifest's account of the data; the dataset card reads its numbers from here."""
+    args = recipe.data
     train_values = {v for row in splits["train"] for v in json.loads(row["values"]).values()}
     return {
         "rows": {name: len(rows) for name, rows in splits.items()},
         "mix": {name: split_mix(rows, catalog, train_values) for name, rows in splits.items()},
-        "no_call_share": recipe.data.no_call_share,
-        "dataset_seed": recipe.data.dataset_seed,
+        "no_call_share": args.no_call_share,
+        "procedural_share": args.procedural_share,
+        "max_distractors": args.max_distractors,
+        "rates": {name: getattr(args, name) for name in RATES},
+        "noise_applied": applied,
+        "pool_sizes": pool_sizes(catalog),
+        "unseen_tools": list(catalog.unseen_tools),
+        "dataset_seed": args.dataset_seed,
         "catalog": str(catalog.path),
         "catalog_sha256": hashlib.sha256(catalog.path.read_bytes()).hexdigest(),
         "tools": len(catalog.tools),
@@ -339,10 +592,10 @@ def _dataset(rows: list[dict], fingerprint: str):
     return Dataset(table.data, info=table.info, split=table.split, fingerprint=fingerprint)
 
 
-def write_dataset(splits: dict[str, list[dict]], out: Path) -> None:
+def write_dataset(splits: dict[str, list[dict]], out: Path, digest: str | None = None) -> None:
     from datasets import DatasetDict
 
-    digest = content_hash(splits)
+    digest = digest or content_hash(splits)
     fingerprints = {name: hashlib.sha256(f"{digest}:{name}".encode()).hexdigest()[:16] for name in splits}
     DatasetDict({name: _dataset(rows, fingerprints[name]) for name, rows in splits.items()}).save_to_disk(out / "hf")
     for name, rows in splits.items():
@@ -354,10 +607,11 @@ def write_dataset(splits: dict[str, list[dict]], out: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     (recipe,) = parse_recipe(argv)
     catalog = load_catalog(recipe.data.catalog)
-    splits = build_splits(recipe, catalog)
-    facts = dataset_facts(splits, catalog, recipe)
+    applied: dict = {}
+    splits = build_splits(recipe, catalog, applied)
+    facts = dataset_facts(splits, catalog, recipe, applied)
     with stage_output(recipe, "dataset", **facts) as (out, _):
-        write_dataset(splits, out)
+        write_dataset(splits, out, facts["content_sha256"])
     print(f"dataset: {facts['rows']}, {facts['leaks']} leaks -> {recipe.stage_dir('dataset')}")
 
 

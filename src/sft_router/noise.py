@@ -1,0 +1,158 @@
+"""Seeded noise for generated user messages: typos (Chinese homophone and pinyin-input slips, English letter slips),
+fillers and particles, politeness, curt forms, extra context, mixed Chinese/English and numbers as words.
+
+A message is a list of segments, each `[text, is_value]`. Noise touches only the words around the values (a value
+is copied into the call, so it stays exactly as the user wrote it), except numbers as words, which rewrites a
+copied time or date phrase and the argument with it. Each rule fires with its own rate from the recipe; the
+word tables live in the catalog's `noise` section.
+
+Usage: from sft_router.noise import NoiseRules; NoiseRules(tables, rates).apply(segments, lang, rng)
+"""
+
+from __future__ import annotations
+
+import re
+
+RULES = ("typo", "filler", "polite", "curt", "context", "mixed", "number_words")
+END_PUNCTUATION = "？?。.！!"
+EN_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+              "twelve"]  # fmt: skip
+EN_TENS = {20: "twenty", 30: "thirty", 40: "forty", 50: "fifty"}
+ZH_DIGITS = "零一二三四五六七八九"
+
+
+def en_number(n: int) -> str:
+    if n <= 12:
+        return EN_NUMBERS[n]
+    if n < 20:
+        return {13: "thirteen", 15: "fifteen", 18: "eighteen"}.get(n, EN_NUMBERS[n - 10].rstrip("t") + "teen")
+    tens, ones = divmod(n, 10)
+    return EN_TENS[tens * 10] + (f"-{EN_NUMBERS[ones]}" if ones else "")
+
+
+def zh_number(n: int) -> str:
+    tens, ones = divmod(n, 10)
+    if not tens:
+        return ZH_DIGITS[ones]
+    return (ZH_DIGITS[tens] if tens > 1 else "") + "十" + (ZH_DIGITS[ones] if ones else "")
+
+
+EN_CLOCK = re.compile(r"\b(1[0-2]|0?[1-9]):([0-5]\d)\b")
+EN_HOUR = re.compile(r"\b(1[0-2]|[1-9])(?=\s?(?:am|pm|o'clock)\b)")
+ZH_COUNT = re.compile(r"(?<![\d:：])([1-9]|[12]\d|3[01])(?=点|月|号|日|分钟|个|天|周)")
+
+
+def number_words(text: str, lang: str) -> str:
+    """Digits said as words: '7:45 pm' -> 'seven forty-five pm', '下午3点' -> '下午三点'; other text unchanged."""
+    if lang == "zh":
+        return ZH_COUNT.sub(lambda m: zh_number(int(m.group(1))), text)
+    text = EN_CLOCK.sub(lambda m: f"{en_number(int(m.group(1)))} {_en_minutes(int(m.group(2)))}", text)
+    return EN_HOUR.sub(lambda m: en_number(int(m.group(1))), text)
+
+
+def _en_minutes(minutes: int) -> str:
+    return "o'clock" if minutes == 0 else f"oh {EN_NUMBERS[minutes]}" if minutes < 10 else en_number(minutes)
+
+
+class NoiseRules:
+    """The recipe's rates and the catalog's word tables; `apply` draws from the caller's seeded random stream."""
+
+    def __init__(self, tables: dict, rates: dict[str, float]):
+        self.tables, self.rates = tables, rates
+
+    def fires(self, rule: str, rng) -> bool:
+        return rng.random() < self.rates.get(rule, 0.0)
+
+    def apply(self, segments: list[list], lang: str, rng, rules: tuple[str, ...]) -> tuple[str, list[str]]:
+        """The noisy message and the rules that changed it; `rules` in a fixed order keeps the stream reproducible."""
+        applied = []
+        for rule in rules:
+            if self.fires(rule, rng) and getattr(self, f"_{rule}")(segments, lang, rng):
+                applied.append(rule)
+        return "".join(text for text, _ in segments).strip(), applied
+
+    def _words(self, segments, lang: str, table: str) -> list[tuple[int, str]]:
+        words = self.tables.get(table, {}).get(lang, {})
+        return [(i, w) for i, (text, is_value) in enumerate(segments) if not is_value for w in words if w in text]
+
+    def _typo(self, segments, lang: str, rng) -> bool:
+        if lang == "zh":
+            found = self._words(segments, "zh", "slips")
+            if not found:
+                return False
+            index, word = rng.choice(found)
+            slip = rng.choice(self.tables["slips"]["zh"][word])
+            segments[index][0] = segments[index][0].replace(word, slip, 1)
+            return True
+        literal = [(i, m) for i, (text, is_value) in enumerate(segments) if not is_value
+                   for m in re.finditer(r"[A-Za-z]{4,}", text)]  # fmt: skip
+        if not literal:
+            return False
+        index, match = rng.choice(literal)
+        word, at = match.group(), rng.randrange(1, len(match.group()) - 2)
+        slipped = rng.choice([word[:at] + word[at + 1] + word[at] + word[at + 2 :],  # swapped letters
+                              word[:at] + word[at + 1 :],  # a letter dropped
+                              word[:at] + word[at] + word[at:]])  # fmt: skip  # a letter doubled
+        text = segments[index][0]
+        segments[index][0] = text[: match.start()] + slipped + text[match.end() :]
+        return True
+
+    def _mixed(self, segments, lang: str, rng) -> bool:
+        found = self._words(segments, lang, "mixed")
+        if not found:
+            return False
+        index, word = rng.choice(found)
+        other = rng.choice(self.tables["mixed"][lang][word])
+        segments[index][0] = segments[index][0].replace(word, f" {other} " if lang == "zh" else other, 1)
+        segments[index][0] = re.sub(r"^ | $", "", segments[index][0]) if index in (0, len(segments) - 1) else (
+            segments[index][0])  # fmt: skip
+        return True
+
+    def _curt(self, segments, lang: str, rng) -> bool:
+        before = [text for text, _ in segments]
+        if not segments[-1][1]:
+            segments[-1][0] = segments[-1][0].rstrip(END_PUNCTUATION)
+        if not segments[0][1]:
+            for word in self.tables["curt_drop"][lang]:
+                if segments[0][0].startswith(word):
+                    segments[0][0] = segments[0][0][len(word) :].lstrip(" ，,")
+                    break
+            if lang == "en" and segments[0][0][:1].isupper() and not re.match(r"I\b", segments[0][0]):
+                segments[0][0] = segments[0][0][0].lower() + segments[0][0][1:]
+        return before != [text for text, _ in segments] and bool("".join(t for t, _ in segments).strip())
+
+    def _polite(self, segments, lang: str, rng) -> bool:
+        return self._affix(segments, lang, rng, "polite")
+
+    def _filler(self, segments, lang: str, rng) -> bool:
+        return self._affix(segments, lang, rng, "filler")
+
+    def _context(self, segments, lang: str, rng) -> bool:
+        self._prefix(segments, lang, rng.choice(self.tables["context"][lang]))
+        return True
+
+    def _affix(self, segments, lang: str, rng, table: str) -> bool:
+        if rng.random() < 0.5:
+            self._prefix(segments, lang, rng.choice(self.tables[table]["prefix"][lang]))
+            return True
+        suffix = rng.choice(self.tables[table]["suffix"][lang])
+        last = segments[-1]
+        if last[1]:
+            segments.append([suffix, False])
+        else:
+            stripped = last[0].rstrip(END_PUNCTUATION)
+            last[0] = stripped + suffix + last[0][len(stripped) :]
+        return True
+
+    def _prefix(self, segments, lang: str, prefix: str) -> None:
+        first = segments[0]
+        sentence = prefix.rstrip().endswith((".", ":", "。", "："))  # a new sentence keeps its capital
+        if (
+            lang == "en"
+            and not sentence
+            and not first[1]
+            and first[0][:1].isupper()
+            and not re.match(r"I\b", first[0])
+        ):
+            first[0] = first[0][0].lower() + first[0][1:]
+        segments.insert(0, [prefix, False])
