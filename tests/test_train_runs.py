@@ -155,7 +155,7 @@ def test_a_key_trl_renamed_or_dropped_fails_before_any_model_loads(
         raise AssertionError("a model was loaded for a recipe with a bad key")
 
     monkeypatch.setattr(train, "load_base_model", must_not_load)
-    bad = copy_recipe(TINY, workspace / "old.yaml", {line: renamed})
+    bad = copy_recipe(TINY, workspace / "tiny/old.yaml", {line: renamed})
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--config", str(bad)])
     key = renamed.splitlines()[-1].split(":")[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 
@@ -10,8 +11,26 @@ class UsageError(Exception):
     """Bad input (recipe, token, network, sample): the message names the cause and the fix."""
 
 
+# What the machine, not the code, got wrong when a stage writes: each with the fix.
+DISK_ERRORS = {
+    errno.EACCES: "make it writable for this user",
+    errno.EPERM: "make it writable for this user",
+    errno.EROFS: "the file system is read-only: run from a writable folder",
+    errno.ENOSPC: "free some disk space",
+    errno.EDQUOT: "free some space within your disk quota",
+}
+
+
+def disk_error(exc: OSError) -> UsageError | None:
+    """A write refused by the file system, as one line; None for any other OSError."""
+    fix = DISK_ERRORS.get(exc.errno)
+    if fix is None:
+        return None
+    return UsageError(f"cannot write {exc.filename or 'the run folder'} ({exc.strerror}): {fix}, then rerun")
+
+
 def one_line_errors(main):
-    """Turn a UsageError into `error: <message>` on stderr and exit status 2, with no traceback."""
+    """Turn a UsageError (or a write the file system refused) into `error: <message>` on stderr and exit status 2."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -19,6 +38,12 @@ def one_line_errors(main):
             return main(*args, **kwargs)
         except UsageError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except OSError as exc:
+            usage = disk_error(exc)
+            if usage is None:
+                raise
+            print(f"error: {usage}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper
