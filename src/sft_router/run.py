@@ -142,14 +142,14 @@ def write_fingerprints(recipe) -> list[Path]:
         manifest = recipe.stage_dir(stage) / MANIFEST
         if not manifest.is_file():
             continue
-        made = manifest.stat().st_mtime
+        made = manifest.stat().st_mtime_ns  # in nanoseconds: a float time could round past the manifest's
         if (read_manifest(manifest.parent) or {}).get("fingerprint") == current:
-            if path.stat().st_mtime > made:
-                os.utime(path, (made, made))
+            if path.stat().st_mtime_ns > made:
+                os.utime(path, ns=(made, made))
         else:
             stale.append(path)
-            if path.stat().st_mtime <= made:
-                os.utime(path, (made + 1, made + 1))
+            if path.stat().st_mtime_ns <= made:
+                os.utime(path, ns=(made + 10**9, made + 10**9))
     return stale
 
 
