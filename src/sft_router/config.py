@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import yaml
-from transformers.hf_argparser import string_to_bool
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from sft_router.errors import UsageError
@@ -166,7 +165,7 @@ def read_recipe_file(path: str) -> dict:
     return config
 
 
-EXPECTED = {int: "a whole number", float: "a number", string_to_bool: "true or false"}
+EXPECTED = {int: "a whole number", float: "a number", "string_to_bool": "true or false"}
 
 
 def _check_value_types(path: str, config: dict, parser) -> None:
@@ -180,7 +179,9 @@ def _check_value_types(path: str, config: dict, parser) -> None:
             raise UsageError(f"{path}: recipe key '{key}' is a list; give it one value")
         for item in value if isinstance(value, list) else [value]:
             if item is not None and not _fits(item, action.type):
-                what = EXPECTED.get(action.type, f"a valid `{key}` (see --help)")
+                what = EXPECTED.get(
+                    action.type, EXPECTED.get(getattr(action.type, "__name__", ""), f"a valid `{key}` (see --help)")
+                )
                 raise UsageError(f"{path}: recipe key '{key}' is {item!r}, not {what}; fix its value")
 
 
@@ -191,7 +192,9 @@ def _fits(item, expected) -> bool:
         return False
     if expected is int and isinstance(item, float):
         return False
-    if expected is string_to_bool and not isinstance(item, bool | str):
+    if getattr(expected, "__name__", "") == "string_to_bool" and not isinstance(
+        item, bool | str
+    ):  # transformers' or TRL's copy
         return False
     try:
         expected(item if isinstance(item, str) else str(item))
