@@ -57,9 +57,11 @@ def checkpoints_for(recipe) -> None:
     """Keep runs/<name>/train/ only if it was trained from the same inputs; checkpoints of other inputs go."""
     folder, current = Path(recipe.training.output_dir), fingerprint(recipe, "adapter")
     stamp = folder / "inputs.sha256"
-    if folder.is_dir() and (not stamp.is_file() or stamp.read_text().strip() != current):
+    checkpoints = sorted(folder.glob("checkpoint-*"))
+    if checkpoints and (not stamp.is_file() or stamp.read_text().strip() != current):
         print(f"train: {folder} holds checkpoints of other inputs; removing them and training from the start")
-        shutil.rmtree(folder)
+        for checkpoint in checkpoints:
+            shutil.rmtree(checkpoint)
     folder.mkdir(parents=True, exist_ok=True)
     stamp.write_text(current + "\n")
 
