@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
-import yaml
 
-from sft_router.errors import UsageError
+from sft_router.errors import UsageError, read_yaml
 
 SPLITS = ("train", "validation", "test")
 
@@ -133,7 +132,7 @@ def load_catalog(path: str | Path) -> Catalog:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"catalog {path} does not exist: set `catalog` in the recipe to an existing YAML file")
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     check_catalog_format(path, raw)
     for section in ("tools", "slots", "no_call"):
         if not raw.get(section):
@@ -145,18 +144,6 @@ def load_catalog(path: str | Path) -> Catalog:
     _check_templates_unique(catalog)
     _check_no_call(catalog)
     return catalog
-
-
-def _read_yaml(path: Path):
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or _brief(exc)
-        raise UsageError(f"{path}: not valid YAML ({where}{problem}); fix the syntax there") from exc
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
 
 
 def check_catalog_format(path: Path, raw) -> None:

@@ -17,10 +17,9 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from sft_router.errors import UsageError
+from sft_router.errors import UsageError, read_yaml
 
 
 @dataclass
@@ -151,15 +150,7 @@ def read_recipe_file(path: str) -> dict:
     """The recipe's YAML mapping; a missing file or a syntax error fails naming the line and column."""
     if not Path(path).is_file():
         raise UsageError(f"recipe {path} does not exist: pass an existing file, e.g. recipes/tiny/router.yaml")
-    try:
-        config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or _first_line(exc)
-        raise UsageError(f"{path}: not valid YAML ({where}{problem}); fix the syntax there") from exc
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+    config = read_yaml(path)
     if not isinstance(config, dict):
         raise UsageError(f"{path}: a recipe is a YAML mapping of `key: value` lines; see recipes/tiny/router.yaml")
     return config

@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import functools
 import sys
+from pathlib import Path
+
+import yaml
 
 
 class UsageError(Exception):
@@ -58,3 +61,16 @@ def network_errors() -> tuple[type[BaseException], ...]:
         except ImportError:
             pass
     return tuple(errors)
+
+
+def read_yaml(path):
+    """A YAML file's content; a syntax error fails in one line naming the line and column (recipes and catalogs)."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        raise UsageError(f"{path}: not valid YAML ({where}{problem}); fix the syntax there") from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
