@@ -29,12 +29,12 @@ def write(name: str, data: bytes | str) -> str:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("5", ":2: a JSON int, not an object"),
-        ('"just a string"', ":2: a JSON str, not an object"),
-        ("[1, 2]", ":2: a JSON list, not an object"),
+        ("5", ":2: a JSON number, not an object"),
+        ('"just a string"', ":2: a JSON string, not an object"),
+        ("[1, 2]", ":2: a JSON array, not an object"),
         ('{"completion": "abc"}', ":2: no `text` field"),
-        ('{"completion": [{"content": 7}]}', ":2: `completion` is a JSON int, not a string"),
-        ('{"text": 5}', ":2: `text` is a JSON int, not a string"),
+        ('{"completion": [{"content": 7}]}', ":2: `completion` is a JSON number, not a string"),
+        ('{"text": 5}', ":2: `text` is a JSON number, not a string"),
         ('{"other": "x"}', ":2: no `text` field"),
         ("[" * 100_000, ":2: not a JSON line (nested too deeply)"),
         ("{not json", ":2: not a JSON line (Expecting property name"),

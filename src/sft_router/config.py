@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -130,7 +131,10 @@ def parse_recipe(argv: list[str] | None = None, extra: tuple[type, ...] = ()) ->
 
     parser.error = error
     try:
-        parsed = parser.parse_args_and_config(argv, return_remaining_strings=True, separate_remaining_strings=True)
+        with warnings.catch_warnings():
+            # TRL's SFTConfig sets `gradient_checkpointing`, which this transformers renamed: noise on every stage
+            warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
+            parsed = parser.parse_args_and_config(argv, return_remaining_strings=True, separate_remaining_strings=True)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"{path}: {_first_line(exc)}") from exc
     *instances, from_config, from_cli = parsed

@@ -237,14 +237,19 @@ def _line_text(raw: bytes, fields: tuple[str, ...], where: str) -> str:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
         raise UsageError(f"{where}: not a JSON line ({reason}); fix or remove the line") from exc
     if not isinstance(record, dict):
-        raise UsageError(f"{where}: a JSON {type(record).__name__}, not an object; give each line a `{fields[0]}`")
+        raise UsageError(f"{where}: a JSON {_json_kind(record)}, not an object; give each line a `{fields[0]}`")
     field = next((name for name in fields if name in record), None)
     text = record[field] if field is not None else _completion_text(record)
     if text is None:
         raise UsageError(f"{where}: no `{fields[0]}` field; give each line one")
     if not isinstance(text, str):
-        raise UsageError(f"{where}: `{field or 'completion'}` is a JSON {type(text).__name__}, not a string; fix it")
+        raise UsageError(f"{where}: `{field or 'completion'}` is a JSON {_json_kind(text)}, not a string; fix it")
     return text
+
+
+def _json_kind(value) -> str:
+    kinds = {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}
+    return kinds.get(type(value), "null")
 
 
 def _completion_text(record: dict):
