@@ -4,7 +4,7 @@
 # upstream stages), which `python -m sft_router.run` rewrites only when it changed: editing what a stage reads reruns
 # it and the stages below it, editing anything else reruns nothing.
 RECIPE ?= recipes/gemma-3-270m-it/router.yaml
-# A recipe's run_name is its folder's name (tests/test_recipes.py holds every recipe to it).
+# A recipe's run_name is its folder's name (every stage refuses a recipe whose run_name names another folder).
 RUN := $(notdir $(patsubst %/,%,$(dir $(RECIPE))))
 R := runs/$(RUN)
 PY := .venv/bin/python
