@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import sys
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -45,7 +44,19 @@ class DataArguments:
 class EvalArguments:
     eval_max_new_tokens: int = field(default=96, metadata={"help": "Most tokens generated per test prompt."})
     eval_batch_size: int = field(default=16, metadata={"help": "Prompts decoded together (left padded)."})
-    eval_limit: int | None = field(default=None, metadata={"help": "Score only the first N test rows (None: all)."})
+    eval_limit: int | None = field(
+        default=None, metadata={"help": "Score only the first N rows of each evaluated split (None: all)."}
+    )
+    eval_splits: list[str] = field(
+        default_factory=lambda: ["test"],
+        metadata={"help": "Splits `make eval` scores, `test` first: generated ones (test, test_unseen, validation) "
+                  "and `handwritten` (the `handwritten` file)."},
+    )  # fmt: skip
+    handwritten: str | None = field(
+        default=None,
+        metadata={"help": "JSONL of hand-written test rows (user message, tools shown, expected call or null), "
+                  "scored as the `handwritten` split."},
+    )  # fmt: skip
 
 
 @dataclass
@@ -118,7 +129,7 @@ def parse_recipe(argv: list[str] | None = None, extra: tuple[type, ...] = ()) ->
         raise UsageError("--config needs a value: pass --config recipes/<model>/<recipe>.yaml")
     path = argv[index + 1]
     config = read_recipe_file(path)
-    argv = _bf16_only_where_supported(argv)
+    argv = _activation_checkpointing_by_its_new_name(config, _bf16_only_where_supported(argv))
     types = (*PROJECT_ARGUMENTS, SFTConfig, ModelConfig, *extra)
     parser = TrlParser(types)
     known = sorted({f.name for t in types for f in fields(t)})
@@ -131,10 +142,7 @@ def parse_recipe(argv: list[str] | None = None, extra: tuple[type, ...] = ()) ->
 
     parser.error = error
     try:
-        with warnings.catch_warnings():
-            # TRL's SFTConfig sets `gradient_checkpointing`, which this transformers renamed: noise on every stage
-            warnings.filterwarnings("ignore", message="`gradient_checkpointing` is deprecated", category=FutureWarning)
-            parsed = parser.parse_args_and_config(argv, return_remaining_strings=True, separate_remaining_strings=True)
+        parsed = parser.parse_args_and_config(argv, return_remaining_strings=True, separate_remaining_strings=True)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"{path}: {_first_line(exc)}") from exc
     *instances, from_config, from_cli = parsed
@@ -226,6 +234,16 @@ def _bf16_only_where_supported(argv: list[str]) -> list[str]:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return argv
     return ["--bf16", "false", "--bf16_full_eval", "false", *argv]
+
+
+def _activation_checkpointing_by_its_new_name(config: dict, argv: list[str]) -> list[str]:
+    """TRL's SFTConfig defaults the deprecated `gradient_checkpointing` to True, so transformers warns at every
+    parse; passing the default under its new name (`activation_checkpointing`) keeps the behaviour, not the
+    warning. A recipe or flag that sets either name itself is left as it is."""
+    names = ("activation_checkpointing", "gradient_checkpointing")
+    if set(config) & set(names) or any(arg.lstrip("-") in names for arg in argv):
+        return argv
+    return ["--activation_checkpointing", "true", *argv]
 
 
 def _first_line(exc: Exception) -> str:

@@ -84,7 +84,9 @@ STAGE_INPUTS = {
     "merged": StageInputs(sections=("model",), files=("training.chat_template_path",), stages=("adapter",)),
     "gguf": StageInputs(sections=("export",), files=("training.chat_template_path",), stages=("merged",)),
     "eval": StageInputs(
-        sections=("eval", "model"), files=("training.chat_template_path",), stages=("adapter", "gguf")
+        sections=("eval", "model"),
+        files=("training.chat_template_path", "eval.handwritten"),
+        stages=("adapter", "gguf"),
     ),
     # The card stage is a preview: publish renders the cards again for the namespace it pushes to.
     "card": StageInputs(sections=("publish",), stages=("dataset", "eval", "gguf")),
