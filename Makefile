@@ -1,15 +1,19 @@
 # Wiring only: each pipeline target is one `python -m sft_router.<stage>` call that writes a manifest under
 # runs/<run>/<stage>/; make compares those files, so a rerun skips finished stages. Logic lives in src/.
+# Each stage also depends on runs/<run>/.inputs/<stage>.sha256, the fingerprint of what it reads (recipe keys, files,
+# upstream stages), which `python -m sft_router.run` rewrites only when it changed: editing what a stage reads reruns
+# it and the stages below it, editing anything else reruns nothing.
 RECIPE ?= recipes/gemma-3-270m-it/router.yaml
-# A recipe's run_name is its folder's name (tests/test_recipes.py holds every recipe to it).
+# A recipe's run_name is its folder's name (every stage refuses a recipe whose run_name names another folder).
 RUN := $(notdir $(patsubst %/,%,$(dir $(RECIPE))))
 R := runs/$(RUN)
 PY := .venv/bin/python
 VENV := .venv/.installed
 
 RUNTIME := .venv/.runtime
+IN := $(R)/.inputs
 
-.PHONY: install runtime demo results preflight data push-data train eval merge gguf card publish all smoke test test-slow lint clean
+.PHONY: inputs install runtime demo results preflight data push-data train eval merge gguf card publish all smoke test test-slow lint clean
 
 install: $(VENV) $(RUNTIME)
 $(VENV): pyproject.toml
@@ -20,39 +24,43 @@ runtime: $(RUNTIME)
 $(RUNTIME): $(VENV) src/sft_router/runtime.py
 	$(PY) -m sft_router.runtime install && touch $@
 
+inputs: $(VENV)
+	$(PY) -m sft_router.run --config $(RECIPE)
+$(IN)/%.sha256: inputs ;
+
 preflight: $(VENV)
 	$(PY) -m sft_router.base_models --config $(RECIPE)
 
 data: $(R)/dataset/manifest.json
-$(R)/dataset/manifest.json: $(RECIPE) $(VENV)
+$(R)/dataset/manifest.json: $(IN)/dataset.sha256 $(VENV)
 	$(PY) -m sft_router.data --config $(RECIPE)
 
 push-data: $(R)/hub-data/manifest.json
-$(R)/hub-data/manifest.json: $(R)/dataset/manifest.json
+$(R)/hub-data/manifest.json: $(IN)/hub-data.sha256 $(R)/dataset/manifest.json
 	$(PY) -m sft_router.publish --config $(RECIPE) --only dataset
 
 train: $(R)/adapter/manifest.json
-$(R)/adapter/manifest.json: $(R)/dataset/manifest.json
+$(R)/adapter/manifest.json: $(IN)/adapter.sha256 $(R)/dataset/manifest.json
 	$(if $(ACCELERATE_CONFIG),.venv/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) -m sft_router.train,$(PY) -m sft_router.train) --config $(RECIPE)
 
 eval: $(R)/eval/manifest.json
-$(R)/eval/manifest.json: $(R)/adapter/manifest.json $(R)/gguf/manifest.json | $(RUNTIME)
+$(R)/eval/manifest.json: $(IN)/eval.sha256 $(R)/adapter/manifest.json $(R)/gguf/manifest.json | $(RUNTIME)
 	$(PY) -m sft_router.evaluate --config $(RECIPE)
 
 merge: $(R)/merged/manifest.json
-$(R)/merged/manifest.json: $(R)/adapter/manifest.json
+$(R)/merged/manifest.json: $(IN)/merged.sha256 $(R)/adapter/manifest.json
 	$(PY) -m sft_router.merge --config $(RECIPE)
 
 gguf: $(R)/gguf/manifest.json
-$(R)/gguf/manifest.json: $(R)/merged/manifest.json
+$(R)/gguf/manifest.json: $(IN)/gguf.sha256 $(R)/merged/manifest.json
 	$(PY) -m sft_router.gguf --config $(RECIPE)
 
 card: $(R)/card/manifest.json
-$(R)/card/manifest.json: $(R)/eval/manifest.json $(R)/gguf/manifest.json
+$(R)/card/manifest.json: $(IN)/card.sha256 $(R)/eval/manifest.json $(R)/gguf/manifest.json
 	$(PY) -m sft_router.card --config $(RECIPE)
 
 publish: $(R)/hub/manifest.json
-$(R)/hub/manifest.json: $(R)/card/manifest.json
+$(R)/hub/manifest.json: $(IN)/hub.sha256 $(R)/card/manifest.json
 	$(PY) -m sft_router.publish --config $(RECIPE)
 
 all: preflight push-data publish

@@ -82,9 +82,11 @@ def llama_runtime_or_reason() -> str | None:
 
 
 def copy_recipe(src: str, dest: Path, replace: dict[str, str]) -> Path:
+    """A changed copy of a recipe; put it in a folder named like its run (`.../tiny/x.yaml`), as parse_recipe asks."""
     text = (ROOT / src).read_text()
     for old, new in replace.items():
         assert old in text, old
         text = text.replace(old, new)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(text)
     return dest

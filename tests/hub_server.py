@@ -21,6 +21,7 @@ import hashlib
 import json
 import re
 import secrets
+import socket
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -156,6 +157,9 @@ class HubState:
         self.url = ""
         self.page_size = 1000  # the Hub pages tree listings by 1000 entries; tests lower it to exercise paging
         self.commit_failures: list[int] = []  # statuses the next commits answer with, to test a push failing midway
+        # route name (e.g. "lfs_upload") -> callables run once each, in order, before the next requests of that route
+        # are answered; one that returns True drops the connection unanswered (a network failure mid-push)
+        self.faults: dict[str, list] = {}
 
     def new_commit(self, repo: Repo, files: dict[str, Blob], title: str, message: str, author: str) -> Commit:
         parent = repo.head.oid if repo.commits else ""
@@ -216,6 +220,8 @@ class HubHandler(BaseHTTPRequestHandler):
             for route_method, pattern, name in self.ROUTES:
                 match = re.fullmatch(pattern, parts.path)
                 if route_method == method and match:
+                    if self._fault(name):
+                        return
                     args = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
                     with self.state.lock:
                         return getattr(self, name)(body=body, **args)
@@ -227,6 +233,17 @@ class HubHandler(BaseHTTPRequestHandler):
             if error.code:
                 headers["X-Error-Code"] = error.code
             self._send_json({"error": error.message}, status=error.status, headers=headers)
+
+    def _fault(self, route: str) -> bool:
+        """Run the next fault planted for `route`; True when it dropped the connection."""
+        with self.state.lock:
+            faults = self.state.faults.get(route)
+            fault = faults.pop(0) if faults else None
+        if fault is None or not fault():
+            return False
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+        return True
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

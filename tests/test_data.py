@@ -82,7 +82,7 @@ MINI_CATALOG = {
 def mini_recipe(workspace: Path, catalog: dict, *flags: str):
     path = workspace / "catalog.yaml"
     path.write_text(yaml.safe_dump(catalog, allow_unicode=True))
-    recipe = copy_recipe(TINY, workspace / "mini.yaml", {"recipes/gemma-3-270m-it/catalog.yaml": str(path)})
+    recipe = copy_recipe(TINY, workspace / "tiny/mini.yaml", {"recipes/gemma-3-270m-it/catalog.yaml": str(path)})
     return parse_recipe(["--config", str(recipe), "--num_test_unseen", "0", *flags])[0]
 
 

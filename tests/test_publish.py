@@ -94,8 +94,9 @@ def published(tiny_run, hub, tmp_path_factory):
     result = subprocess.run(make, cwd=ws, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [line for line in result.stdout.splitlines() if "-m sft_router." in line] == [
-        f"{sys.executable} -m sft_router.publish --config {TINY}"
-    ]  # the finished stages were not rerun
+        f"{sys.executable} -m sft_router.run --config {TINY}",  # refreshes the stages' input fingerprints
+        f"{sys.executable} -m sft_router.publish --config {TINY}",
+    ]  # the finished stages, made from these inputs, were not rerun
     return ws, result.stdout
 
 

@@ -30,7 +30,7 @@ def test_command_line_flag_overrides_recipe(monkeypatch):
 
 @pytest.mark.parametrize("stage", [data, train, evaluate])
 def test_misspelled_key_fails_in_each_stage_naming_it(stage, workspace, capsys):
-    bad = copy_recipe(TINY, workspace / "bad.yaml", {"learning_rate:": "learnin_rate:"})
+    bad = copy_recipe(TINY, workspace / "tiny/bad.yaml", {"learning_rate:": "learnin_rate:"})
     with pytest.raises(SystemExit) as exit_info:
         stage.main(["--config", str(bad)])
     assert exit_info.value.code == 2
@@ -40,7 +40,9 @@ def test_misspelled_key_fails_in_each_stage_naming_it(stage, workspace, capsys):
 
 
 def test_key_dropped_by_transformers_fails_before_any_model_loads(workspace):
-    bad = copy_recipe(TINY, workspace / "old.yaml", {"lr_scheduler_type:": "warmup_ratio: 0.1\nlr_scheduler_type:"})
+    bad = copy_recipe(
+        TINY, workspace / "tiny/old.yaml", {"lr_scheduler_type:": "warmup_ratio: 0.1\nlr_scheduler_type:"}
+    )
     with pytest.raises(UsageError, match="warmup_ratio.*warmup_steps"):
         parse_recipe(["--config", str(bad)])
 

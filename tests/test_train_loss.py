@@ -16,7 +16,7 @@ def short_prompt_recipe(ws, replace: dict[str, str] | None = None):
     """The tiny recipe with a one-line system prompt: the same stages on ~250-token rows, so tests stay fast."""
     (ws / "short_prompt.txt").write_text("Call one of these tools, or reply:\n{tools}\n")
     replace = {"recipes/gemma-3-270m-it/system_prompt.txt": "short_prompt.txt", **(replace or {})}
-    return copy_recipe(TINY, ws / "short.yaml", replace)
+    return copy_recipe(TINY, ws / "tiny/short.yaml", replace)
 
 
 @pytest.fixture(scope="module")

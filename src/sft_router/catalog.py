@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
-import yaml
 
-from sft_router.errors import UsageError
+from sft_router.errors import UsageError, read_yaml
 
 SPLITS = ("train", "validation", "test", "test_unseen")  # test_unseen: only the catalog's `unseen_tools` are called
 
@@ -41,11 +40,6 @@ MIN_FAMILIES = 3  # one each for train, validation and test
 SLOT = re.compile(r"\{(\w+)\}")
 
 
-SAFE_LOADER = getattr(
-    yaml, "CSafeLoader", yaml.SafeLoader
-)  # libyaml: the catalog's pools parse in a tenth of the time
-
-
 NO_CALL_FIELDS = {"chat": ("reply_zh", "reply_en"), "out_of_scope": ("topic_zh", "topic_en"), "image": (),
                   "how_to": ()}  # fmt: skip
 
@@ -62,6 +56,72 @@ ITEM_SPLIT_EVERY = 5
 def item_split(index: int) -> str:
     """Lists of items (no-call items, clarify templates): one in five test-only, one in five validation-only."""
     return {ITEM_SPLIT_EVERY - 1: "test", ITEM_SPLIT_EVERY - 2: "validation"}.get(index % ITEM_SPLIT_EVERY, "train")
+
+
+TEXTS = {"type": "array", "items": {"type": "string", "minLength": 1}}
+SCALAR = {"type": ["string", "number", "integer", "boolean"]}
+# The catalog file's own format, checked before anything reads it: every field's type, so that a wrong one fails in
+# one line naming its place (`zh` given as a string would otherwise be read character by character). Unknown keys are
+# allowed, so that a new catalog key needs only a line here; extend this dict as the format grows.
+CATALOG_SCHEMA = {
+    "type": "object",
+    "required": ["tools", "slots", "no_call"],
+    "properties": {
+        "image_marker": {"type": "string", "minLength": 1},
+        "tools": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "domain", "description", "parameters", "families"],
+                "properties": {
+                    "name": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.-]*$"},
+                    "domain": {"type": "string", "minLength": 1},
+                    "description": {"type": "string", "minLength": 1},
+                    "parameters": {"type": "object"},
+                    "pools": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "families": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["id", *LANGS],
+                            "properties": {
+                                "id": {"type": "string", "minLength": 1},
+                                **{lang: TEXTS for lang in LANGS},
+                            },
+                        },
+                    },
+                },
+            },
+        },
+        "slots": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "array",
+                    "items": {
+                        "oneOf": [
+                            SCALAR,
+                            {
+                                "type": "object",
+                                "required": ["text", "value"],
+                                "properties": {"text": {"type": "string"}},
+                            },
+                        ]
+                    },
+                },
+            },
+        },
+        "no_call": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "array",
+                "items": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -102,10 +162,8 @@ def load_catalog(path: str | Path) -> Catalog:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"catalog {path} does not exist: set `catalog` in the recipe to an existing YAML file")
-    try:
-        raw = yaml.load(path.read_text(), Loader=SAFE_LOADER) or {}
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML ({_brief(exc)}); fix the syntax") from exc
+    raw = read_yaml(path)
+    check_catalog_format(path, raw)
     for section in ("tools", "slots", "no_call", "replies", "noise"):
         if not raw.get(section):
             raise UsageError(f"{path}: no `{section}` section; see recipes/gemma-3-270m-it/catalog.yaml")
@@ -122,6 +180,39 @@ def load_catalog(path: str | Path) -> Catalog:
         for where, template, _ in english_templates(catalog, tool):
             _lint_template(catalog, tool, template, f"{catalog.path}: tool '{tool['name']}', {where} '{template}'")
     return catalog
+
+
+def check_catalog_format(path: Path, raw) -> None:
+    """The file against CATALOG_SCHEMA; the first misfit fails naming its place, e.g. `tools[3].families[0].zh`."""
+    errors = jsonschema.Draft202012Validator(CATALOG_SCHEMA).iter_errors(raw)
+    error = min(errors, key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))), default=None)
+    if error is None:
+        return
+    place = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    where = f"`{place}`" if place else "the catalog"
+    raise UsageError(f"{path}: {where} {_misfit(error)}; see the format in recipes/gemma-3-270m-it/catalog.yaml")
+
+
+JSON_WORDS = {"array": "a list", "object": "a mapping", "string": "a string", "number": "a number",
+              "integer": "a whole number", "boolean": "true or false", "null": "empty"}  # fmt: skip
+
+
+def _misfit(error) -> str:
+    """What is wrong with one value, in words (jsonschema's messages repeat the whole value)."""
+    shown = repr(error.instance) if len(repr(error.instance)) <= 60 else f"{repr(error.instance)[:57]}..."
+    if error.validator == "type":
+        wanted = [error.validator_value] if isinstance(error.validator_value, str) else error.validator_value
+        return f"is {shown}, {_json_type(error.instance)}; it must be {' or '.join(JSON_WORDS[w] for w in wanted)}"
+    if error.validator == "required":
+        return f"has no `{error.message.split(chr(39))[1]}`; add it"
+    if error.validator == "oneOf":
+        return f"is {shown}; it must be a plain value or have `text` and `value`"
+    return f"is {shown}: {error.message.splitlines()[0][:120]}"
+
+
+def _json_type(value) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}
+    return JSON_WORDS.get("null" if value is None else names.get(type(value), ""), type(value).__name__)
 
 
 def _tools_by_name(path: Path, tools: list[dict]) -> dict[str, dict]:

@@ -8,6 +8,7 @@ Usage: recipe = parse_recipe(["--config", "recipes/tiny/router.yaml"])
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import hashlib
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from sft_router.errors import UsageError
+from sft_router.errors import UsageError, read_yaml
 
 
 @dataclass
@@ -143,17 +144,25 @@ def parse_recipe(argv: list[str] | None = None, extra: tuple[type, ...] = ()) ->
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in argv:
         raise UsageError("no recipe given: pass --config recipes/<model>/<recipe>.yaml")
-    path = argv[argv.index("--config") + 1]
-    if not Path(path).is_file():
-        raise UsageError(f"recipe {path} does not exist: pass an existing file, e.g. recipes/tiny/router.yaml")
-    argv = _activation_checkpointing_by_its_new_name(path, _bf16_only_where_supported(argv))
+    index = argv.index("--config")
+    if index + 1 == len(argv) or argv[index + 1].startswith("--"):
+        raise UsageError("--config needs a value: pass --config recipes/<model>/<recipe>.yaml")
+    path = argv[index + 1]
+    config = read_recipe_file(path)
+    argv = _activation_checkpointing_by_its_new_name(config, _bf16_only_where_supported(argv))
     types = (*PROJECT_ARGUMENTS, SFTConfig, ModelConfig, *extra)
     parser = TrlParser(types)
     known = sorted({f.name for t in types for f in fields(t)})
+    _check_value_types(path, config, parser)
+
+    def error(message: str):  # argparse's own error, as one line instead of usage and exit
+        flag = re.match(r"argument (--\w+)", message)
+        where = "recipe key" if flag and flag.group(1)[2:] in config and flag.group(1) not in argv else "command line"
+        raise UsageError(f"{path}: {where}: {message}; fix the value")
+
+    parser.error = error
     try:
         parsed = parser.parse_args_and_config(argv, return_remaining_strings=True, separate_remaining_strings=True)
-    except SystemExit as exc:  # argparse already printed its one line
-        raise UsageError(f"{path}: bad command-line flag or value (see the line above)") from exc
     except (ValueError, TypeError) as exc:
         raise UsageError(f"{path}: {_first_line(exc)}") from exc
     *instances, from_config, from_cli = parsed
@@ -162,11 +171,80 @@ def parse_recipe(argv: list[str] | None = None, extra: tuple[type, ...] = ()) ->
     if from_cli:
         raise _unknown_key_error("command line", from_cli, known)
     data, eval_args, export, publish, training, model, *rest = instances
-    if not training.run_name or not re.fullmatch(r"[A-Za-z0-9._-]+", training.run_name):
-        raise UsageError(f"{path}: set `run_name` to the recipe folder's name (letters, digits, . _ -)")
+    _check_run_name(path, training.run_name)
+    _check_values(path, data, training)
     training.output_dir = str(Path("runs") / training.run_name / "train")
     recipe = Recipe(Path(path), data, eval_args, export, publish, training, model)
     return (recipe, *rest)
+
+
+def read_recipe_file(path: str) -> dict:
+    """The recipe's YAML mapping; a missing file or a syntax error fails naming the line and column."""
+    if not Path(path).is_file():
+        raise UsageError(f"recipe {path} does not exist: pass an existing file, e.g. recipes/tiny/router.yaml")
+    config = read_yaml(path)
+    if not isinstance(config, dict):
+        raise UsageError(f"{path}: a recipe is a YAML mapping of `key: value` lines; see recipes/tiny/router.yaml")
+    return config
+
+
+EXPECTED = {int: "a whole number", float: "a number", "string_to_bool": "true or false"}
+
+
+def _check_value_types(path: str, config: dict, parser) -> None:
+    """A recipe value of the wrong type fails naming the recipe key (argparse would blame a command-line flag)."""
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in config.items():
+        action = actions.get(key)
+        if action is None or action.type in (None, str):
+            continue
+        if isinstance(value, list) and action.nargs in (None, "?"):
+            raise UsageError(f"{path}: recipe key '{key}' is a list; give it one value")
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and not _fits(item, action.type):
+                what = EXPECTED.get(
+                    action.type, EXPECTED.get(getattr(action.type, "__name__", ""), f"a valid `{key}` (see --help)")
+                )
+                raise UsageError(f"{path}: recipe key '{key}' is {item!r}, not {what}; fix its value")
+
+
+def _fits(item, expected) -> bool:
+    if isinstance(item, dict | list):
+        return False
+    if isinstance(item, bool) and expected in (int, float):
+        return False
+    if expected is int and isinstance(item, float):
+        return False
+    if getattr(expected, "__name__", "") == "string_to_bool" and not isinstance(
+        item, bool | str
+    ):  # transformers' or TRL's copy
+        return False
+    try:
+        expected(item if isinstance(item, str) else str(item))
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        return False
+    return True
+
+
+def _check_run_name(path: str, run_name) -> None:
+    """The Makefile finds a run by its recipe's folder: a run_name naming another folder would overwrite that run."""
+    folder = Path(path).resolve().parent.name
+    if not isinstance(run_name, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", run_name):
+        raise UsageError(f"{path}: set `run_name` to the recipe folder's name ({folder}; letters, digits, . _ -)")
+    if run_name != folder:
+        raise UsageError(
+            f"{path}: run_name '{run_name}' is not the recipe folder's name '{folder}'; set `run_name: {folder}` "
+            "(it names runs/<run_name>/, and another recipe's run would be overwritten)"
+        )
+
+
+def _check_values(path: str, data: DataArguments, training: SFTConfig) -> None:
+    for key in ("num_train", "num_test"):
+        if getattr(data, key) < 1:
+            raise UsageError(f"{path}: `{key}` is {getattr(data, key)}; set it to at least 1")
+    template = training.chat_template_path
+    if template and not Path(template).is_file():
+        raise UsageError(f"{path}: chat_template_path {template} does not exist; point it at a .jinja file")
 
 
 def _bf16_only_where_supported(argv: list[str]) -> list[str]:
@@ -178,18 +256,12 @@ def _bf16_only_where_supported(argv: list[str]) -> list[str]:
     return ["--bf16", "false", "--bf16_full_eval", "false", *argv]
 
 
-def _activation_checkpointing_by_its_new_name(path: str, argv: list[str]) -> list[str]:
+def _activation_checkpointing_by_its_new_name(config: dict, argv: list[str]) -> list[str]:
     """TRL's SFTConfig defaults the deprecated `gradient_checkpointing` to True, so transformers warns at every
     parse; passing the default under its new name (`activation_checkpointing`) keeps the behaviour, not the
     warning. A recipe or flag that sets either name itself is left as it is."""
-    import yaml
-
     names = ("activation_checkpointing", "gradient_checkpointing")
-    try:
-        keys = set(yaml.safe_load(Path(path).read_text()) or {})
-    except (yaml.YAMLError, TypeError, ValueError):
-        keys = set()  # the parser reports a broken recipe itself
-    if keys & set(names) or any(arg.lstrip("-") in names for arg in argv):
+    if set(config) & set(names) or any(arg.lstrip("-") in names for arg in argv):
         return argv
     return ["--activation_checkpointing", "true", *argv]
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +62,7 @@ CORRECTION = {"zh": ["，不对，", "，不是，是", "，说错了，", "，�
 NO_CALL_MIX = ("missing_tool", "clarify", "chat", "out_of_scope", "missing_tool", "clarify", "image", "how_to")
 NOISE_REQUEST = ("typo", "mixed", "curt", "polite", "filler", "context")
 NOISE_TALK = ("typo", "polite")
+GRAM, NEAR_DUPLICATE = 5, 0.8  # an evaluation message this close to a train message is a leak
 
 
 def held_out(entry, index: int, seed: int) -> bool:
@@ -445,17 +448,68 @@ def check_rows(splits: dict[str, list[dict]], catalog: Catalog) -> None:
             validator.check(row)
 
 
+def normalise(text: str) -> str:
+    """Text as a reader compares it: full-width folded to half-width (NFKC), case folded, punctuation and
+    whitespace dropped. "Set a timer " and "set a timer。" are the same request; the chat template trims the first."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in folded if not ch.isspace() and not unicodedata.category(ch).startswith("P"))
+
+
+def char_grams(text: str, n: int = GRAM) -> frozenset[str]:
+    return frozenset(text[i : i + n] for i in range(max(1, len(text) - n + 1)))
+
+
+class NearDuplicates:
+    """Train messages, indexed for "which one has character 5-gram Jaccard >= threshold with this text?".
+
+    Prefix filtering keeps it fast: with the grams of every message in one order (rarest first), two sets whose
+    Jaccard reaches t share a gram among the first |x| - ceil(t |x|) + 1 of each, so only those are indexed.
+    """
+
+    def __init__(self, texts, threshold: float = NEAR_DUPLICATE):
+        self.threshold = threshold
+        self.grams = {text: char_grams(text) for text in texts}
+        counts = Counter(gram for grams in self.grams.values() for gram in grams)
+        self.order = lambda gram: (counts.get(gram, 0), gram)
+        self.index: dict[str, list[str]] = {}
+        for text, grams in self.grams.items():
+            for gram in self._prefix(grams):
+                self.index.setdefault(gram, []).append(text)
+
+    def _prefix(self, grams: frozenset[str]) -> list[str]:
+        return sorted(grams, key=self.order)[: len(grams) - math.ceil(self.threshold * len(grams)) + 1]
+
+    def nearest(self, text: str) -> tuple[float, str] | None:
+        """(Jaccard, train text) of the most similar train text at or above the threshold, else None."""
+        grams = char_grams(text)
+        candidates = {other for gram in self._prefix(grams) for other in self.index.get(gram, ())}
+        scored = ((len(grams & self.grams[o]) / len(grams | self.grams[o]), o) for o in sorted(candidates))
+        best = max(scored, default=None)
+        return best if best is not None and best[0] >= self.threshold else None
+
+
 def check_leaks(splits: dict[str, list[dict]]) -> list[str]:
-    """Validation/test rows whose user message, or whose (template, values) pair, also occurs in train."""
-    users = {row["user"] for row in splits["train"]}
+    """Rows of every split but train whose user message, compared normalised, equals or nearly equals (character
+    5-gram Jaccard >= 0.8) a train message, or whose (template, values) pair occurs in train; each names the pair."""
+    train_users: dict[str, str] = {}
+    for row in splits["train"]:
+        train_users.setdefault(normalise(row["user"]), row["user"])
     pairs = {(row["template"], row["values"]) for row in splits["train"]}
+    near = NearDuplicates(train_users)
     leaks = set()
-    for name in ("validation", "test"):
+    for name in (split for split in splits if split != "train"):
         for row in splits[name]:
-            if row["user"] in users:
-                leaks.add(f"{name} user message '{row['user']}' is in train")
+            user, key = row["user"], normalise(row["user"])
+            if key in train_users:
+                same = "" if train_users[key] == user else f" as '{train_users[key]}' once normalised"
+                leaks.add(f"{name} user message '{user}' is in train{same}")
             elif (row["template"], row["values"]) in pairs:
                 leaks.add(f"{name} template '{row['template']}' with values {row['values']} is in train")
+            elif found := near.nearest(key):
+                leaks.add(
+                    f"{name} user message '{user}' nearly duplicates train's '{train_users[found[1]]}' "
+                    f"(character {GRAM}-gram Jaccard {found[0]:.2f} >= {NEAR_DUPLICATE})"
+                )
     return sorted(leaks)
 
 
@@ -464,7 +518,7 @@ def assert_no_leaks(splits: dict[str, list[dict]]) -> None:
     if leaks:
         raise UsageError(
             f"{len(leaks)} leaks from train into evaluation (e.g. {leaks[0]}); "
-            "reword that family's templates so no train family can produce the same message"
+            "reword that family's templates so no train family can produce the same or a near-identical message"
         )
 
 

@@ -25,7 +25,7 @@ from sft_router.eval_data import HEADLINE_SPLIT, load_eval_splits
 from sft_router.models import load_generation_model
 from sft_router.prompts import new_tokens_needed, render_prompts, stop_token_ids
 from sft_router.run import stage_output
-from sft_router.scoring import label_order, metric_definitions, score, target_text, write_variant
+from sft_router.scoring import label_order, metric_definitions, score, write_variant
 
 # (metrics.json key, label) in the order the comparison table and chart show them.
 COMPARED = [
@@ -300,29 +300,61 @@ def write_comparison(out: Path, by_split: dict[str, dict[str, dict]], notes: lis
 
 
 def read_jsonl_texts(path: str, fields: tuple[str, ...] = ("text",)) -> list[str]:
-    """The first of `fields` present on each line; a test-split row (from `make data`) gives its completion."""
+    """The first of `fields` present on each line; a test-split row (from `make data`) gives its completion.
+
+    Lines end at "\\n" only: a JSON string may hold U+2028 or other characters `str.splitlines()` would split at.
+    A line that is not a JSON object with a text field fails naming the file and line; blank lines are skipped.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path} ({exc.strerror or exc}): pass an existing JSONL file") from exc
     texts = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        field = next((name for name in fields if name in record), None)
-        if field is not None:
-            texts.append(record[field])
-        elif "completion" in record:
-            texts.append(target_text(record))
-        else:
-            raise UsageError(f"{path}:{number}: no `{fields[0]}` field; give each line one")
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        if raw.strip():
+            texts.append(_line_text(raw, fields, f"{path}:{number}"))
     return texts
 
 
-def score_files(predictions: str, references: str) -> dict:
+def _line_text(raw: bytes, fields: tuple[str, ...], where: str) -> str:
     try:
-        pred, ref = read_jsonl_texts(predictions, PREDICTION_FIELDS), read_jsonl_texts(references, REFERENCE_FIELDS)
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{where}: not UTF-8 ({exc.reason} at byte {exc.start}); save the file as UTF-8") from exc
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+        raise UsageError(f"{where}: not a JSON line ({reason}); fix or remove the line") from exc
+    if not isinstance(record, dict):
+        raise UsageError(f"{where}: a JSON {_json_kind(record)}, not an object; give each line a `{fields[0]}`")
+    field = next((name for name in fields if name in record), None)
+    text = record[field] if field is not None else _completion_text(record)
+    if text is None:
+        raise UsageError(f"{where}: no `{fields[0]}` field; give each line one")
+    if not isinstance(text, str):
+        raise UsageError(f"{where}: `{field or 'completion'}` is a JSON {_json_kind(text)}, not a string; fix it")
+    return text
+
+
+def _json_kind(value) -> str:
+    kinds = {bool: "boolean", int: "number", float: "number", str: "string", list: "array", dict: "object"}
+    return kinds.get(type(value), "null")
+
+
+def _completion_text(record: dict):
+    """The assistant text of a test-split row's `completion` (a list of messages), else None."""
+    completion = record.get("completion")
+    if not isinstance(completion, list) or not completion or not isinstance(completion[0], dict):
+        return None
+    return completion[0].get("content")
+
+
+def score_files(predictions: str, references: str) -> dict:
+    pred, ref = read_jsonl_texts(predictions, PREDICTION_FIELDS), read_jsonl_texts(references, REFERENCE_FIELDS)
+    try:
         if not ref:
             raise ValueError("no references")
         metrics, _ = score(pred, ref)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:
         raise UsageError(f"cannot score {predictions} against {references}: {exc}") from exc
     return metrics
 

@@ -7,7 +7,8 @@ rendered again here, as `make card` renders them, so that they name the repos of
 With HF_TOKEN each folder becomes one commit (new and changed files, the card, and deletions of files the run no
 longer makes), its message naming the recipe and the project's git commit; a folder whose files all match the
 remote tree makes no commit. A repo is never left half-pushed: it is created and filled in the same publish, and
-deleted again if that commit fails. Without HF_TOKEN the folders stay staged and the command that pushes them
+deleted again if that commit fails or the publish is stopped (Ctrl-C or SIGTERM, e.g. a CI timeout); if even that
+deletion fails (the connection is gone), the error says so and a rerun completes the repo. Without HF_TOKEN the folders stay staged and the command that pushes them
 later is printed.
 
 The dataset repo holds the parquet layout and README metadata (`configs`, `dataset_info`) that
@@ -24,6 +25,8 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,17 +174,19 @@ def push_folder(api, repo_id: str, repo_type: str, folder: Path, private: bool, 
         commit = api.create_commit(repo_id, operations, commit_message=summary, commit_description=description,
                                    repo_type=repo_type, parent_commit=head)  # fmt: skip
         return commit.oid
-    except BaseException:
-        if created:
-            _delete_quietly(api, repo_id, repo_type)
+    except BaseException as exc:
+        if created and not _delete_quietly(api, repo_id, repo_type):
+            exc.add_note(f"{repo_id} was created but not filled and could not be deleted: rerun to complete it")
         raise
 
 
-def _delete_quietly(api, repo_id: str, repo_type: str) -> None:
+def _delete_quietly(api, repo_id: str, repo_type: str) -> bool:
+    """Delete a repo this publish created; False when that failed too."""
     try:
         api.delete_repo(repo_id, repo_type=repo_type, missing_ok=True)
     except Exception:  # the push's own error is the one to report; this one usually has the same cause
-        pass
+        return False
+    return True
 
 
 def check_write_access(api, ns: str) -> None:
@@ -221,19 +226,52 @@ def _hub_error(exc, ns: str, endpoint: str) -> UsageError:
     return UsageError(f"the Hub at {endpoint} refused the push (HTTP {status}: {reason}): fix that and rerun")
 
 
+def _cause(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """`exc` or the first exception it was raised from that is one of `kinds` (uploads wrap theirs in RuntimeError)."""
+    while exc is not None and not isinstance(exc, kinds):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _with_notes(message: str, exc: BaseException) -> str:
+    return "; ".join([message, *getattr(exc, "__notes__", [])])
+
+
 @contextlib.contextmanager
 def hub_errors_as_usage_errors(ns: str, endpoint: str):
-    """Turn the client's HTTP and network errors into one line naming the cause and the fix."""
+    """Turn the client's HTTP and network errors, also those wrapped by an upload, into one line naming the fix."""
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
         yield
-    except HfHubHTTPError as exc:
-        raise _hub_error(exc, ns, endpoint) from exc
-    except network_errors() as exc:
-        raise UsageError(
-            f"cannot reach the Hub at {endpoint} ({type(exc).__name__}): check the network or HF_ENDPOINT, then rerun"
-        ) from exc
+    except (HfHubHTTPError, RuntimeError, *network_errors()) as exc:
+        cause = _cause(exc, (HfHubHTTPError, *network_errors()))
+        if cause is None:
+            raise
+        if isinstance(cause, HfHubHTTPError):
+            raise UsageError(_with_notes(str(_hub_error(cause, ns, endpoint)), exc)) from exc
+        message = f"cannot reach the Hub at {endpoint} ({type(cause).__name__}): check the network or HF_ENDPOINT"
+        raise UsageError(_with_notes(message, exc) + ", then rerun") from exc
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (a CI timeout, `kill`), raised like Ctrl-C so that the same cleanup runs."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    def stop(signum, frame):
+        raise Stopped()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def connect(recipe, token: str):
@@ -257,14 +295,39 @@ def push_staged(api, recipe, staged: dict[str, Path]) -> dict[str, str | None]:
         }
 
 
+def check_repo_ids(ids: dict[str, str]) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    for kind, repo_id in ids.items():
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError as exc:
+            raise UsageError(
+                f"'{repo_id}' is not a valid Hub repo id for the {kind} repo: use letters, digits, '-', '_' and '.' "
+                f"in HUB_NAMESPACE and `{kind}_repo` (at most 96 characters)"
+            ) from exc
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
+    with sigterm_as_interrupt():
+        try:
+            publish(argv)
+        except KeyboardInterrupt as exc:
+            how = "SIGTERM" if isinstance(exc, Stopped) else "Ctrl-C"
+            notes = "; ".join(getattr(exc, "__notes__", [])) or "no repo was left half-filled"
+            print(f"error: publish stopped by {how}: {notes}; rerun to publish", file=sys.stderr)
+            raise SystemExit(130 if how == "Ctrl-C" else 143) from None
+
+
+def publish(argv: list[str] | None) -> None:
     recipe, command = parse_recipe(argv, extra=(PublishCommand,))
     kinds = [command.only] if command.only else list(STAGERS)
     if any(kind not in STAGERS for kind in kinds):
         raise UsageError(f"--only {command.only}: choose one of {', '.join(STAGERS)}")
     stage = "hub-data" if kinds == ["dataset"] else "hub"
     ids = repo_ids(recipe)
+    check_repo_ids({kind: ids[kind] for kind in kinds})
     token = os.environ.get("HF_TOKEN")
     api = connect(recipe, token) if token else None
     with stage_output(recipe, stage, repos={k: ids[k] for k in kinds}) as (out, facts):

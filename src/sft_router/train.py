@@ -27,16 +27,43 @@ from transformers.utils import ModelOutput
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.models import load_base_model, load_tokenizer
-from sft_router.run import stage_output
+from sft_router.run import fingerprint, is_current, stage_output
 
 # Logits held at once by the completion head: 2**26 fp32 values is 256 MiB, ~256 positions of Gemma's vocabulary.
 LOGITS_PER_CHUNK = 2**26
 
 
-def last_checkpoint(output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
-    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+
+def complete_checkpoint(folder: Path) -> bool:
+    """A checkpoint a kill did not interrupt: its trainer state and weights are both on disk."""
+    return (folder / "trainer_state.json").is_file() and any((folder / name).is_file() for name in WEIGHTS)
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    """The newest complete checkpoint; incomplete ones (a kill while saving) are removed with a one-line note."""
+    folder = Path(output_dir)
+    numbered = [p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    for checkpoint in sorted(numbered, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if complete_checkpoint(checkpoint):
+            return str(checkpoint)
+        print(f"train: skipping incomplete {checkpoint} (interrupted while saving); removing it")
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
+
+
+def checkpoints_for(recipe) -> None:
+    """Keep runs/<name>/train/ only if it was trained from the same inputs; checkpoints of other inputs go."""
+    folder, current = Path(recipe.training.output_dir), fingerprint(recipe, "adapter")
+    stamp = folder / "inputs.sha256"
+    checkpoints = sorted(folder.glob("checkpoint-*"))
+    if checkpoints and (not stamp.is_file() or stamp.read_text().strip() != current):
+        print(f"train: {folder} holds checkpoints of other inputs; removing them and training from the start")
+        for checkpoint in checkpoints:
+            shutil.rmtree(checkpoint)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(current + "\n")
 
 
 @dataclass
@@ -210,6 +237,9 @@ def train(recipe, callbacks=()) -> Path | None:
     if recipe.training.completion_only_loss is False:
         raise UsageError(f"{recipe.path}: completion_only_loss must stay true; the router learns only its answers")
     trainer = build_trainer(recipe, callbacks)
+    if trainer.is_world_process_zero():
+        checkpoints_for(recipe)
+    trainer.accelerator.wait_for_everyone()
     resume = last_checkpoint(recipe.training.output_dir)
     start = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
@@ -232,8 +262,8 @@ def log_losses(adapter_dir: Path) -> list[float]:
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
     (recipe,) = parse_recipe(argv)
-    if recipe.stage_dir("adapter").joinpath("manifest.json").is_file():
-        print(f"train: {recipe.stage_dir('adapter')} is finished; delete it to retrain")
+    if is_current(recipe, "adapter"):
+        print(f"train: {recipe.stage_dir('adapter')} is finished and made from these inputs; delete it to retrain")
         return
     start = time.time()
     out = train(recipe)

@@ -1,0 +1,219 @@
+"""Stages that cannot lose a finished result, and stale means rerun: atomic replacement, leftovers of dead runs,
+incomplete checkpoints, and the per-stage input fingerprints that make compares."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY, copy_recipe
+
+from sft_router import run, train
+from sft_router.config import parse_recipe
+from sft_router.run import STAGE_INPUTS, fingerprint, stage_output, write_fingerprints
+
+
+@pytest.fixture
+def recipe(workspace):
+    return parse_recipe(["--config", TINY])[0]
+
+
+def finish(recipe, stage: str, files: dict[str, str]) -> Path:
+    with stage_output(recipe, stage) as (out, _):
+        for name, text in files.items():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text(text)
+    return recipe.stage_dir(stage)
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_failing_stage_keeps_the_finished_one(recipe):
+    final = finish(recipe, "dataset", {"rows.txt": "old"})
+    with pytest.raises(RuntimeError), stage_output(recipe, "dataset") as (out, _):
+        (out / "rows.txt").write_text("half")
+        raise RuntimeError("killed midway")
+    assert (final / "rows.txt").read_text() == "old" and (final / "manifest.json").is_file()
+    assert sorted(p.name for p in final.parent.iterdir()) == ["dataset"]
+
+
+def test_an_undeletable_file_in_the_old_stage_loses_nothing(recipe, monkeypatch, capsys):
+    final = finish(recipe, "dataset", {"stuck/rows.txt": "old"})
+    unlink = os.unlink
+
+    def refuse(path, *args, **kwargs):  # the file system refuses to delete this one file
+        if os.fspath(path) == "rows.txt":
+            raise PermissionError(1, "Operation not permitted", "rows.txt")
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    finish(recipe, "dataset", {"rows.txt": "new"})
+    assert (final / "rows.txt").read_text() == "new" and not (final / "stuck").exists()
+    assert json.loads((final / "manifest.json").read_text())["stage"] == "dataset"
+    note = capsys.readouterr().err.strip().splitlines()
+    assert len(note) == 1 and note[0].startswith("note: could not remove") and "by hand" in note[0]
+    assert [p.name for p in final.parent.glob(".dataset.old-*")] == [f".dataset.old-{os.getpid()}"]
+    monkeypatch.setattr(os, "unlink", unlink)
+    finish(recipe, "dataset", {"rows.txt": "newer"})  # the next run of the stage removes the leftover
+    assert sorted(p.name for p in final.parent.iterdir()) == ["dataset"]
+
+
+def test_leftovers_of_dead_runs_are_cleaned_and_a_stage_moved_aside_comes_back(recipe):
+    final = finish(recipe, "adapter", {"weights": "finished"})
+    pid = dead_pid()
+    (final.parent / f".adapter.tmp-{pid}").mkdir()
+    (final.parent / f".hub.tmp-{pid}").mkdir()  # another stage's leftover waits for that stage
+    final.rename(final.parent / f".adapter.old-{pid}")  # killed between moving the old one aside and the new one in
+    run.clean_leftovers(final)
+    assert (final / "weights").read_text() == "finished"
+    assert sorted(p.name for p in final.parent.iterdir()) == [f".hub.tmp-{pid}", "adapter"]
+
+
+def test_a_live_runs_folders_are_left_alone(recipe):
+    final = finish(recipe, "gguf", {"model.gguf": "x"})
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (final.parent / f".gguf.tmp-{live.pid}").mkdir()
+        run.clean_leftovers(final)
+        assert (final.parent / f".gguf.tmp-{live.pid}").is_dir()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def checkpoint(folder: Path, step: int, files: tuple[str, ...]) -> Path:
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    for name in files:
+        (path / name).write_text("{}")
+    return path
+
+
+def test_resume_skips_checkpoints_a_kill_interrupted(tmp_path, capsys):
+    complete = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt")
+    checkpoint(tmp_path, 2, complete)
+    checkpoint(tmp_path, 10, complete)
+    no_state = checkpoint(tmp_path, 12, ("adapter_model.safetensors",))  # killed before trainer_state.json
+    no_weights = checkpoint(tmp_path, 14, ("trainer_state.json",))
+    empty = checkpoint(tmp_path, 16, ())
+    assert train.last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
+    notes = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[3] for line in notes] == [str(empty), str(no_weights), str(no_state)]
+    assert all(line.startswith("train: skipping incomplete") for line in notes)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10", "checkpoint-2"]
+    assert train.last_checkpoint(str(tmp_path / "nothing")) is None
+
+
+def changed(workspace: Path, replace: dict[str, str]):
+    path = copy_recipe(TINY, workspace / "tiny/router.yaml", replace)
+    return parse_recipe(["--config", str(path)])[0]
+
+
+BELOW = {"dataset": {"dataset", "adapter", "merged", "gguf", "eval", "card", "hub-data", "hub"},
+         "adapter": {"adapter", "merged", "gguf", "eval", "card", "hub"}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("replace", "rerun"),
+    [
+        ({"learning_rate: 5.0e-3": "learning_rate: 1.0e-3"}, BELOW["adapter"]),
+        ({"num_train: 96": "num_train: 95"}, BELOW["dataset"]),
+        ({"eval_batch_size: 8": "eval_batch_size: 4"}, {"eval", "card", "hub"}),
+        ({"gguf_outtypes: [q8_0]": "gguf_outtypes: [f16]"}, {"gguf", "eval", "card", "hub"}),
+        ({"model_repo: tiny-router": "model_repo: other-router"}, {"card", "hub", "hub-data"}),
+        ({"# Tiny CPU recipe": "# A comment"}, set()),
+    ],
+    ids=["learning_rate", "num_train", "eval_batch_size", "gguf_outtypes", "model_repo", "comment"],
+)
+def test_editing_what_a_stage_reads_changes_its_fingerprint_and_those_below_only(workspace, replace, rerun):
+    before, after = changed(workspace, {}), changed(workspace, replace)
+    assert {stage for stage in STAGE_INPUTS if fingerprint(before, stage) != fingerprint(after, stage)} == rerun
+
+
+def test_editing_the_catalog_file_reruns_the_dataset_and_everything_below(workspace):
+    catalog = workspace / "catalog.yaml"
+    catalog.write_text((ROOT / "recipes/gemma-3-270m-it/catalog.yaml").read_text())
+    recipe = changed(workspace, {"recipes/gemma-3-270m-it/catalog.yaml": str(catalog)})
+    before = {stage: fingerprint(recipe, stage) for stage in STAGE_INPUTS}
+    catalog.write_text(catalog.read_text() + "\n# one more line\n")
+    assert {stage for stage in STAGE_INPUTS if fingerprint(recipe, stage) != before[stage]} == BELOW["dataset"]
+
+
+def test_fingerprint_files_change_only_with_their_inputs_and_date_back_to_a_matching_stage(workspace):
+    recipe = changed(workspace, {})
+    manifest = finish(recipe, "dataset", {"rows.txt": "x"}) / "manifest.json"
+    made = time.time() - 3600
+    os.utime(manifest, (made, made))  # a run made an hour ago, before the fingerprint files existed
+    assert write_fingerprints(recipe) == []
+    inputs = recipe.run_dir / ".inputs"
+    assert sorted(p.stem for p in inputs.iterdir()) == sorted(STAGE_INPUTS)
+    assert (inputs / "dataset.sha256").stat().st_mtime_ns == manifest.stat().st_mtime_ns  # make: current
+    times = {p.name: p.stat().st_mtime_ns for p in inputs.iterdir()}
+    write_fingerprints(recipe)
+    assert {p.name: p.stat().st_mtime_ns for p in inputs.iterdir()} == times  # unchanged inputs: untouched
+    edited = changed(workspace, {"num_train: 96": "num_train: 90"})
+    assert write_fingerprints(edited) == [inputs / "dataset.sha256"]
+    assert (inputs / "dataset.sha256").stat().st_mtime > manifest.stat().st_mtime  # make sees it stale
+    assert (inputs / "dataset.sha256").read_text() == fingerprint(edited, "dataset") + "\n"
+
+
+def test_a_finished_adapter_of_other_inputs_is_trained_again(workspace, monkeypatch, capsys):
+    recipe = changed(workspace, {})
+    finish(recipe, "adapter", {"adapter_model.safetensors": "old"})
+    old_checkpoint = checkpoint(Path(recipe.training.output_dir), 6, ("trainer_state.json", "model.safetensors"))
+
+    class Trained(Exception):
+        pass
+
+    def trains(*args, **kwargs):
+        raise Trained
+
+    monkeypatch.setattr(train, "build_trainer", trains)  # stands for loading the model: it says whether train ran
+    train.main(["--config", str(recipe.path)])
+    assert "is finished and made from these inputs" in capsys.readouterr().out
+    edited = changed(workspace, {"learning_rate: 5.0e-3": "learning_rate: 1.0e-3"})
+    with pytest.raises(Trained):
+        train.main(["--config", str(edited.path)])
+    train.checkpoints_for(edited)  # what train() does before resuming: checkpoints of other inputs go
+    assert not old_checkpoint.exists() and "other inputs" in capsys.readouterr().out
+
+
+def make(workspace: Path, target: str) -> list[str]:
+    """`make <target>` for the recipe tiny/router.yaml with stand-in stages; returns the stages it ran."""
+    stand_in = workspace / "stage.sh"
+    stand_in.write_text(
+        f'#!/bin/sh\nif [ "$2" = sft_router.run ]; then exec {sys.executable} "$@"; fi\n'
+        'stage=$(echo "$2" | sed "s/sft_router.//; s/^train$/adapter/; s/^data$/dataset/")\n'
+        'echo "$stage" >> stages.log\nmkdir -p runs/tiny/$stage\n'
+        'printf \'{"fingerprint": "%s"}\' $(cat runs/tiny/.inputs/$stage.sha256) > runs/tiny/$stage/manifest.json\n'
+    )
+    stand_in.chmod(0o755)
+    (workspace / "stages.log").write_text("")
+    skip = str(ROOT / "pyproject.toml")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = ["make", "-f", str(ROOT / "Makefile"), target, "RECIPE=tiny/router.yaml", f"PY={stand_in}",
+               f"VENV={skip}", "-o", skip]  # fmt: skip
+    result = subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return (workspace / "stages.log").read_text().split()
+
+
+def test_make_reruns_a_stage_whose_inputs_changed_and_nothing_else(workspace):
+    recipe = changed(workspace, {})
+    finish(recipe, "dataset", {"rows.txt": "x"})
+    finish(recipe, "adapter", {"adapter_model.safetensors": "x"})
+    # (that make reruns nothing when nothing changed: the `published` fixture of test_publish.py)
+    changed(workspace, {"learning_rate: 5.0e-3": "learning_rate: 1.0e-3", "eval_batch_size: 8": "eval_batch_size: 4"})
+    assert make(workspace, "train") == ["adapter"]  # a training key: train again, not the data; an eval key: not yet
+    assert json.loads((workspace / "runs/tiny/adapter/manifest.json").read_text())["fingerprint"] == fingerprint(
+        parse_recipe(["--config", "tiny/router.yaml"])[0], "adapter"
+    )
