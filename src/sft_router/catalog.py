@@ -60,6 +60,10 @@ def item_split(index: int) -> str:
 
 TEXTS = {"type": "array", "items": {"type": "string", "minLength": 1}}
 SCALAR = {"type": ["string", "number", "integer", "boolean"]}
+BY_LANG = {"type": "object", "properties": {lang: {"type": "string", "minLength": 1} for lang in LANGS}}
+# A pool entry: a value copied as written, a {text, value} pair, or a record ({song, artist}) filling several slots.
+POOL = {"type": "array", "items": {"anyOf": [SCALAR, {"type": "object", "minProperties": 1,
+                                                       "properties": {"text": {"type": "string"}}}]}}  # fmt: skip
 # The catalog file's own format, checked before anything reads it: every field's type, so that a wrong one fails in
 # one line naming its place (`zh` given as a string would otherwise be read character by character). Unknown keys are
 # allowed, so that a new catalog key needs only a line here; extend this dict as the format grows.
@@ -80,6 +84,10 @@ CATALOG_SCHEMA = {
                     "description": {"type": "string", "minLength": 1},
                     "parameters": {"type": "object"},
                     "pools": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "feature": BY_LANG,
+                    "how": BY_LANG,
+                    "ask": {"type": ["object", "null"], "additionalProperties": BY_LANG},
+                    "clarify": {"type": ["object", "null"], "properties": {lang: TEXTS for lang in LANGS}},
                     "families": {
                         "type": "array",
                         "items": {
@@ -98,19 +106,8 @@ CATALOG_SCHEMA = {
             "type": "object",
             "additionalProperties": {
                 "type": "object",
-                "additionalProperties": {
-                    "type": "array",
-                    "items": {
-                        "oneOf": [
-                            SCALAR,
-                            {
-                                "type": "object",
-                                "required": ["text", "value"],
-                                "properties": {"text": {"type": "string"}},
-                            },
-                        ]
-                    },
-                },
+                "properties": {"names": {"type": "boolean"}, "correctable": {"type": "boolean"}},
+                "additionalProperties": POOL,
             },
         },
         "no_call": {
@@ -120,6 +117,19 @@ CATALOG_SCHEMA = {
                 "items": {"type": "object", "additionalProperties": {"type": "string"}},
             },
         },
+        "replies": {"type": "object", "additionalProperties": BY_LANG},
+        "confusable": {"type": "array", "items": {"type": "array", "minItems": 2, "items": {"type": "string"}}},
+        "unseen_tools": {"type": "array", "items": {"type": "string"}},
+        "procedural": {
+            "type": "object",
+            "properties": {
+                "leads": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+                "objects": {"type": "array"},
+                "params": {"type": "array"},
+                "verbs": {"type": "object"},
+            },
+        },
+        "noise": {"type": "object", "additionalProperties": {"type": "object"}},
     },
 }
 
