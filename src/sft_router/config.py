@@ -44,6 +44,16 @@ class EvalArguments:
     eval_max_new_tokens: int = field(default=96, metadata={"help": "Most tokens generated per test prompt."})
     eval_batch_size: int = field(default=16, metadata={"help": "Prompts decoded together (left padded)."})
     eval_limit: int | None = field(default=None, metadata={"help": "Score only the first N test rows (None: all)."})
+    bfcl_categories: list[str] = field(
+        default_factory=list,
+        metadata={"help": "BFCL v4 categories `make eval` also scores (simple_python, multiple, irrelevance); "
+                  "empty: none (`make bfcl` then scores all three)."},
+    )  # fmt: skip
+    bfcl_limit: int | None = field(
+        default=None,
+        metadata={"help": "Cases per BFCL category: a seeded sample, the same for every variant (None: all)."},
+    )
+    bfcl_max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per BFCL case."})
 
 
 @dataclass

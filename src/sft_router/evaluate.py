@@ -2,7 +2,8 @@
 
 Writes runs/<name>/eval/<variant>/{metrics.json,predictions.jsonl} for each variant (baseline, finetuned),
 then runs/<name>/eval/comparison.md (a table of every variant, with bootstrap intervals, per-tool F1 and
-confusion tables) and comparison.png (a bar chart). Generation is batched greedy decoding with left
+confusion tables) and comparison.png (a bar chart). When the recipe sets `bfcl_categories`, BFCL v4 is scored
+too (sft_router.bfcl, into runs/<name>/eval/bfcl/) and its table joins comparison.md. Generation is batched greedy decoding with left
 padding and the KV cache, stopping at <end_of_turn>; `eval_batch_size` and `eval_max_new_tokens` come
 from the recipe.
 
@@ -19,8 +20,8 @@ import sys
 from pathlib import Path
 
 from sft_router.errors import UsageError, one_line_errors
-from sft_router.models import load_generation_model
-from sft_router.prompts import render_prompts, stop_token_ids
+from sft_router.models import generate, load_generation_model
+from sft_router.prompts import render_prompts
 from sft_router.run import stage_output
 from sft_router.scoring import label_order, metric_definitions, score, target_text, write_variant
 
@@ -42,29 +43,6 @@ CHARTED = ["exact_match_rate", "tool_name_accuracy", "average_argument_f1", "jso
            "exact_match_rate_strict", "no_call_accuracy"]  # fmt: skip
 PREDICTION_FIELDS = ("text", "output")  # `output`: a predictions.jsonl written here
 REFERENCE_FIELDS = ("text", "expected")  # `expected`: a predictions.jsonl; a test-split row gives its completion
-
-
-def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, desc: str = "generate"):
-    """Greedy completions in the prompts' order, `batch_size` prompts at a time, left padded; specials stripped."""
-    import torch
-    from tqdm.auto import tqdm
-
-    tokenizer.padding_side = "left"
-    # Longest first, so that prompts batched together are of similar length and padding wastes little.
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
-    outputs: list[str] = [""] * len(prompts)
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
-        indices = order[start : start + batch_size]
-        batch = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True,
-                          add_special_tokens=False).to(model.device)  # fmt: skip
-        with torch.inference_mode():
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                       eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        texts = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-        for index, text in zip(indices, texts):
-            outputs[index] = text.strip()
-    return outputs
 
 
 def evaluate_model(model, tokenizer, rows, recipe, out: Path, desc: str) -> dict:
@@ -94,6 +72,7 @@ def model_variants(recipe, adapter: Path):
 
 
 def run_eval(recipe) -> dict:
+    from sft_router.bfcl import run_bfcl  # BFCL v4 with BFCL's checker, when the recipe sets bfcl_categories
     from sft_router.gguf_eval import evaluate_gguf  # the Q8_0 GGUF under llama.cpp, free and grammar-constrained
     from sft_router.models import load_tokenizer
 
@@ -107,8 +86,10 @@ def run_eval(recipe) -> dict:
         for name, model in model_variants(recipe, adapter):
             results[name] = evaluate_model(model, tokenizer, rows, recipe, out / name, name)
         results.update(evaluate_gguf(recipe, tokenizer, rows, out))
-        write_comparison(out, results)
+        bfcl = run_bfcl(recipe, tokenizer, out / "bfcl") if recipe.eval.bfcl_categories else {}
+        write_comparison(out, results, bfcl)
         facts["metrics"] = {name: headline(metrics) for name, metrics in results.items()}
+        facts["bfcl"] = {name: metrics["categories"] for name, metrics in bfcl.items()}
     return results
 
 
@@ -205,9 +186,12 @@ def _error_bar(metrics: dict, key: str) -> tuple[float, float]:
     return max(metrics[key] - low, 0.0), max(high - metrics[key], 0.0)
 
 
-def write_comparison(out: Path, results: dict[str, dict]) -> None:
-    """comparison.md and comparison.png over whatever variants were scored."""
-    (out / "comparison.md").write_text(comparison_markdown(results), encoding="utf-8")
+def write_comparison(out: Path, results: dict[str, dict], bfcl: dict[str, dict] | None = None) -> None:
+    """comparison.md and comparison.png over whatever variants were scored (BFCL's table too, when it ran)."""
+    from sft_router.bfcl import bfcl_section
+
+    page = comparison_markdown(results) + (f"\n{bfcl_section(bfcl)}" if bfcl else "")
+    (out / "comparison.md").write_text(page, encoding="utf-8")
     plot_comparison(results, out / "comparison.png")
 
 
@@ -262,6 +246,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, metrics in results.items():
         print(f"eval {name}: exact_match={_cell(metrics, 'exact_match_rate')} "
               f"arg_f1={_cell(metrics, 'average_argument_f1')}")  # fmt: skip
+    if recipe.eval.bfcl_categories:
+        from sft_router.bfcl import show
+
+        show(recipe)
     print(f"comparison: {recipe.stage_dir('eval') / 'comparison.md'}")
 
 

@@ -1,13 +1,15 @@
 """Model and tokenizer loading shared by the stages: the recipe's base (or trained) weights, its tokenizer with the
-recipe's chat template, and the tokenizer files llama.cpp's converter needs.
+recipe's chat template, the tokenizer files llama.cpp's converter needs, and batched greedy generation.
 
-Usage: from sft_router.models import load_tokenizer, load_base_model, load_trained_model
+Usage: from sft_router.models import load_tokenizer, load_base_model, load_trained_model, generate
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from sft_router.prompts import stop_token_ids
 
 
 def load_tokenizer(recipe, source: str | None = None):
@@ -82,3 +84,26 @@ def added_tokens_decoder(folder: Path) -> dict:
     config = json.loads((folder / "tokenizer_config.json").read_text())
     decoder = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
     return {**decoder, **config.get("added_tokens_decoder", {})}
+
+
+def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, desc: str = "generate"):
+    """Greedy completions in the prompts' order, `batch_size` prompts at a time, left padded; specials stripped."""
+    import torch
+    from tqdm.auto import tqdm
+
+    tokenizer.padding_side = "left"
+    # Longest first, so that prompts batched together are of similar length and padding wastes little.
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    outputs: list[str] = [""] * len(prompts)
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
+        indices = order[start : start + batch_size]
+        batch = tokenizer([prompts[i] for i in indices], return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(model.device)  # fmt: skip
+        with torch.inference_mode():
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                       eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        texts = tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        for index, text in zip(indices, texts):
+            outputs[index] = text.strip()
+    return outputs

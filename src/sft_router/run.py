@@ -54,7 +54,7 @@ def read_manifest(stage_dir: Path) -> dict | None:
 def stage_output(recipe, stage: str, **facts):
     """Yield a temporary folder for `stage`; on success write its manifest and move it to runs/<name>/<stage>."""
     final = recipe.stage_dir(stage)
-    tmp = final.parent / f".{stage}.tmp-{os.getpid()}"
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"  # a nested stage (eval/bfcl) too
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     start = time.time()
