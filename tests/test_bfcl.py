@@ -219,3 +219,19 @@ def test_make_eval_scores_bfcl_for_both_variants(tiny_run):
     assert bfcl.bfcl_table(results) in (eval_dir / "comparison.md").read_text()
     assert (eval_dir / "bfcl" / "bfcl.png").stat().st_size > 10_000
     assert json.loads((eval_dir / "manifest.json").read_text())["bfcl"]["baseline"]["irrelevance"]["cases"] == 3
+
+
+def test_card_and_results_table_carry_bfcl_beside_the_cited_reference(tiny_run):
+    from sft_router.results import results_table, run_summary
+
+    run = tiny_run / "runs/tiny"
+    table = bfcl.bfcl_table(bfcl.read_bfcl(run / "eval"))
+    card, gguf_card = (run / "card/README.md").read_text(), (run / "card/gguf/README.md").read_text()
+    assert table in card and "## BFCL v4" in card and "![BFCL v4](bfcl.png)" in card
+    assert (run / "card/bfcl.png").is_file() and "| FunctionGemma 270M (cited) |" in card
+    finetuned = bfcl.read_bfcl(run / "eval")["finetuned"]
+    for category, scores in finetuned["categories"].items():
+        entry = f"name: BFCL v4\n      type: {bfcl.BFCL_DATASET_ID}\n      split: {category}"
+        assert entry in card and f"value: {round(scores['accuracy'], 4)}" in card
+        assert (entry in gguf_card) == finetuned["runtime"].startswith("llama.cpp")
+    assert table in results_table(run_summary(run))

@@ -52,6 +52,7 @@ BFCL_EVAL_VERSION = "2026.3.23"  # the same pin as pyproject.toml (tests/test_bf
 CATEGORIES = ("simple_python", "multiple", "irrelevance")
 SAMPLE_SEED = 0  # `bfcl_limit` draws the same cases for every variant and every recipe
 CHECKER_MODEL_NAME = "sft-router"
+BFCL_DATASET_ID = "gorilla-llm/Berkeley-Function-Calling-Leaderboard"  # where BFCL publishes its data on the Hub
 INSTALL_HINT = f"run `make install` (installs bfcl-eval=={BFCL_EVAL_VERSION} without its dependencies)"
 # Cited, not measured: Google's FunctionGemma model card (BFCL simple and irrelevance accuracy).
 REFERENCE = {

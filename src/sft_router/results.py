@@ -2,7 +2,8 @@
 
 For every run under runs/ whose recipe exists, the table gives the command, the machine, the wall time of
 each stage (from the stage manifests) and the headline metrics with their bootstrap intervals (from
-runs/<name>/eval/*/metrics.json). The tables sit between marker comments, so the prose around them stays.
+runs/<name>/eval/*/metrics.json), then BFCL v4 accuracy when the run scored it (runs/<name>/eval/bfcl/). The
+tables sit between marker comments, so the prose around them stays.
 
 Usage: python -m sft_router.results            (after `make all`, `make demo` or `make smoke`)
 """
@@ -13,6 +14,7 @@ import json
 import re
 from pathlib import Path
 
+from sft_router.bfcl import bfcl_table, read_bfcl
 from sft_router.run import read_manifest
 
 STAGES = ("dataset", "adapter", "eval", "merged", "gguf", "card", "hub")
@@ -42,6 +44,7 @@ def run_summary(run_dir: Path) -> dict | None:
         "machine": first.get("hardware") or first.get("machine", "?"),
         "wall": {stage: m.get("train_wall_time_s", m["wall_time_s"]) for stage, m in manifests.items() if m},
         "metrics": metrics,
+        "bfcl": read_bfcl(eval_dir),
     }
 
 
@@ -53,6 +56,9 @@ def results_table(summary: dict) -> str:
     for variant, metrics in summary["metrics"].items():
         cells = " | ".join(_with_interval(metrics, key) for key, _ in METRICS)
         lines.append(f"| {variant} | {cells} | {metrics.get('total_samples', '-')} |")
+    if summary.get("bfcl"):  # BFCL v4 accuracy (%) with intervals, beside FunctionGemma's cited figures
+        lines += ["", "BFCL v4, graded by BFCL's own checker (accuracy %, bootstrap 95% intervals):", "",
+                  bfcl_table(summary["bfcl"])]  # fmt: skip
     return "\n".join(lines)
 
 
