@@ -299,7 +299,7 @@ def plot_bfcl(results: dict[str, dict], path: Path) -> None:
     from matplotlib.figure import Figure
 
     categories = list(dict.fromkeys(c for metrics in results.values() for c in metrics["categories"]))
-    figure = Figure(figsize=(7, 4), layout="constrained")
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     width = 0.8 / len(results)
@@ -317,7 +317,7 @@ def plot_bfcl(results: dict[str, dict], path: Path) -> None:
     axes.set_ylim(0, 105)
     axes.set_ylabel("accuracy (%)")
     axes.set_title("BFCL v4, BFCL's ast_checker; error bars: bootstrap 95% intervals", fontsize=10)
-    axes.legend(loc="upper left", fontsize=8, frameon=False)
+    figure.legend(loc="outside lower center", ncols=3, fontsize=8, frameon=False)
     figure.savefig(path, dpi=120)
 
 
