@@ -6,16 +6,18 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import sys
 import tomllib
 
 import jsonschema
 import pytest
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, make_workspace
 
 from sft_router import bfcl
 from sft_router.catalog import load_catalog, render_call, render_tool
 from sft_router.config import parse_recipe
+from sft_router.errors import UsageError
 
 SCORED = ("simple_python", "multiple")  # the categories with ground truth; irrelevance has none
 MISSING = object()
@@ -235,3 +237,26 @@ def test_card_and_results_table_carry_bfcl_beside_the_cited_reference(tiny_run):
         assert entry in card and f"value: {round(scores['accuracy'], 4)}" in card
         assert (entry in gguf_card) == finetuned["runtime"].startswith("llama.cpp")
     assert table in results_table(run_summary(run))
+
+
+def test_an_unknown_category_fails_in_one_line_naming_the_key():
+    with pytest.raises(UsageError, match="unknown BFCL category 'simple' \\(recipe key bfcl_categories\\)"):
+        bfcl.load_cases("simple")
+
+
+def test_make_bfcl_scores_into_its_own_folder_and_prints_the_table(tiny_run, tmp_path, monkeypatch, capsys):
+    """`make bfcl` on a finished run: a copy of the tiny run, so the session's eval folder stays as `make eval` left it."""
+    workspace = make_workspace(tmp_path / "ws")
+    for stage in ("dataset", "adapter", "gguf"):
+        shutil.copytree(tiny_run / "runs/tiny" / stage, workspace / "runs/tiny" / stage, symlinks=True)
+    monkeypatch.chdir(workspace)
+    bfcl.main(["--config", TINY, "--bfcl_limit", "1"])
+    bfcl.main(["--config", TINY, "--show"])
+    printed = capsys.readouterr().out
+    results = bfcl.read_bfcl(workspace / "runs/tiny/eval")
+    assert bfcl.bfcl_table(results) in printed and "(n=1)" in printed and "FunctionGemma 270M (cited)" in printed
+    manifest = json.loads((workspace / "runs/tiny/eval/bfcl/manifest.json").read_text())
+    assert manifest["stage"] == "eval/bfcl" and set(manifest["bfcl"]) == {"baseline", "finetuned"}
+    assert (workspace / "runs/tiny/eval/bfcl/summary.json").is_file() and not list(
+        (workspace / "runs/tiny/eval").glob(".*")
+    )

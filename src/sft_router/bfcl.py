@@ -103,7 +103,9 @@ def load_cases(category: str, limit: int | None = None) -> list[dict]:
     """The category's cases in file order, each with its `ground_truth` where BFCL gives one; `limit`: a seeded
     sample of that many (still in file order)."""
     if category not in CATEGORIES:
-        raise UsageError(f"unknown BFCL category '{category}': use {', '.join(CATEGORIES)}")
+        raise UsageError(
+            f"unknown BFCL category '{category}' (recipe key bfcl_categories): use {', '.join(CATEGORIES)}"
+        )
     data = package_dir() / "data"
     cases = read_jsonl(data / f"BFCL_v4_{category}.json")
     answers = data / "possible_answer" / f"BFCL_v4_{category}.json"
@@ -186,8 +188,9 @@ def write_bfcl_variant(out: Path, cases: dict[str, list[dict]], outputs: dict[st
     return metrics
 
 
-def selected_cases(recipe, categories: list[str] | None = None) -> dict[str, list[dict]]:
-    chosen = categories or recipe.eval.bfcl_categories or list(CATEGORIES)
+def selected_cases(recipe) -> dict[str, list[dict]]:
+    """The recipe's categories (all three when it names none), each limited to `bfcl_limit` cases."""
+    chosen = recipe.eval.bfcl_categories or list(CATEGORIES)
     return {category: load_cases(category, recipe.eval.bfcl_limit) for category in chosen}
 
 
@@ -241,9 +244,10 @@ def variant_answers(recipe, tokenizer, prompts: dict[str, list[str]]):
     yield "finetuned", "transformers", transformers_answers(model, tokenizer, prompts, recipe, "finetuned")
 
 
-def run_bfcl(recipe, tokenizer, out: Path, categories: list[str] | None = None) -> dict[str, dict]:
-    """Score every variant on the selected categories; write each variant's files and summary.json under `out`."""
-    cases = selected_cases(recipe, categories)
+def run_bfcl(recipe, tokenizer, out: Path, cases: dict[str, list[dict]] | None = None) -> dict[str, dict]:
+    """Score every variant on `cases` (default: the recipe's selection); write each variant's files, the table, the
+    chart and summary.json under `out`."""
+    cases = cases or selected_cases(recipe)
     template = Path(recipe.data.system_prompt).read_text(encoding="utf-8")
     prompts = rendered_prompts(tokenizer, cases, template)
     results = {}

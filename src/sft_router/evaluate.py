@@ -72,7 +72,7 @@ def model_variants(recipe, adapter: Path):
 
 
 def run_eval(recipe) -> dict:
-    from sft_router.bfcl import run_bfcl  # BFCL v4 with BFCL's checker, when the recipe sets bfcl_categories
+    from sft_router.bfcl import run_bfcl, selected_cases  # BFCL v4 with its checker, when the recipe asks
     from sft_router.gguf_eval import evaluate_gguf  # the Q8_0 GGUF under llama.cpp, free and grammar-constrained
     from sft_router.models import load_tokenizer
 
@@ -80,13 +80,14 @@ def run_eval(recipe) -> dict:
     if not (adapter / "manifest.json").is_file():
         raise UsageError(f"no finished adapter at {adapter}: run `make train RECIPE={recipe.path}` first")
     rows = load_test_rows(recipe)
+    bfcl_cases = selected_cases(recipe) if recipe.eval.bfcl_categories else {}  # a bad category fails before decoding
     tokenizer = load_tokenizer(recipe)
     results = {}
     with stage_output(recipe, "eval", test_rows=len(rows)) as (out, facts):
         for name, model in model_variants(recipe, adapter):
             results[name] = evaluate_model(model, tokenizer, rows, recipe, out / name, name)
         results.update(evaluate_gguf(recipe, tokenizer, rows, out))
-        bfcl = run_bfcl(recipe, tokenizer, out / "bfcl") if recipe.eval.bfcl_categories else {}
+        bfcl = run_bfcl(recipe, tokenizer, out / "bfcl", bfcl_cases) if bfcl_cases else {}
         write_comparison(out, results, bfcl)
         facts["metrics"] = {name: headline(metrics) for name, metrics in results.items()}
         facts["bfcl"] = {name: metrics["categories"] for name, metrics in bfcl.items()}
