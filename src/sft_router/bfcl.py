@@ -22,8 +22,9 @@ written. Every line of checking code that runs is BFCL's.
 
 Outputs: runs/<name>/eval/bfcl/<variant>/{metrics.json,predictions.jsonl}, and in runs/<name>/eval/bfcl/ the table
 (comparison.md), the chart (bfcl.png) and summary.json;
-`baseline` is the base model under transformers, `finetuned` the Q8_0 GGUF under llama.cpp when `make gguf` made
-it (else the adapter under transformers); metrics.json says which runtime scored. `make eval` runs this too when
+`baseline` is the base model under transformers; `finetuned` is the Q8_0 GGUF under llama.cpp on a CPU, where that
+runtime is the faster one (about 3x on 2 cores), else the adapter under transformers (on a GPU, or with no GGUF
+yet); metrics.json says which runtime scored. `make eval` runs this too when
 the recipe sets `bfcl_categories`; `bfcl_limit` scores a seeded sample of that many cases per category.
 
 Usage: python -m sft_router.bfcl --config recipes/gemma-3-270m-demo/router.yaml          (scores; make bfcl)
@@ -221,9 +222,13 @@ def gguf_answers(path: Path, prompts: dict[str, list[str]], recipe) -> dict[str,
 
 
 def finetuned_gguf(recipe) -> Path | None:
-    """The Q8_0 GGUF `make gguf` converted, when it and the llama.cpp runtime are there (the faster runtime)."""
+    """The Q8_0 GGUF `make gguf` converted, where llama.cpp is the faster runtime (on a CPU) and the GGUF is there."""
+    import torch
+
     from sft_router.run import gguf_path, read_manifest
 
+    if torch.cuda.is_available() and not recipe.training.use_cpu:
+        return None  # this llama.cpp build runs on the CPU; transformers on the GPU is faster
     if read_manifest(recipe.stage_dir("gguf")) is None or os.environ.get("SFT_ROUTER_GGUF_EVAL") == "skip":
         return None
     path = gguf_path(recipe, recipe.export.gguf_outtypes[0])
@@ -231,17 +236,17 @@ def finetuned_gguf(recipe) -> Path | None:
 
 
 def variant_answers(recipe, tokenizer, prompts: dict[str, list[str]]):
-    """(variant, runtime, answers) for the base model, then the fine-tuned one (GGUF when there is one)."""
-    from sft_router.models import load_generation_model, load_trained_model
+    """(variant, runtime, answers) for the base model, then the fine-tuned one (its GGUF where that is faster)."""
+    from sft_router.models import load_finetuned_generation_model, load_generation_model
 
-    yield "baseline", "transformers", transformers_answers(load_generation_model(recipe), tokenizer, prompts,
-                                                           recipe, "baseline")  # fmt: skip
+    model = load_generation_model(recipe)
+    yield "baseline", "transformers", transformers_answers(model, tokenizer, prompts, recipe, "baseline")
     path = finetuned_gguf(recipe)
     if path is not None:
         yield "finetuned", f"llama.cpp ({path.name})", gguf_answers(path, prompts, recipe)
         return
-    model = load_trained_model(recipe).eval()
-    yield "finetuned", "transformers", transformers_answers(model, tokenizer, prompts, recipe, "finetuned")
+    finetuned = load_finetuned_generation_model(recipe, model, recipe.stage_dir("adapter"))
+    yield "finetuned", "transformers", transformers_answers(finetuned, tokenizer, prompts, recipe, "finetuned")
 
 
 def run_bfcl(recipe, tokenizer, out: Path, cases: dict[str, list[dict]] | None = None) -> dict[str, dict]:

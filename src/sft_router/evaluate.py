@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from sft_router.errors import UsageError, one_line_errors
-from sft_router.models import generate, load_generation_model
+from sft_router.models import generate, load_finetuned_generation_model, load_generation_model
 from sft_router.prompts import render_prompts
 from sft_router.run import stage_output
 from sft_router.scoring import label_order, metric_definitions, score, target_text, write_variant
@@ -61,14 +61,9 @@ def load_test_rows(recipe) -> list[dict]:
 
 def model_variants(recipe, adapter: Path):
     """(name, model) for each model scored: the base model, then the same weights with the adapter."""
-    from peft import PeftModel
-
     model = load_generation_model(recipe)
     yield "baseline", model
-    if (adapter / "adapter_config.json").is_file():
-        yield "finetuned", PeftModel.from_pretrained(model, str(adapter)).eval()
-    else:  # full fine-tuning (`use_peft: false`): the adapter folder holds the whole model
-        yield "finetuned", load_generation_model(recipe, source=str(adapter))
+    yield "finetuned", load_finetuned_generation_model(recipe, model, adapter)
 
 
 def run_eval(recipe) -> dict:

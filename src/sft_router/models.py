@@ -62,6 +62,16 @@ def load_generation_model(recipe, source: str | None = None):
     return model.to("cuda") if torch.cuda.is_available() and not recipe.training.use_cpu else model
 
 
+def load_finetuned_generation_model(recipe, base, adapter: Path):
+    """The fine-tuned model for generation: `base` (from load_generation_model) with the LoRA adapter, or, after
+    full fine-tuning (`use_peft: false`), the whole model the adapter folder holds."""
+    if (adapter / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, str(adapter)).eval()
+    return load_generation_model(recipe, source=str(adapter))
+
+
 def base_file(recipe, filename: str) -> Path:
     """A file of the base model's repo: from its local folder, else from the Hub (cached)."""
     from huggingface_hub import hf_hub_download
