@@ -23,7 +23,7 @@ written. Every line of checking code that runs is BFCL's.
 Outputs: runs/<name>/eval/bfcl/<variant>/{metrics.json,predictions.jsonl}, and in runs/<name>/eval/bfcl/ the table
 (comparison.md), the chart (bfcl.png) and summary.json;
 `baseline` is the base model under transformers; `finetuned` is the Q8_0 GGUF under llama.cpp on a CPU, where that
-runtime is the faster one (about 3x on 2 cores), else the adapter under transformers (on a GPU, or with no GGUF
+runtime is the faster one, else the adapter under transformers (on a GPU, or with no GGUF
 yet); metrics.json says which runtime scored. `make eval` runs this too when
 the recipe sets `bfcl_categories`; `bfcl_limit` scores a seeded sample of that many cases per category.
 
