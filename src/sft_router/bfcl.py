@@ -20,12 +20,11 @@ stood in, during the import only, by a mapping with a single entry for this rout
 the router is shown BFCL's function names with their dots and answers with them, so names are compared as
 written. Every line of checking code that runs is BFCL's.
 
-Outputs: runs/<name>/eval/bfcl/<variant>/{metrics.json,predictions.jsonl}, and in runs/<name>/eval/bfcl/ the table
-(comparison.md), the chart (bfcl.png) and summary.json;
-`baseline` is the base model under transformers; `finetuned` is the Q8_0 GGUF under llama.cpp on a CPU, where that
-runtime is the faster one, else the adapter under transformers (on a GPU, or with no GGUF
-yet); metrics.json says which runtime scored. `make eval` runs this too when
-the recipe sets `bfcl_categories`; `bfcl_limit` scores a seeded sample of that many cases per category.
+Outputs: runs/<name>/eval/bfcl/<variant>/{metrics.json,predictions.jsonl}, and in runs/<name>/eval/bfcl/ the
+table (comparison.md), the chart (bfcl.png) and summary.json. `baseline` is the base model under transformers;
+`finetuned` is the Q8_0 GGUF under llama.cpp on a CPU, where that runtime is the faster one, else the adapter under
+transformers (on a GPU, or with no GGUF yet); metrics.json says which runtime scored. `make eval` runs this too
+when the recipe sets `bfcl_categories`; `bfcl_limit` scores a seeded sample of that many cases per category.
 
 Usage: python -m sft_router.bfcl --config recipes/gemma-3-270m-demo/router.yaml          (scores; make bfcl)
        python -m sft_router.bfcl --config recipes/gemma-3-270m-demo/router.yaml --show   (prints the table)
