@@ -7,8 +7,10 @@ recipe's system prompt with `{tools}` filled by the case's functions in the rout
 becomes `object`, `float` `number`, `tuple` `array`, `any` `string`), then the question as the user message.
 Greedy decoding; the answer is parsed by the project's lenient parser (`scoring.parse_lenient`) into
 `[{name: arguments}]`, the shape BFCL's decoders hand its checker, and graded by BFCL's `ast_checker` unchanged.
-An irrelevance case is right when the answer attempts no call (`scoring.attempted_call`), as BFCL counts it right
-when nothing decodes to a call. A case whose answer holds no parsable call is wrong in the other two categories.
+An irrelevance case is right when the answer attempts no call (`scoring.attempted_call`): BFCL's runner counts it
+right when nothing decodes to a call, so a malformed call, right there, is wrong here. A case whose answer holds no
+parsable call is wrong in the other two categories. `contamination` finds BFCL questions and function names in
+generated rows (tests/test_bfcl.py runs it on every split of the demo and published recipes).
 
 How BFCL's checker is loaded: `bfcl-eval` is pinned (BFCL_EVAL_VERSION) and installed with `--no-deps` (its
 requirements pin numpy 1.26 and pull every provider SDK). Its package `__init__` files are empty, and
