@@ -292,11 +292,10 @@ def bfcl_table(results: dict[str, dict]) -> str:
 
 def bfcl_section(results: dict[str, dict]) -> str:
     """The BFCL part of a comparison page: what was run, then the table."""
-    first = next(iter(results.values()))
     return (
-        f"## BFCL v4 ({first['benchmark']}, graded by its own `ast_checker`)\n\n"
+        f"## BFCL v4 (bfcl-eval {BFCL_EVAL_VERSION}, graded by its own `ast_checker`)\n\n"
         "Accuracy in %, with percentile bootstrap 95% intervals over the cases; n cases per category "
-        f"(a seeded sample when the recipe sets `bfcl_limit`). {REFERENCE['name']}'s figures are copied from its "
+        "(a seeded sample when the recipe sets `bfcl_limit`). FunctionGemma 270M's figures are copied from its "
         "model card, not measured here. Each case is prompted like the router (the recipe's system prompt, the "
         "case's functions in the router's tool format) and parsed by the project's parser; see sft_router/bfcl.py."
         f"\n\n{bfcl_table(results)}\n"
