@@ -209,18 +209,19 @@ def test_function_names_are_found_as_tools_and_as_identifiers(checker_of_contami
 
 def test_make_eval_scores_bfcl_for_both_variants(tiny_run):
     eval_dir = tiny_run / "runs/tiny/eval"
+    limit = parse_recipe(["--config", str(ROOT / TINY)])[0].eval.bfcl_limit
     results = bfcl.read_bfcl(eval_dir)
     assert set(results) == {"baseline", "finetuned"} and results["baseline"]["runtime"] == "transformers"
     assert results["finetuned"]["runtime"].startswith(("llama.cpp (tiny-Q8_0.gguf)", "transformers"))
     for variant, metrics in results.items():
-        assert {c: s["cases"] for c, s in metrics["categories"].items()} == dict.fromkeys(bfcl.CATEGORIES, 3)
+        assert {c: s["cases"] for c, s in metrics["categories"].items()} == dict.fromkeys(bfcl.CATEGORIES, limit)
         records = [json.loads(line) for line in (eval_dir / "bfcl" / variant / "predictions.jsonl").read_text().splitlines()]  # fmt: skip
-        cases = {case["id"]: case for category in bfcl.CATEGORIES for case in bfcl.load_cases(category, 3)}
+        cases = {case["id"]: case for category in bfcl.CATEGORIES for case in bfcl.load_cases(category, limit)}
         assert [bfcl.grade(cases[r["id"]], r["category"], r["output"])["valid"] for r in records] == [
             r["valid"] for r in records]  # fmt: skip
     assert bfcl.bfcl_table(results) in (eval_dir / "comparison.md").read_text()
     assert (eval_dir / "bfcl" / "bfcl.png").stat().st_size > 10_000
-    assert json.loads((eval_dir / "manifest.json").read_text())["bfcl"]["baseline"]["irrelevance"]["cases"] == 3
+    assert json.loads((eval_dir / "manifest.json").read_text())["bfcl"]["baseline"]["irrelevance"]["cases"] == limit
 
 
 def test_card_and_results_table_carry_bfcl_beside_the_cited_reference(tiny_run):
