@@ -135,7 +135,7 @@ def bfcl_card_section(recipe) -> str:
         "the way this model is (the router's system prompt with the case's functions in its tool list), decoded "
         f"greedily and parsed by the same lenient parser. {sample}Accuracy in %, bootstrap 95% intervals in "
         "brackets, the runtime that scored each row beside it. FunctionGemma 270M's figures are copied from Google's "
-        "model card (measured with FunctionGemma's own prompt format), not measured here.\n\n"
+        "model card (measured by Google with its own prompt format and setup), not measured here.\n\n"
         f"{bfcl_table(results)}{chart}\n"
     )
 
