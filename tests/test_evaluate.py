@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sft_router import evaluate
+from sft_router import evaluate, models
 from sft_router.scoring import score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +112,36 @@ def test_batched_generation_matches_one_at_a_time_in_prompt_order(tiny_model):
     assert model.config._attn_implementation == "sdpa" and model.device.type == "cpu"  # the tiny recipe: use_cpu
 
 
+def plain_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
+    """transformers' own greedy decoding of one prompt, no cache reuse: the reference for `generate`."""
+    import torch
+
+    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=evaluate.stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def test_shared_prefix_cache_gives_the_same_answers_as_plain_generation(tiny_model):
+    """Prompts that share a system prompt (as every eval prompt does): the prefix is prefilled once, the batch's
+    suffixes differ in length (pads sit between prefix and suffix), and every answer equals plain greedy decoding."""
+    model, tokenizer = tiny_model
+    system = "You route requests. Tools: " + "get_calendar_events set_timer send_message " * 4
+    users = ["你好", "帮我查一下今天的日程安排，谢谢，顺便看看明天", "set a timer", "明天下午三点提醒我开会"]
+    rows = [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": u}]} for u in users]
+    prompts = evaluate.render_prompts(tokenizer, rows)
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    assert models.shared_prefix_length(ids) > 20  # the system prompt is shared, the messages are not
+    batched = evaluate.generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=8)
+    assert batched == [plain_greedy(model, tokenizer, p, 8) for p in prompts] and len(set(batched)) > 1
+
+
+def test_shared_prefix_length():
+    assert models.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert models.shared_prefix_length([[1, 2], [1, 2, 3]]) == 2 and models.shared_prefix_length([[7]]) == 1
+
+
 def hand_results() -> dict[str, dict]:
     other = ["好的", "好的", "hi", CALL]
     return {"baseline": score(other, REFERENCES)[0], "finetuned": score(PREDICTIONS, REFERENCES)[0],
@@ -120,15 +150,28 @@ def hand_results() -> dict[str, dict]:
 
 def test_comparison_covers_every_variant_with_intervals(tmp_path):
     results = hand_results()
-    evaluate.write_comparison(tmp_path, results)
+    evaluate.write_comparison(tmp_path, {"test": results})
     page = (tmp_path / "comparison.md").read_text()
     finetuned = results["finetuned"]
     low, high = finetuned["exact_match_rate_ci95"]
     assert "| metric | baseline | finetuned | gguf |" in page
     assert f"| exact match | {results['baseline']['exact_match_rate']:.3f} [" in page
     assert f"{finetuned['exact_match_rate']:.3f} [{low:.3f}, {high:.3f}]" in page
-    assert "| get_calendar_events | 2 |" in page and "## Confusion: gguf" in page and "missed_call_rate" in page
+    assert "| get_calendar_events | 2 |" in page and "### Confusion: gguf on `test`" in page
+    assert "missed_call_rate" in page
     assert (tmp_path / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_comparison_shows_each_split_and_the_skipped_ones(tmp_path):
+    test, other = hand_results(), {"lookup": score(["hi", CALL], ["hi", CALL])[0]}
+    note = "eval: split 'test_unseen' is not in runs/x/dataset (this generator makes none); skipped"
+    evaluate.write_comparison(tmp_path, {"test": test, "handwritten": other}, [note])
+    page = (tmp_path / "comparison.md").read_text()
+    assert "| split | rows | baseline | finetuned | gguf | lookup |" in page
+    assert f"| `test` | 4 | {test['baseline']['exact_match_rate']:.3f} [" in page and "| n/a |" in page
+    assert "| `handwritten` | 2 | n/a | n/a | n/a | 1.000 [1.000, 1.000] |" in page
+    assert "## Split `handwritten`: 2 rows (1 expecting a tool call, 1 a reply)" in page and f"Note: {note}" in page
+    assert page.index("## Split `test`") < page.index("## Split `handwritten`")
 
 
 def test_confusion_markdown_puts_no_call_last():
@@ -150,4 +193,19 @@ def test_make_eval_writes_both_variants_the_table_and_the_chart(tiny_run):
     assert (eval_dir / "comparison.png").stat().st_size > 10_000
     manifest = json.loads((eval_dir / "manifest.json").read_text())
     scored = {p.parent.name for p in eval_dir.glob("*/metrics.json")}
-    assert {"baseline", "finetuned"} <= scored and set(manifest["metrics"]) == scored
+    assert {"baseline", "finetuned", "lookup"} <= scored and set(manifest["metrics"]) == scored
+
+
+def test_make_eval_scores_the_handwritten_split_in_its_own_folder(tiny_run):
+    eval_dir = tiny_run / "runs/tiny/eval"
+    manifest = json.loads((eval_dir / "manifest.json").read_text())
+    assert set(manifest["split_metrics"]) == {"test", "handwritten"} and manifest["split_rows"]["handwritten"] == 24
+    for variant, metrics in manifest["split_metrics"]["handwritten"].items():
+        saved = json.loads((eval_dir / "handwritten" / variant / "metrics.json").read_text())
+        assert metrics["exact_match_rate"] == saved["exact_match_rate"] and saved["total_samples"] == 24
+    records = [
+        json.loads(line) for line in (eval_dir / "handwritten/lookup/predictions.jsonl").read_text().splitlines()
+    ]
+    assert [r["id"] for r in records] == [f"hw-{i:03d}" for i in range(1, 25)]
+    page = (eval_dir / "comparison.md").read_text()
+    assert "## Split `handwritten`: 24 rows" in page and "| `handwritten` | 24 |" in page

@@ -77,6 +77,10 @@ def test_card_shows_the_metrics_files_numbers(tiny_run):
     finetuned = json.loads((run / "eval/finetuned/metrics.json").read_text())
     assert f"| finetuned | {finetuned['exact_match_rate']:.3f} | {finetuned['tool_name_accuracy']:.3f} |" in card
     assert "make all RECIPE=recipes/tiny/router.yaml" in card and "license: gemma" in card
+    lookup = json.loads((run / "eval/handwritten/lookup/metrics.json").read_text())
+    assert "| lookup | " in card and "| split | rows | baseline | finetuned |" in card
+    (row,) = [line for line in card.splitlines() if line.startswith("| handwritten | 24 | ")]
+    assert row.endswith(f"| {lookup['exact_match_rate']:.3f} |")  # lookup, the last column
 
 
 def test_without_token_the_repos_are_staged(tiny_run):

@@ -18,6 +18,7 @@ def test_table_reads_wall_times_and_metrics_from_the_run(tiny_run):
     assert "make publish RECIPE=recipes/tiny/router.yaml" in table
     low, high = finetuned["exact_match_rate_ci95"]
     assert f"{finetuned['exact_match_rate']:.3f} [{low:.3f}, {high:.3f}]" in table
+    assert "| lookup | " in table and "| handwritten | 24 | " in table  # the control and every evaluated split
 
 
 def test_block_is_replaced_in_place_keeping_the_prose(tmp_path):

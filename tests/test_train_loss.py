@@ -119,3 +119,20 @@ def test_a_batch_without_labels_gives_zero_loss_and_still_backpropagates(trainer
     loss.backward()
     assert loss.item() == 0.0
     trainer.model.zero_grad()
+
+
+def test_padding_changes_no_loss_so_length_grouped_batches_only_save_time(trainer, batch):
+    """A padded batch of rows of different lengths gives the token-weighted mean of each row's unpadded loss:
+    padding is pure waste, which length-grouped batches (`train_sampling_strategy: group_by_length`) cut."""
+    trainer.model.eval()
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    with torch.no_grad():
+        padded = trainer.compute_loss(trainer.model, dict(batch)).item()
+        losses, counts = [], []
+        for row in rows:
+            alone = trainer._prepare_inputs(trainer.data_collator([row]))
+            assert alone["input_ids"].shape[1] == len(row["input_ids"])  # no padding at all
+            losses.append(trainer.compute_loss(trainer.model, dict(alone)).item())
+            counts.append(int((alone["labels"][:, 1:] != -100).sum()))
+    assert batch["input_ids"].shape[1] > min(len(row["input_ids"]) for row in rows)  # the batch did pad
+    assert padded == pytest.approx(sum(loss * n for loss, n in zip(losses, counts)) / sum(counts), abs=1e-5)

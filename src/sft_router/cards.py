@@ -76,6 +76,24 @@ def intervals_table(metrics: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def splits_table(recipe) -> str:
+    """Exact match of every variant on every evaluated split, from the eval manifest."""
+    return split_exact_match_table((read_manifest(recipe.stage_dir("eval")) or {}).get("split_metrics") or {})
+
+
+def split_exact_match_table(by_split: dict[str, dict[str, dict]]) -> str:
+    """One row per split, one column per variant (an eval manifest's `split_metrics`); "" for the test split alone."""
+    if len(by_split) < 2:
+        return ""
+    variants = list(dict.fromkeys(name for metrics in by_split.values() for name in metrics))
+    lines = ["| split | rows | " + " | ".join(variants) + " |", "|" + "---|" * (len(variants) + 2)]
+    for split, metrics in by_split.items():
+        rows = next(iter(metrics.values()))["total_samples"]
+        lines.append(f"| {split} | {rows} | " + " | ".join(_cell(metrics.get(v, {}), "exact_match_rate")
+                                                          for v in variants) + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def hyperparameters_table(recipe) -> str:
     model = recipe.model
     values = [getattr(recipe.training, key) for key in HYPERPARAMETERS]
@@ -172,6 +190,7 @@ def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
         "test_rows": next(iter(metrics.values()))["total_samples"] if metrics else 0,
         "metrics_table": metrics_table(metrics),
         "intervals_table": intervals_table(metrics),
+        "splits_table": splits_table(recipe),
         "hyperparameters_table": hyperparameters_table(recipe),
         "images": sorted(card_images(recipe)),
         "has_modelfile": (recipe.stage_dir("gguf") / "Modelfile").is_file(),

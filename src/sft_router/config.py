@@ -43,7 +43,19 @@ class DataArguments:
 class EvalArguments:
     eval_max_new_tokens: int = field(default=96, metadata={"help": "Most tokens generated per test prompt."})
     eval_batch_size: int = field(default=16, metadata={"help": "Prompts decoded together (left padded)."})
-    eval_limit: int | None = field(default=None, metadata={"help": "Score only the first N test rows (None: all)."})
+    eval_limit: int | None = field(
+        default=None, metadata={"help": "Score only the first N rows of each evaluated split (None: all)."}
+    )
+    eval_splits: list[str] = field(
+        default_factory=lambda: ["test"],
+        metadata={"help": "Splits `make eval` scores, `test` first: generated ones (test, test_unseen, validation) "
+                  "and `handwritten` (the `handwritten` file)."},
+    )  # fmt: skip
+    handwritten: str | None = field(
+        default=None,
+        metadata={"help": "JSONL of hand-written test rows (user message, tools shown, expected call or null), "
+                  "scored as the `handwritten` split."},
+    )  # fmt: skip
     bfcl_categories: list[str] = field(
         default_factory=list,
         metadata={"help": "BFCL v4 categories `make eval` also scores (simple_python, multiple, irrelevance); "
@@ -124,7 +136,7 @@ def parse_recipe(argv: list[str] | None = None, extra: tuple[type, ...] = ()) ->
     path = argv[argv.index("--config") + 1]
     if not Path(path).is_file():
         raise UsageError(f"recipe {path} does not exist: pass an existing file, e.g. recipes/tiny/router.yaml")
-    argv = _bf16_only_where_supported(argv)
+    argv = _activation_checkpointing_by_its_new_name(path, _bf16_only_where_supported(argv))
     types = (*PROJECT_ARGUMENTS, SFTConfig, ModelConfig, *extra)
     parser = TrlParser(types)
     known = sorted({f.name for t in types for f in fields(t)})
@@ -154,6 +166,22 @@ def _bf16_only_where_supported(argv: list[str]) -> list[str]:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return argv
     return ["--bf16", "false", "--bf16_full_eval", "false", *argv]
+
+
+def _activation_checkpointing_by_its_new_name(path: str, argv: list[str]) -> list[str]:
+    """TRL's SFTConfig defaults the deprecated `gradient_checkpointing` to True, so transformers warns at every
+    parse; passing the default under its new name (`activation_checkpointing`) keeps the behaviour, not the
+    warning. A recipe or flag that sets either name itself is left as it is."""
+    import yaml
+
+    names = ("activation_checkpointing", "gradient_checkpointing")
+    try:
+        keys = set(yaml.safe_load(Path(path).read_text()) or {})
+    except (yaml.YAMLError, TypeError, ValueError):
+        keys = set()  # the parser reports a broken recipe itself
+    if keys & set(names) or any(arg.lstrip("-") in names for arg in argv):
+        return argv
+    return ["--activation_checkpointing", "true", *argv]
 
 
 def _first_line(exc: Exception) -> str:

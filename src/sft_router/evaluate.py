@@ -1,11 +1,13 @@
-"""Score the base model and the fine-tuned adapter on the test split with the shared scorer, side by side.
+"""Score the base model, the fine-tuned adapter and the no-model lookup on every evaluated split, side by side.
 
-Writes runs/<name>/eval/<variant>/{metrics.json,predictions.jsonl} for each variant (baseline, finetuned),
-then runs/<name>/eval/comparison.md (a table of every variant, with bootstrap intervals, per-tool F1 and
-confusion tables) and comparison.png (a bar chart). When the recipe sets `bfcl_categories`, BFCL v4 is scored
-too (sft_router.bfcl, into runs/<name>/eval/bfcl/) and its table joins comparison.md. Generation is batched greedy decoding with left
-padding and the KV cache, stopping at <end_of_turn>; `eval_batch_size` and `eval_max_new_tokens` come
-from the recipe.
+The recipe's `eval_splits` names the splits (`test` first; see sft_router.eval_data). The test split's variants
+(baseline, finetuned, the GGUF's and `lookup`, see sft_router.lookup) write runs/<name>/eval/<variant>/
+{metrics.json,predictions.jsonl}, where the cards and results tables read them; every other split writes
+runs/<name>/eval/<split>/<variant>/. Then runs/<name>/eval/comparison.md (per split: a table of every variant
+with bootstrap intervals, per-tool F1 and confusion tables) and comparison.png (a bar chart of the test split).
+When the recipe sets `bfcl_categories`, BFCL v4 is scored too (sft_router.bfcl, into runs/<name>/eval/bfcl/) and
+its table joins comparison.md. Generation (sft_router.models.generate) is batched greedy decoding with left padding
+and the KV cache, stopping at <end_of_turn>; `eval_batch_size` and `eval_max_new_tokens` come from the recipe.
 
 Usage: python -m sft_router.evaluate --config recipes/tiny/router.yaml
        python -m sft_router.evaluate --predictions PRED.jsonl --references REF.jsonl   (prints metrics JSON)
@@ -20,8 +22,9 @@ import sys
 from pathlib import Path
 
 from sft_router.errors import UsageError, one_line_errors
+from sft_router.eval_data import HEADLINE_SPLIT, load_eval_splits
 from sft_router.models import generate, load_finetuned_generation_model, load_generation_model
-from sft_router.prompts import render_prompts
+from sft_router.prompts import new_tokens_needed, render_prompts
 from sft_router.run import stage_output
 from sft_router.scoring import label_order, metric_definitions, score, target_text, write_variant
 
@@ -42,50 +45,67 @@ COMPARED = [
 CHARTED = ["exact_match_rate", "tool_name_accuracy", "average_argument_f1", "json_valid_rate",
            "exact_match_rate_strict", "no_call_accuracy"]  # fmt: skip
 PREDICTION_FIELDS = ("text", "output")  # `output`: a predictions.jsonl written here
-REFERENCE_FIELDS = ("text", "expected")  # `expected`: a predictions.jsonl; a test-split row gives its completion
+REFERENCE_FIELDS = ("text", "expected")
+LOOKUP_NOTE = ("`lookup` is no model: the nearest train messages (character n-grams) pick the tool and a dictionary of "
+               "train slot values fills the arguments (sft_router.lookup); what a model scores above it, it did not "
+               "recall from train.")  # fmt: skip  # `expected`: a predictions.jsonl; a test-split row gives its completion
 
 
 def evaluate_model(model, tokenizer, rows, recipe, out: Path, desc: str) -> dict:
     prompts = render_prompts(tokenizer, rows)
-    outputs = generate(model, tokenizer, prompts, recipe.eval.eval_batch_size, recipe.eval.eval_max_new_tokens, desc)
+    max_new_tokens = new_tokens_needed(tokenizer, rows, recipe.eval.eval_max_new_tokens)
+    outputs = generate(model, tokenizer, prompts, recipe.eval.eval_batch_size, max_new_tokens, desc)
     return write_variant(out, rows, outputs)
 
 
-def load_test_rows(recipe) -> list[dict]:
-    from sft_router.catalog import load_split
-
-    rows = load_split(recipe, "test")
-    limit = recipe.eval.eval_limit
-    return list(rows.select(range(min(limit, len(rows))))) if limit else list(rows)
+def split_dir(out: Path, split: str) -> Path:
+    """Where a split's variants go: the test split's at eval/<variant>/ (cards, results tables), others below it."""
+    return out if split == HEADLINE_SPLIT else out / split
 
 
 def model_variants(recipe, adapter: Path):
-    """(name, model) for each model scored: the base model, then the same weights with the adapter."""
+    """(name, model) for each model scored: the base model, then the same weights with the adapter merged in
+    (in memory: a merged projection costs one matmul, an unmerged LoRA one pays two more in every layer)."""
     model = load_generation_model(recipe)
     yield "baseline", model
     yield "finetuned", load_finetuned_generation_model(recipe, model, adapter)
 
 
-def run_eval(recipe) -> dict:
+def run_eval(recipe) -> dict[str, dict[str, dict]]:
+    """Metrics by split, then by variant; the lookup is scored last, beside the models."""
     from sft_router.bfcl import run_bfcl, selected_cases  # BFCL v4 with its checker, when the recipe asks
     from sft_router.gguf_eval import evaluate_gguf  # the Q8_0 GGUF under llama.cpp, free and grammar-constrained
+    from sft_router.lookup import build_lookup
     from sft_router.models import load_tokenizer
 
     adapter = recipe.stage_dir("adapter")
     if not (adapter / "manifest.json").is_file():
         raise UsageError(f"no finished adapter at {adapter}: run `make train RECIPE={recipe.path}` first")
-    rows = load_test_rows(recipe)
+    notes: list[str] = []
+    splits = load_eval_splits(recipe, notes)
     bfcl_cases = selected_cases(recipe) if recipe.eval.bfcl_categories else {}  # a bad category fails before decoding
+    lookup = build_lookup(recipe)
     tokenizer = load_tokenizer(recipe)
-    results = {}
-    with stage_output(recipe, "eval", test_rows=len(rows)) as (out, facts):
+    results: dict[str, dict[str, dict]] = {split: {} for split in splits}
+    rows_per_split = {split: len(rows) for split, rows in splits.items()}
+    with stage_output(recipe, "eval", test_rows=len(splits[HEADLINE_SPLIT]), split_rows=rows_per_split) as (
+        out,
+        facts,
+    ):
         for name, model in model_variants(recipe, adapter):
-            results[name] = evaluate_model(model, tokenizer, rows, recipe, out / name, name)
-        results.update(evaluate_gguf(recipe, tokenizer, rows, out))
+            for split, rows in splits.items():
+                results[split][name] = evaluate_model(model, tokenizer, rows, recipe, split_dir(out, split) / name,
+                                                      f"{name} ({split})")  # fmt: skip
+        for split, rows in splits.items():
+            results[split].update(evaluate_gguf(recipe, tokenizer, rows, split_dir(out, split)))
+            results[split]["lookup"] = write_variant(split_dir(out, split) / "lookup", rows, lookup.route_rows(rows))
         bfcl = run_bfcl(recipe, tokenizer, out / "bfcl", bfcl_cases) if bfcl_cases else {}
-        write_comparison(out, results, bfcl)
-        facts["metrics"] = {name: headline(metrics) for name, metrics in results.items()}
+        write_comparison(out, results, notes, bfcl)
+        facts["metrics"] = {name: headline(metrics) for name, metrics in results[HEADLINE_SPLIT].items()}
         facts["bfcl"] = {name: metrics["categories"] for name, metrics in bfcl.items()}
+        facts["split_metrics"] = {split: {name: headline(metrics) for name, metrics in variants.items()}
+                                  for split, variants in results.items()}  # fmt: skip
+        facts["skipped_splits"] = notes
     return results
 
 
@@ -129,22 +149,47 @@ def confusion_markdown(confusion: dict[str, dict[str, int]]) -> str:
     return "\n".join(_table(["expected \\ predicted", *predicted], rows))
 
 
-def comparison_markdown(results: dict[str, dict]) -> str:
+def split_markdown(split: str, results: dict[str, dict]) -> str:
+    """One split's section: every variant's metrics, tool selection per expected tool, a confusion table each."""
     first = next(iter(results.values()))
-    bootstrap = first["bootstrap"]
     parts = [
-        f"# Evaluation: {' vs '.join(results)}",
-        f"Test split: {first['total_samples']} rows ({first['call_samples']} expecting a tool call, "
-        f"{first['no_call_samples']} a reply). Headline numbers use the lenient parse; brackets are "
-        f"{bootstrap['method']} bootstrap {bootstrap['confidence']:.0%} intervals "
-        f"({bootstrap['resamples']} resamples, seed {bootstrap['seed']}).",
+        f"## Split `{split}`: {first['total_samples']} rows ({first['call_samples']} expecting a tool call, "
+        f"{first['no_call_samples']} a reply)",
         metrics_comparison_table(results),
-        "## Tool selection per expected tool",
+        f"### Tool selection per expected tool (`{split}`)",
         per_tool_table(results),
         *(
-            f"## Confusion: {name} (rows expected, columns predicted)\n\n{confusion_markdown(metrics['confusion'])}"
+            f"### Confusion: {name} on `{split}` (rows expected, columns predicted)\n\n"
+            f"{confusion_markdown(metrics['confusion'])}"
             for name, metrics in results.items()
         ),  # fmt: skip
+    ]
+    return "\n\n".join(parts)
+
+
+def overview_table(by_split: dict[str, dict[str, dict]]) -> str:
+    """Exact match (with its interval) of every variant on every split, one row per split."""
+    variants = list(dict.fromkeys(name for results in by_split.values() for name in results))
+    rows = [[f"`{split}`", next(iter(results.values()))["total_samples"],
+             *(_cell(results[name], "exact_match_rate") if name in results else "n/a" for name in variants)]
+            for split, results in by_split.items()]  # fmt: skip
+    return "\n".join(_table(["split", "rows", *variants], rows))
+
+
+def comparison_markdown(by_split: dict[str, dict[str, dict]], notes: list[str] = ()) -> str:
+    """The comparison page: exact match per split first, then each split in full, then the metric definitions."""
+    first = next(iter(by_split[next(iter(by_split))].values()))
+    bootstrap = first["bootstrap"]
+    variants = list(dict.fromkeys(name for results in by_split.values() for name in results))
+    parts = [
+        f"# Evaluation: {' vs '.join(variants)}",
+        f"Splits: {', '.join(f'`{split}`' for split in by_split)}. Headline numbers use the lenient parse; brackets "
+        f"are {bootstrap['method']} bootstrap {bootstrap['confidence']:.0%} intervals ({bootstrap['resamples']} "
+        f"resamples, seed {bootstrap['seed']}). {LOOKUP_NOTE}",
+        *(f"Note: {note}" for note in notes),
+        "## Exact match per split",
+        overview_table(by_split),
+        *(split_markdown(split, results) for split, results in by_split.items()),
         "## How each metric is computed",
         "\n".join(f"- {line}" for line in metric_definitions()),
     ]
@@ -182,13 +227,14 @@ def _error_bar(metrics: dict, key: str) -> tuple[float, float]:
     return max(metrics[key] - low, 0.0), max(high - metrics[key], 0.0)
 
 
-def write_comparison(out: Path, results: dict[str, dict], bfcl: dict[str, dict] | None = None) -> None:
-    """comparison.md and comparison.png over whatever variants were scored (BFCL's table too, when it ran)."""
+def write_comparison(out: Path, by_split: dict[str, dict[str, dict]], notes: list[str] = (), bfcl: dict | None = None):
+    """comparison.md over every split and variant scored (BFCL's table too, when it ran), and comparison.png of the
+    test split."""
     from sft_router.bfcl import bfcl_section
 
-    page = comparison_markdown(results) + (f"\n{bfcl_section(bfcl)}" if bfcl else "")
+    page = comparison_markdown(by_split, notes) + (f"\n{bfcl_section(bfcl)}" if bfcl else "")
     (out / "comparison.md").write_text(page, encoding="utf-8")
-    plot_comparison(results, out / "comparison.png")
+    plot_comparison(by_split[HEADLINE_SPLIT], out / "comparison.png")
 
 
 def read_jsonl_texts(path: str, fields: tuple[str, ...] = ("text",)) -> list[str]:
@@ -238,10 +284,10 @@ def main(argv: list[str] | None = None) -> None:
     from sft_router.config import parse_recipe  # imports TRL: only the model path pays for it
 
     (recipe,) = parse_recipe(argv)
-    results = run_eval(recipe)
-    for name, metrics in results.items():
-        print(f"eval {name}: exact_match={_cell(metrics, 'exact_match_rate')} "
-              f"arg_f1={_cell(metrics, 'average_argument_f1')}")  # fmt: skip
+    for split, results in run_eval(recipe).items():
+        for name, metrics in results.items():
+            print(f"eval {split} {name}: exact_match={_cell(metrics, 'exact_match_rate')} "
+                  f"arg_f1={_cell(metrics, 'average_argument_f1')}")  # fmt: skip
     if recipe.eval.bfcl_categories:
         from sft_router.bfcl import show
 

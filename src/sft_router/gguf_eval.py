@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sft_router.prompts import render_prompts
+from sft_router.prompts import new_tokens_needed, render_prompts
 from sft_router.run import gguf_path, read_manifest
 from sft_router.scoring import write_variant
 
@@ -55,8 +55,9 @@ def evaluate_gguf(recipe, tokenizer, rows: list[dict], out: Path) -> dict[str, d
         return {}
     prompts = render_prompts(tokenizer, rows)
     llm = load_gguf(path)
+    max_new_tokens = new_tokens_needed(tokenizer, rows, recipe.eval.eval_max_new_tokens)
     results = {}
     for variant, constrained in (("gguf", False), ("gguf_grammar", True)):
-        outputs = gguf_outputs(llm, prompts, rows, recipe.eval.eval_max_new_tokens, constrained, variant)
+        outputs = gguf_outputs(llm, prompts, rows, max_new_tokens, constrained, variant)
         results[variant] = write_variant(out / variant, rows, outputs)
     return results

@@ -2,8 +2,9 @@
 
 For every run under runs/ whose recipe exists, the table gives the command, the machine, the wall time of
 each stage (from the stage manifests) and the headline metrics with their bootstrap intervals (from
-runs/<name>/eval/*/metrics.json), then BFCL v4 accuracy when the run scored it (runs/<name>/eval/bfcl/). The
-tables sit between marker comments, so the prose around them stays.
+runs/<name>/eval/*/metrics.json; every variant, the no-model `lookup` too), then exact match on every evaluated
+split (the eval manifest), and BFCL v4 accuracy when the run scored it (runs/<name>/eval/bfcl/). The tables
+sit between marker comments, so the prose around them stays.
 
 Usage: python -m sft_router.results            (after `make all`, `make demo` or `make smoke`)
 """
@@ -15,6 +16,7 @@ import re
 from pathlib import Path
 
 from sft_router.bfcl import bfcl_table, read_bfcl
+from sft_router.cards import split_exact_match_table
 from sft_router.run import read_manifest
 
 STAGES = ("dataset", "adapter", "eval", "merged", "gguf", "card", "hub")
@@ -44,6 +46,7 @@ def run_summary(run_dir: Path) -> dict | None:
         "machine": first.get("hardware") or first.get("machine", "?"),
         "wall": {stage: m.get("train_wall_time_s", m["wall_time_s"]) for stage, m in manifests.items() if m},
         "metrics": metrics,
+        "split_metrics": (manifests["eval"] or {}).get("split_metrics") or {},
         "bfcl": read_bfcl(eval_dir),
     }
 
@@ -56,6 +59,9 @@ def results_table(summary: dict) -> str:
     for variant, metrics in summary["metrics"].items():
         cells = " | ".join(_with_interval(metrics, key) for key, _ in METRICS)
         lines.append(f"| {variant} | {cells} | {metrics.get('total_samples', '-')} |")
+    splits = split_exact_match_table(summary.get("split_metrics") or {})
+    if splits:
+        lines += ["", "Exact match on every evaluated split:", "", splits]
     if summary.get("bfcl"):  # BFCL v4 accuracy (%) with intervals, beside FunctionGemma's cited figures
         lines += ["", "BFCL v4, graded by BFCL's own checker (accuracy %, bootstrap 95% intervals):", "",
                   bfcl_table(summary["bfcl"])]  # fmt: skip

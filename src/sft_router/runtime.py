@@ -2,8 +2,8 @@
 
 Why our own wheel cache: llama-cpp-python ships only an sdist, and its default build compiles with
 -march=native, which dies with an illegal instruction on machines whose CPU flags the compiler
-misreads (these ones). We build the pinned sdist once with GGML_NATIVE=OFF into
-~/.cache/sft-router/wheels/ and install that file; pip's own cache keys wheels by version only, so it
+misreads (these ones). We build the pinned sdist once with GGML_NATIVE=OFF plus the AVX-512 extensions
+the CPU reports (`build_flags`, AMX off) into ~/.cache/sft-router/wheels/<flags hash>/ and install that file; pip's own cache keys wheels by version only, so it
 could hand back a wheel built with other flags, and is bypassed. CI keeps ~/.cache/sft-router and so
 reuses the wheel instead of spending ~10 minutes rebuilding it.
 
@@ -30,13 +30,34 @@ LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372
 CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 # The same pins as the `runtime` extra in pyproject.toml (tests/test_gguf_runtime.py holds them equal).
 RUNTIME_PINS = (f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "diskcache==5.6.3")
-BUILD_FLAGS = "-DGGML_NATIVE=OFF"
+PORTABLE = "-DGGML_NATIVE=OFF"  # llama.cpp's portable x86 build: AVX2/FMA/F16C, what every machine here has
+# AVX-512 extensions llama.cpp can use, by the /proc/cpuinfo flag that says the CPU has them. AMX stays off: the
+# native build's crash on these machines was AMX (-march=native misread), and Q8_0 routing gains nothing from it.
+AVX512_FLAGS = (("avx512_vnni", "-DGGML_AVX512_VNNI=ON"), ("avx512_bf16", "-DGGML_AVX512_BF16=ON"))
 LIBRARY = "llama_cpp/lib/libllama.so"
 INSTALL_HINT = "run `make runtime` (builds the pinned llama.cpp runtime once, ~10 min on 2 cores)"
 
 
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+def build_flags(flags: set[str] | None = None) -> str:
+    """CMake flags for this CPU, chosen from its flags at run time: AVX-512 (with VNNI/BF16 where present) when
+    the CPU has it, else the portable build. The wheel cache is keyed by these, so each kind of CPU gets its own."""
+    flags = cpu_flags() if flags is None else flags
+    if not {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"} <= flags:  # what GGML_AVX512 compiles for
+        return PORTABLE
+    extra = [cmake for flag, cmake in AVX512_FLAGS if flag in flags]
+    return " ".join([PORTABLE, "-DGGML_AVX512=ON", *extra, "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF"])
+
+
 def wheel_dir() -> Path:
-    flags = hashlib.sha256(BUILD_FLAGS.encode()).hexdigest()[:8]
+    flags = hashlib.sha256(build_flags().encode()).hexdigest()[:8]
     return cache_root() / "wheels" / f"llama-cpp-python-{LLAMA_CPP_PYTHON}-{flags}"
 
 
@@ -49,9 +70,9 @@ def build_wheel() -> Path:
     """Compile the pinned sdist with portable CPU flags into the wheel cache (atomically: no half wheel)."""
     target = wheel_dir()
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    env = {**os.environ, "CMAKE_ARGS": BUILD_FLAGS, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
+    env = {**os.environ, "CMAKE_ARGS": build_flags(), "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)}
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir", str(fetch_sdist()), "-w", str(tmp)]
-    print(f"runtime: building llama-cpp-python {LLAMA_CPP_PYTHON} with {BUILD_FLAGS} (once; ~10 min on 2 cores)")
+    print(f"runtime: building llama-cpp-python {LLAMA_CPP_PYTHON} with {build_flags()} (once; ~10 min on 2 cores)")
     if subprocess.run(command, env=env).returncode != 0:
         raise UsageError("building llama-cpp-python failed (see above): install cmake and a C++ compiler, then rerun")
     target.parent.mkdir(parents=True, exist_ok=True)
