@@ -192,7 +192,7 @@ def test_cards_carry_the_metric_files_numbers_as_model_index(published, online):
     gguf_card = ModelCard.load(REPOS["gguf"], token=TOKEN)
     assert gguf_card.data.base_model == REPOS["model"] and f"llama-cli -hf {REPOS['gguf']}:Q8_0" in gguf_card.text
     gguf = json.loads((ws / "runs/tiny/eval/gguf/metrics.json").read_text())
-    gguf_results = {r.metric_type: r.metric_value for r in gguf_card.data.eval_results}
+    gguf_results = {r.metric_type: r.metric_value for r in gguf_card.data.eval_results if r.dataset_name != "BFCL v4"}
     assert gguf_results and gguf_results == {k: round(gguf[k], 4) for k in gguf_results}
     dataset_card = DatasetCard.load(REPOS["dataset"], repo_type="dataset", token=TOKEN)
     assert {c["config_name"] for c in dataset_card.data.configs} == {"default"}
