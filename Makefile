@@ -13,11 +13,11 @@ VENV := .venv/.installed
 RUNTIME := .venv/.runtime
 IN := $(R)/.inputs
 
-.PHONY: inputs install runtime demo results preflight data push-data train eval merge gguf card publish all smoke test test-slow lint clean
+.PHONY: inputs install runtime demo results preflight data push-data train eval bfcl merge gguf card publish all smoke test test-slow lint clean
 
 install: $(VENV) $(RUNTIME)
 $(VENV): pyproject.toml
-	python3 -m venv .venv && .venv/bin/pip install --quiet --upgrade pip && .venv/bin/pip install --quiet -e '.[dev]' && touch $@
+	python3 -m venv .venv && .venv/bin/pip install --quiet --upgrade pip && .venv/bin/pip install --quiet -e '.[dev]' && .venv/bin/pip install --quiet --no-deps bfcl-eval==2026.3.23 && touch $@
 
 # llama.cpp runtime for GGUF eval, parity tests and the latency bench: built once into ~/.cache/sft-router/wheels.
 runtime: $(RUNTIME)
@@ -46,6 +46,13 @@ $(R)/adapter/manifest.json: $(IN)/adapter.sha256 $(R)/dataset/manifest.json
 eval: $(R)/eval/manifest.json
 $(R)/eval/manifest.json: $(IN)/eval.sha256 $(R)/adapter/manifest.json $(R)/gguf/manifest.json | $(RUNTIME)
 	$(PY) -m sft_router.evaluate --config $(RECIPE)
+
+# BFCL v4 (simple_python, multiple, irrelevance) graded by BFCL's own checker; `make eval` runs it too when the recipe
+# sets bfcl_categories. The second line prints the table whether or not the scores were up to date.
+bfcl: $(R)/eval/bfcl/summary.json
+	$(PY) -m sft_router.bfcl --config $(RECIPE) --show
+$(R)/eval/bfcl/summary.json: $(IN)/eval.sha256 $(R)/adapter/manifest.json $(R)/gguf/manifest.json | $(RUNTIME)
+	$(PY) -m sft_router.bfcl --config $(RECIPE)
 
 merge: $(R)/merged/manifest.json
 $(R)/merged/manifest.json: $(IN)/merged.sha256 $(R)/adapter/manifest.json

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sft_router import evaluate
+from sft_router import evaluate, models
+from sft_router.prompts import stop_token_ids
 from sft_router.scoring import score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ def plain_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=evaluate.stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+                             eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
@@ -132,14 +133,14 @@ def test_shared_prefix_cache_gives_the_same_answers_as_plain_generation(tiny_mod
     rows = [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": u}]} for u in users]
     prompts = evaluate.render_prompts(tokenizer, rows)
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    assert evaluate.shared_prefix_length(ids) > 20  # the system prompt is shared, the messages are not
+    assert models.shared_prefix_length(ids) > 20  # the system prompt is shared, the messages are not
     batched = evaluate.generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=8)
     assert batched == [plain_greedy(model, tokenizer, p, 8) for p in prompts] and len(set(batched)) > 1
 
 
 def test_shared_prefix_length():
-    assert evaluate.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
-    assert evaluate.shared_prefix_length([[1, 2], [1, 2, 3]]) == 2 and evaluate.shared_prefix_length([[7]]) == 1
+    assert models.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert models.shared_prefix_length([[1, 2], [1, 2, 3]]) == 2 and models.shared_prefix_length([[7]]) == 1
 
 
 def hand_results() -> dict[str, dict]:

@@ -21,7 +21,8 @@ TOKEN, NS = "hf_test_alice", "alice"
 REPOS = {"model": f"{NS}/tiny-router", "gguf": f"{NS}/tiny-router-GGUF", "dataset": f"{NS}/tiny-router-scenarios"}
 MODEL_FILES = {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "tokenizer.model", "chat_template.jinja", "adapter/adapter_config.json",
-               "adapter/adapter_model.safetensors", "README.md", "comparison.png", "training_curves.png"}  # fmt: skip
+               "adapter/adapter_model.safetensors", "README.md", "comparison.png", "training_curves.png",
+               "bfcl.png"}  # fmt: skip
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def published(tiny_run, hub, tmp_path_factory):
     """The tiny run, with figures for its cards, pushed by `make publish` with HF_TOKEN/HF_ENDPOINT/HUB_NAMESPACE."""
     ws = copy_run(tiny_run, tmp_path_factory.mktemp("publish") / "ws")
     run = ws / "runs/tiny"
-    for figure in (run / "eval/comparison.png", run / "adapter/training_curves.png"):
+    for figure in (run / "eval/comparison.png", run / "adapter/training_curves.png", run / "eval/bfcl/bfcl.png"):
         figure.exists() or figure.write_bytes(tiny_png())
     gguf_metrics = run / "eval/gguf/metrics.json"
     if not gguf_metrics.exists():  # stands for `make eval` scoring the GGUF: the finetuned numbers, with an interval
@@ -136,7 +137,7 @@ def test_model_repo_reads_back_byte_identical(published, online, tmp_path):
     sources |= {"adapter/adapter_model.safetensors": run / "adapter/adapter_model.safetensors",
                 "adapter/adapter_config.json": run / "adapter/adapter_config.json",
                 "README.md": run / "hub" / REPOS["model"] / "README.md", "comparison.png": run / "eval/comparison.png",
-                "training_curves.png": run / "adapter/training_curves.png"}  # fmt: skip
+                "training_curves.png": run / "adapter/training_curves.png", "bfcl.png": run / "eval/bfcl/bfcl.png"}  # fmt: skip
     for name, source in sources.items():
         assert (local / name).read_bytes() == source.read_bytes(), name
 
@@ -146,7 +147,7 @@ def test_gguf_repo_reads_back_byte_identical(published, online, tmp_path):
 
     ws, _ = published
     gguf = ws / "runs/tiny/gguf"
-    expected = {p.name for p in gguf.glob("*.gguf")} | {"README.md", "comparison.png", ".gitattributes"}
+    expected = {p.name for p in gguf.glob("*.gguf")} | {"README.md", "comparison.png", "bfcl.png", ".gitattributes"}
     expected |= {"Modelfile"} if (gguf / "Modelfile").is_file() else set()
     assert set(list_repo_files(REPOS["gguf"], token=TOKEN)) == expected
     path = hf_hub_download(REPOS["gguf"], "tiny-Q8_0.gguf", token=TOKEN, cache_dir=tmp_path)
@@ -174,8 +175,11 @@ def test_cards_carry_the_metric_files_numbers_as_model_index(published, online):
     ws, _ = published
     finetuned = json.loads((ws / "runs/tiny/eval/finetuned/metrics.json").read_text())
     card = ModelCard.load(REPOS["model"], token=TOKEN)
-    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    results = {r.metric_type: r.metric_value for r in card.data.eval_results if r.dataset_name != "BFCL v4"}
     assert results and results == {k: round(finetuned[k], 4) for k in results}
+    bfcl = json.loads((ws / "runs/tiny/eval/bfcl/finetuned/metrics.json").read_text())["categories"]
+    assert {r.dataset_split: r.metric_value for r in card.data.eval_results if r.dataset_name == "BFCL v4"} == {
+        category: round(scores["accuracy"], 4) for category, scores in bfcl.items()}  # fmt: skip
     assert "exact_match_rate" in results and card.data.license == "gemma"
     assert card.data.base_model == "google/gemma-3-270m-it" and card.data.datasets == [REPOS["dataset"]]
     assert "![baseline vs fine-tuned](comparison.png)" in card.text and "training_curves.png" in card.text
@@ -189,7 +193,7 @@ def test_cards_carry_the_metric_files_numbers_as_model_index(published, online):
     gguf_card = ModelCard.load(REPOS["gguf"], token=TOKEN)
     assert gguf_card.data.base_model == REPOS["model"] and f"llama-cli -hf {REPOS['gguf']}:Q8_0" in gguf_card.text
     gguf = json.loads((ws / "runs/tiny/eval/gguf/metrics.json").read_text())
-    gguf_results = {r.metric_type: r.metric_value for r in gguf_card.data.eval_results}
+    gguf_results = {r.metric_type: r.metric_value for r in gguf_card.data.eval_results if r.dataset_name != "BFCL v4"}
     assert gguf_results and gguf_results == {k: round(gguf[k], 4) for k in gguf_results}
     dataset_card = DatasetCard.load(REPOS["dataset"], repo_type="dataset", token=TOKEN)
     assert {c["config_name"] for c in dataset_card.data.configs} == {"default"}
@@ -286,10 +290,12 @@ def test_without_token_exactly_the_repo_folders_are_staged(tiny_run, hub, monkey
         "make publish RECIPE=recipes/tiny/router.yaml\n"
     )
     staged = {p.relative_to(hub_dir).as_posix() for p in hub_dir.rglob("*") if p.is_file()}
-    drawn = {n for n, p in (("comparison.png", "eval"), ("training_curves.png", "adapter"))
+    drawn = {n for n, p in (("comparison.png", "eval"), ("training_curves.png", "adapter"), ("bfcl.png", "eval/bfcl"))
              if Path("runs/tiny", p, n).is_file()}  # fmt: skip
     model = {f"your-namespace/tiny-router/{n}" for n in MODEL_FILES if not n.endswith(".png") or n in drawn}
-    gguf_files = {p.name for p in Path("runs/tiny/gguf").glob("*.gguf")} | {"README.md"} | (drawn & {"comparison.png"})
+    gguf_files = (
+        {p.name for p in Path("runs/tiny/gguf").glob("*.gguf")} | {"README.md"} | (drawn - {"training_curves.png"})
+    )
     gguf_files |= {"Modelfile"} if Path("runs/tiny/gguf/Modelfile").is_file() else set()
     dataset = {f"your-namespace/tiny-router-scenarios/{n}" for n in ("README.md", *_parquet_names())}
     assert staged == model | {f"your-namespace/tiny-router-GGUF/{n}" for n in gguf_files} | dataset | {"manifest.json"}

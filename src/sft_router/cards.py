@@ -116,10 +116,56 @@ def eval_results(recipe, values: dict, label_suffix: str = ""):
     ]  # fmt: skip
 
 
+# --- BFCL v4 (sft_router.bfcl): the card's table beside FunctionGemma's cited figures, and model-index entries ---
+def bfcl_eval_results(recipe, runtime: str = ""):
+    """One model-index entry per BFCL category the fine-tuned model was scored on (dataset "BFCL v4", split = the
+    category); none unless it was scored under `runtime` (a prefix: "llama.cpp" for the GGUF's card)."""
+    from huggingface_hub import EvalResult
+
+    from sft_router.bfcl import BFCL_DATASET_ID, read_bfcl
+
+    metrics = read_bfcl(recipe.stage_dir("eval")).get("finetuned")
+    if not metrics or not metrics["runtime"].startswith(runtime):
+        return []
+    return [
+        EvalResult(task_type="text-generation", dataset_type=BFCL_DATASET_ID, dataset_name="BFCL v4",
+                   dataset_split=category, metric_type="accuracy",
+                   metric_name=f"BFCL {category} accuracy ({metrics['runtime']})",
+                   metric_value=round(scores["accuracy"], 4))
+        for category, scores in metrics["categories"].items()
+    ]  # fmt: skip
+
+
+def bfcl_card_section(recipe) -> str:
+    """The cards' BFCL section: what was run, the table beside the cited FunctionGemma row, the chart ("" if not run)."""
+    from sft_router.bfcl import bfcl_table, read_bfcl
+
+    results = read_bfcl(recipe.stage_dir("eval"))
+    if not results:
+        return ""
+    limit = recipe.eval.bfcl_limit
+    sample = f"A seeded sample of {limit} cases per category, the same for every row. " if limit else ""
+    chart = "\n\n![BFCL v4](bfcl.png)" if "bfcl.png" in card_images(recipe) else ""
+    return (
+        "## BFCL v4\n\nThe Berkeley Function Calling Leaderboard's non-live single-turn categories, graded by BFCL's "
+        "own `ast_checker` (the pinned `bfcl-eval` package): `simple_python` (one function shown), `multiple` (two to "
+        "four shown, one right) and `irrelevance` (none fits: right when no call is attempted). Each case is prompted "
+        "the way this model is (the router's system prompt with the case's functions in its tool list), decoded "
+        f"greedily and parsed by the same lenient parser. {sample}Accuracy in %, bootstrap 95% intervals in "
+        "brackets, the runtime that scored each row beside it. FunctionGemma 270M's figures are copied from Google's "
+        "model card (measured by Google with its own prompt format and setup), not measured here.\n\n"
+        f"{bfcl_table(results)}{chart}\n"
+    )
+
+
+# --- end BFCL ---
+
+
 def card_images(recipe) -> dict[str, Path]:
     """The figures a card embeds, by their name in the repo, when the run made them."""
     sources = {"comparison.png": recipe.stage_dir("eval") / "comparison.png",
-               "training_curves.png": recipe.stage_dir("adapter") / "training_curves.png"}  # fmt: skip
+               "training_curves.png": recipe.stage_dir("adapter") / "training_curves.png",
+               "bfcl.png": recipe.stage_dir("eval") / "bfcl" / "bfcl.png"}  # fmt: skip
     return {name: path for name, path in sources.items() if path.is_file()}
 
 
@@ -149,6 +195,7 @@ def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
         "images": sorted(card_images(recipe)),
         "has_modelfile": (recipe.stage_dir("gguf") / "Modelfile").is_file(),
         "versions": ", ".join(f"{k} {v}" for k, v in library_versions().items()),
+        "bfcl_section": bfcl_card_section(recipe),
     }
 
 
@@ -165,7 +212,7 @@ def render_model_card(recipe, metrics: dict[str, dict]):
         tags=["gemma3", "tool-calling", "function-calling", "router", "lora", "trl", "sft"],
         language=["zh", "en"],
         model_name=ids["model"],
-        eval_results=eval_results(recipe, metrics.get("finetuned", {})),
+        eval_results=eval_results(recipe, metrics.get("finetuned", {})) + bfcl_eval_results(recipe),
     )
     values = _shared_template_values(recipe, metrics)
     return ModelCard.from_template(data, template_path="model_card/template.md", repo_id=ids["model"], **values)
@@ -186,7 +233,9 @@ def render_gguf_card(recipe, metrics: dict[str, dict]):
         tags=["gguf", "llama.cpp", "ollama", "gemma3", "tool-calling", "function-calling", "router"],
         language=["zh", "en"],
         model_name=ids["gguf"],
-        eval_results=eval_results(recipe, metrics.get("gguf", {}), " (GGUF Q8_0)") or None,
+        eval_results=eval_results(recipe, metrics.get("gguf", {}), " (GGUF Q8_0)")
+        + bfcl_eval_results(recipe, "llama.cpp")
+        or None,
     )
     values = _shared_template_values(recipe, metrics)
     files = sorted(p.name for p in recipe.stage_dir("gguf").glob("*.gguf"))

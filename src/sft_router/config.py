@@ -77,6 +77,16 @@ class EvalArguments:
         metadata={"help": "JSONL of hand-written test rows (user message, tools shown, expected call or null), "
                   "scored as the `handwritten` split."},
     )  # fmt: skip
+    bfcl_categories: list[str] = field(
+        default_factory=list,
+        metadata={"help": "BFCL v4 categories `make eval` also scores (simple_python, multiple, irrelevance); "
+                  "empty: none (`make bfcl` then scores all three)."},
+    )  # fmt: skip
+    bfcl_limit: int | None = field(
+        default=None,
+        metadata={"help": "Cases per BFCL category: a seeded sample, the same for every variant (None: all)."},
+    )
+    bfcl_max_new_tokens: int = field(default=128, metadata={"help": "Most tokens generated per BFCL case."})
 
 
 @dataclass

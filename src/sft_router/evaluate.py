@@ -4,9 +4,10 @@ The recipe's `eval_splits` names the splits (`test` first; see sft_router.eval_d
 (baseline, finetuned, the GGUF's and `lookup`, see sft_router.lookup) write runs/<name>/eval/<variant>/
 {metrics.json,predictions.jsonl}, where the cards and results tables read them; every other split writes
 runs/<name>/eval/<split>/<variant>/. Then runs/<name>/eval/comparison.md (per split: a table of every variant
-with bootstrap intervals, per-tool F1 and confusion tables) and comparison.png (a bar chart of the test split). Generation is batched greedy decoding with left
-padding and the KV cache, stopping at <end_of_turn>; `eval_batch_size` and `eval_max_new_tokens` come
-from the recipe.
+with bootstrap intervals, per-tool F1 and confusion tables) and comparison.png (a bar chart of the test split).
+When the recipe sets `bfcl_categories`, BFCL v4 is scored too (sft_router.bfcl, into runs/<name>/eval/bfcl/) and
+its table joins comparison.md. Generation (sft_router.models.generate) is batched greedy decoding with left padding
+and the KV cache, stopping at <end_of_turn>; `eval_batch_size` and `eval_max_new_tokens` come from the recipe.
 
 Usage: python -m sft_router.evaluate --config recipes/tiny/router.yaml
        python -m sft_router.evaluate --predictions PRED.jsonl --references REF.jsonl   (prints metrics JSON)
@@ -22,8 +23,8 @@ from pathlib import Path
 
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.eval_data import HEADLINE_SPLIT, load_eval_splits
-from sft_router.models import load_generation_model
-from sft_router.prompts import new_tokens_needed, render_prompts, stop_token_ids
+from sft_router.models import generate, load_finetuned_generation_model, load_generation_model
+from sft_router.prompts import new_tokens_needed, render_prompts
 from sft_router.run import stage_output
 from sft_router.scoring import label_order, metric_definitions, score, write_variant
 
@@ -50,72 +51,6 @@ LOOKUP_NOTE = ("`lookup` is no model: the nearest train messages (character n-gr
                "recall from train.")  # fmt: skip  # `expected`: a predictions.jsonl; a test-split row gives its completion
 
 
-def shared_prefix_length(id_lists: list[list[int]]) -> int:
-    """Tokens every prompt starts with (<bos>, the turn header and the system prompt's instructions)."""
-    first = id_lists[0] if id_lists else []
-    length = len(first)
-    for ids in id_lists[1:]:
-        length = next((i for i, (a, b) in enumerate(zip(first[:length], ids)) if a != b), min(length, len(ids)))
-    return length
-
-
-def prefill_prefix(model, prefix: list[int]):
-    """The KV cache of the shared prefix, computed once: every batch starts from a copy of it."""
-    import torch
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    with torch.inference_mode():
-        model(input_ids=torch.tensor([prefix], device=model.device), past_key_values=cache, use_cache=True)
-    return cache
-
-
-def batch_inputs(id_lists: list[list[int]], prefix: list[int], pad_id: int, device):
-    """Prefix, then each prompt's own suffix left padded against it: pads sit between the two, masked out, so
-    positions (from the mask's running count) continue the prefix exactly as in an unpadded prompt."""
-    import torch
-
-    suffixes = [ids[len(prefix) :] for ids in id_lists]
-    width = max(len(s) for s in suffixes)
-    input_ids = torch.tensor([prefix + [pad_id] * (width - len(s)) + s for s in suffixes], device=device)
-    mask = torch.tensor([[1] * len(prefix) + [0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=device)
-    return input_ids, mask
-
-
-def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, desc: str = "generate"):
-    """Greedy completions in the prompts' order, `batch_size` prompts at a time; specials stripped.
-
-    The prefix all prompts share is prefilled once and its cache copied into every batch, so a batch computes
-    only its own tools and message; batches hold prompts of similar length (sorted), so little is padding.
-    """
-    import copy
-
-    import torch
-    from tqdm.auto import tqdm
-
-    id_lists = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    # Keep one token of every prompt outside the prefix: generation needs at least one new input position.
-    prefix = id_lists[0][: max(0, min(shared_prefix_length(id_lists), min(map(len, id_lists)) - 1))]
-    cache = prefill_prefix(model, prefix) if prefix else None
-    order = sorted(range(len(prompts)), key=lambda i: -len(id_lists[i]))
-    outputs: list[str] = [""] * len(prompts)
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
-        indices = order[start : start + batch_size]
-        input_ids, mask = batch_inputs([id_lists[i] for i in indices], prefix, tokenizer.pad_token_id, model.device)
-        past = None
-        if cache is not None:
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(indices))
-        with torch.inference_mode():
-            generated = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=past,
-                                       max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                       eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        texts = tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)
-        for index, text in zip(indices, texts):
-            outputs[index] = text.strip()
-    return outputs
-
-
 def evaluate_model(model, tokenizer, rows, recipe, out: Path, desc: str) -> dict:
     prompts = render_prompts(tokenizer, rows)
     max_new_tokens = new_tokens_needed(tokenizer, rows, recipe.eval.eval_max_new_tokens)
@@ -131,18 +66,14 @@ def split_dir(out: Path, split: str) -> Path:
 def model_variants(recipe, adapter: Path):
     """(name, model) for each model scored: the base model, then the same weights with the adapter merged in
     (in memory: a merged projection costs one matmul, an unmerged LoRA one pays two more in every layer)."""
-    from peft import PeftModel
-
     model = load_generation_model(recipe)
     yield "baseline", model
-    if (adapter / "adapter_config.json").is_file():
-        yield "finetuned", PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
-    else:  # full fine-tuning (`use_peft: false`): the adapter folder holds the whole model
-        yield "finetuned", load_generation_model(recipe, source=str(adapter))
+    yield "finetuned", load_finetuned_generation_model(recipe, model, adapter)
 
 
 def run_eval(recipe) -> dict[str, dict[str, dict]]:
     """Metrics by split, then by variant; the lookup is scored last, beside the models."""
+    from sft_router.bfcl import run_bfcl, selected_cases  # BFCL v4 with its checker, when the recipe asks
     from sft_router.gguf_eval import evaluate_gguf  # the Q8_0 GGUF under llama.cpp, free and grammar-constrained
     from sft_router.lookup import build_lookup
     from sft_router.models import load_tokenizer
@@ -152,6 +83,7 @@ def run_eval(recipe) -> dict[str, dict[str, dict]]:
         raise UsageError(f"no finished adapter at {adapter}: run `make train RECIPE={recipe.path}` first")
     notes: list[str] = []
     splits = load_eval_splits(recipe, notes)
+    bfcl_cases = selected_cases(recipe) if recipe.eval.bfcl_categories else {}  # a bad category fails before decoding
     lookup = build_lookup(recipe)
     tokenizer = load_tokenizer(recipe)
     results: dict[str, dict[str, dict]] = {split: {} for split in splits}
@@ -167,8 +99,10 @@ def run_eval(recipe) -> dict[str, dict[str, dict]]:
         for split, rows in splits.items():
             results[split].update(evaluate_gguf(recipe, tokenizer, rows, split_dir(out, split)))
             results[split]["lookup"] = write_variant(split_dir(out, split) / "lookup", rows, lookup.route_rows(rows))
-        write_comparison(out, results, notes)
+        bfcl = run_bfcl(recipe, tokenizer, out / "bfcl", bfcl_cases) if bfcl_cases else {}
+        write_comparison(out, results, notes, bfcl)
         facts["metrics"] = {name: headline(metrics) for name, metrics in results[HEADLINE_SPLIT].items()}
+        facts["bfcl"] = {name: metrics["categories"] for name, metrics in bfcl.items()}
         facts["split_metrics"] = {split: {name: headline(metrics) for name, metrics in variants.items()}
                                   for split, variants in results.items()}  # fmt: skip
         facts["skipped_splits"] = notes
@@ -293,9 +227,13 @@ def _error_bar(metrics: dict, key: str) -> tuple[float, float]:
     return max(metrics[key] - low, 0.0), max(high - metrics[key], 0.0)
 
 
-def write_comparison(out: Path, by_split: dict[str, dict[str, dict]], notes: list[str] = ()) -> None:
-    """comparison.md over every split and variant scored, and comparison.png of the test split."""
-    (out / "comparison.md").write_text(comparison_markdown(by_split, notes), encoding="utf-8")
+def write_comparison(out: Path, by_split: dict[str, dict[str, dict]], notes: list[str] = (), bfcl: dict | None = None):
+    """comparison.md over every split and variant scored (BFCL's table too, when it ran), and comparison.png of the
+    test split."""
+    from sft_router.bfcl import bfcl_section
+
+    page = comparison_markdown(by_split, notes) + (f"\n{bfcl_section(bfcl)}" if bfcl else "")
+    (out / "comparison.md").write_text(page, encoding="utf-8")
     plot_comparison(by_split[HEADLINE_SPLIT], out / "comparison.png")
 
 
@@ -382,6 +320,10 @@ def main(argv: list[str] | None = None) -> None:
         for name, metrics in results.items():
             print(f"eval {split} {name}: exact_match={_cell(metrics, 'exact_match_rate')} "
                   f"arg_f1={_cell(metrics, 'average_argument_f1')}")  # fmt: skip
+    if recipe.eval.bfcl_categories:
+        from sft_router.bfcl import show
+
+        show(recipe)
     print(f"comparison: {recipe.stage_dir('eval') / 'comparison.md'}")
 
 

@@ -1,13 +1,16 @@
 """Model and tokenizer loading shared by the stages: the recipe's base (or trained) weights, its tokenizer with the
-recipe's chat template, and the tokenizer files llama.cpp's converter needs.
+recipe's chat template, the tokenizer files llama.cpp's converter needs, and batched greedy generation
+(shared by `make eval` and `make bfcl`).
 
-Usage: from sft_router.models import load_tokenizer, load_base_model, load_trained_model
+Usage: from sft_router.models import load_tokenizer, load_base_model, load_trained_model, generate
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from sft_router.prompts import stop_token_ids
 
 
 def load_tokenizer(recipe, source: str | None = None):
@@ -60,6 +63,17 @@ def load_generation_model(recipe, source: str | None = None):
     return model.to("cuda") if torch.cuda.is_available() and not recipe.training.use_cpu else model
 
 
+def load_finetuned_generation_model(recipe, base, adapter: Path):
+    """The fine-tuned model for generation: `base` (from load_generation_model) with the LoRA adapter merged in (in
+    memory: a merged projection costs one matmul, an unmerged LoRA one pays two more in every layer), or, after full
+    fine-tuning (`use_peft: false`), the whole model the adapter folder holds."""
+    if (adapter / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval()
+    return load_generation_model(recipe, source=str(adapter))
+
+
 def base_file(recipe, filename: str) -> Path:
     """A file of the base model's repo: from its local folder, else from the Hub (cached)."""
     from huggingface_hub import hf_hub_download
@@ -82,3 +96,69 @@ def added_tokens_decoder(folder: Path) -> dict:
     config = json.loads((folder / "tokenizer_config.json").read_text())
     decoder = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
     return {**decoder, **config.get("added_tokens_decoder", {})}
+
+
+def shared_prefix_length(id_lists: list[list[int]]) -> int:
+    """Tokens every prompt starts with (<bos>, the turn header and the system prompt's instructions)."""
+    first = id_lists[0] if id_lists else []
+    length = len(first)
+    for ids in id_lists[1:]:
+        length = next((i for i, (a, b) in enumerate(zip(first[:length], ids)) if a != b), min(length, len(ids)))
+    return length
+
+
+def prefill_prefix(model, prefix: list[int]):
+    """The KV cache of the shared prefix, computed once: every batch starts from a copy of it."""
+    import torch
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([prefix], device=model.device), past_key_values=cache, use_cache=True)
+    return cache
+
+
+def batch_inputs(id_lists: list[list[int]], prefix: list[int], pad_id: int, device):
+    """Prefix, then each prompt's own suffix left padded against it: pads sit between the two, masked out, so
+    positions (from the mask's running count) continue the prefix exactly as in an unpadded prompt."""
+    import torch
+
+    suffixes = [ids[len(prefix) :] for ids in id_lists]
+    width = max(len(s) for s in suffixes)
+    input_ids = torch.tensor([prefix + [pad_id] * (width - len(s)) + s for s in suffixes], device=device)
+    mask = torch.tensor([[1] * len(prefix) + [0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=device)
+    return input_ids, mask
+
+
+def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, desc: str = "generate"):
+    """Greedy completions in the prompts' order, `batch_size` prompts at a time; specials stripped.
+
+    The prefix all prompts share is prefilled once and its cache copied into every batch, so a batch computes
+    only its own tools and message; batches hold prompts of similar length (sorted), so little is padding.
+    """
+    import copy
+
+    import torch
+    from tqdm.auto import tqdm
+
+    id_lists = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    # Keep one token of every prompt outside the prefix: generation needs at least one new input position.
+    prefix = id_lists[0][: max(0, min(shared_prefix_length(id_lists), min(map(len, id_lists)) - 1))]
+    cache = prefill_prefix(model, prefix) if prefix else None
+    order = sorted(range(len(prompts)), key=lambda i: -len(id_lists[i]))
+    outputs: list[str] = [""] * len(prompts)
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
+        indices = order[start : start + batch_size]
+        input_ids, mask = batch_inputs([id_lists[i] for i in indices], prefix, tokenizer.pad_token_id, model.device)
+        past = None
+        if cache is not None:
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(indices))
+        with torch.inference_mode():
+            generated = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=past,
+                                       max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                       eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        texts = tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)
+        for index, text in zip(indices, texts):
+            outputs[index] = text.strip()
+    return outputs

@@ -3,7 +3,8 @@
 For every run under runs/ whose recipe exists, the table gives the command, the machine, the wall time of
 each stage (from the stage manifests) and the headline metrics with their bootstrap intervals (from
 runs/<name>/eval/*/metrics.json; every variant, the no-model `lookup` too), then exact match on every evaluated
-split (the eval manifest). The tables sit between marker comments, so the prose around them stays.
+split (the eval manifest), and BFCL v4 accuracy when the run scored it (runs/<name>/eval/bfcl/). The tables
+sit between marker comments, so the prose around them stays.
 
 Usage: python -m sft_router.results            (after `make all`, `make demo` or `make smoke`)
 """
@@ -14,6 +15,7 @@ import json
 import re
 from pathlib import Path
 
+from sft_router.bfcl import bfcl_table, read_bfcl
 from sft_router.cards import split_exact_match_table
 from sft_router.run import read_manifest
 
@@ -45,6 +47,7 @@ def run_summary(run_dir: Path) -> dict | None:
         "wall": {stage: m.get("train_wall_time_s", m["wall_time_s"]) for stage, m in manifests.items() if m},
         "metrics": metrics,
         "split_metrics": (manifests["eval"] or {}).get("split_metrics") or {},
+        "bfcl": read_bfcl(eval_dir),
     }
 
 
@@ -59,6 +62,9 @@ def results_table(summary: dict) -> str:
     splits = split_exact_match_table(summary.get("split_metrics") or {})
     if splits:
         lines += ["", "Exact match on every evaluated split:", "", splits]
+    if summary.get("bfcl"):  # BFCL v4 accuracy (%) with intervals, beside FunctionGemma's cited figures
+        lines += ["", "BFCL v4, graded by BFCL's own checker (accuracy %, bootstrap 95% intervals):", "",
+                  bfcl_table(summary["bfcl"])]  # fmt: skip
     return "\n".join(lines)
 
 

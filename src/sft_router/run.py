@@ -212,7 +212,7 @@ def stage_output(recipe, stage: str, **facts):
     final = recipe.stage_dir(stage)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(final)
-    tmp = final.parent / f".{stage}.tmp-{os.getpid()}"
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"  # a nested stage (eval/bfcl) too
     tmp.mkdir()
     start = time.time()
     extra: dict = {}
