@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+from sft_router.catalog import load_catalog
 from sft_router.config import repo_ids
 from sft_router.errors import UsageError
 from sft_router.run import library_versions, read_manifest
@@ -114,13 +115,33 @@ def save_card(recipe, card, folder: Path) -> None:
             shutil.copyfile(source, folder / name)
 
 
+GEMMA_TERMS = "https://ai.google.dev/gemma/terms"
+GGUF_FILES_FOR_OLLAMA = ("template", "params", "system")
+
+
+def base_model_text(recipe) -> str:
+    """What the run was fine-tuned from, in words: a built-in base says how it was made, a Hub base gives its id."""
+    from sft_router.base_models import ABOUT
+
+    about = ABOUT.get(recipe.model.model_name_or_path)
+    hub_id = recipe.publish.base_model_id
+    if about is None:
+        return f"`{hub_id or recipe.model.model_name_or_path}`"
+    return f"{about} (`{recipe.model.model_name_or_path}`" + (f"; on the Hub: `{hub_id}`)" if hub_id else ")")
+
+
 def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
+    from sft_router.catalog import published_system_prompt
+
     ids = repo_ids(recipe)
+    gguf_manifest = read_manifest(recipe.stage_dir("gguf")) or {}
+    ollama_files = all((recipe.stage_dir("gguf") / name).is_file() for name in GGUF_FILES_FOR_OLLAMA)
     return {
         "model_repo_id": ids["model"],
         "gguf_repo_id": ids["gguf"],
         "dataset_repo_id": ids["dataset"],
-        "base_model_id": recipe.publish.base_model_id,
+        "base_model": base_model_text(recipe),
+        "gemma_terms": GEMMA_TERMS,
         "recipe_path": recipe.path.as_posix(),
         "run_name": recipe.name,
         "test_rows": next(iter(metrics.values()))["total_samples"] if metrics else 0,
@@ -129,16 +150,21 @@ def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
         "hyperparameters_table": hyperparameters_table(recipe),
         "images": sorted(card_images(recipe)),
         "has_modelfile": (recipe.stage_dir("gguf") / "Modelfile").is_file(),
+        "has_ollama_files": ollama_files,
+        "system_prompt": published_system_prompt(recipe.data),
+        "first_tool": next(iter(load_catalog(recipe.data.catalog).tools)),
+        "llama_cpp_commit": gguf_manifest.get("llama_cpp_commit"),
         "versions": ", ".join(f"{k} {v}" for k, v in library_versions().items()),
     }
 
 
-def render_model_card(recipe, metrics: dict[str, dict]):
-    from huggingface_hub import ModelCard, ModelCardData
+def model_card_data(recipe, metrics: dict[str, dict] | None = None):
+    """The model repo's card metadata; also the README the GGUF converter reads its `general.*` metadata from."""
+    from huggingface_hub import ModelCardData
 
     ids = repo_ids(recipe)
-    data = ModelCardData(
-        base_model=recipe.publish.base_model_id,
+    return ModelCardData(
+        base_model=recipe.publish.base_model_id or None,
         datasets=[ids["dataset"]],
         license="gemma",
         library_name="transformers",
@@ -146,10 +172,17 @@ def render_model_card(recipe, metrics: dict[str, dict]):
         tags=["gemma3", "tool-calling", "function-calling", "router", "lora", "trl", "sft"],
         language=["zh", "en"],
         model_name=ids["model"],
-        eval_results=eval_results(recipe, metrics.get("finetuned", {})),
+        eval_results=eval_results(recipe, (metrics or {}).get("finetuned", {})) or None,
     )
+
+
+def render_model_card(recipe, metrics: dict[str, dict]):
+    from huggingface_hub import ModelCard
+
+    ids = repo_ids(recipe)
     values = _shared_template_values(recipe, metrics)
-    return ModelCard.from_template(data, template_path="model_card/template.md", repo_id=ids["model"], **values)
+    return ModelCard.from_template(model_card_data(recipe, metrics), template_path="model_card/template.md",
+                                   repo_id=ids["model"], **values)  # fmt: skip
 
 
 def render_gguf_card(recipe, metrics: dict[str, dict]):
@@ -178,8 +211,6 @@ def render_gguf_card(recipe, metrics: dict[str, dict]):
 def render_dataset_card(recipe):
     """The dataset card: every count on it is read from the dataset manifest, the tool list from its catalog."""
     from huggingface_hub import DatasetCard, DatasetCardData
-
-    from sft_router.catalog import load_catalog
 
     manifest = read_manifest(recipe.stage_dir("dataset"))
     if manifest is None or "mix" not in manifest:

@@ -208,6 +208,15 @@ def fetch_converter() -> Path:
     return root
 
 
+def llama_cpp_commit() -> str | None:
+    """The llama.cpp commit the pinned sdist vendors (its git submodule HEAD); None for an LLAMA_CPP_DIR checkout."""
+    if os.environ.get("LLAMA_CPP_DIR"):
+        return None
+    with tarfile.open(fetch_sdist()) as archive:
+        head = archive.extractfile(f"llama_cpp_python-{LLAMA_CPP_PYTHON}/.git/modules/vendor/llama.cpp/HEAD")
+        return head.read().decode().strip()
+
+
 def run_pinned(converter: Path, script: str, args: list[str], what: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(converter / "gguf-py")}  # the pinned gguf-py, not the installed one
     result = subprocess.run([sys.executable, str(converter / script), *args], env=env, capture_output=True, text=True)
