@@ -11,6 +11,7 @@ Usage: from sft_router.cards import render_model_card  (the stage is `python -m 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -116,6 +117,7 @@ def save_card(recipe, card, folder: Path) -> None:
 
 
 GEMMA_TERMS = "https://ai.google.dev/gemma/terms"
+SERVE_URL = "http://127.0.0.1:8000/v1"  # `make serve`'s default address
 GGUF_FILES_FOR_OLLAMA = ("template", "params", "system")
 
 
@@ -154,6 +156,11 @@ def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
         "system_prompt": published_system_prompt(recipe.data),
         "first_tool": next(iter(load_catalog(recipe.data.catalog).tools)),
         "llama_cpp_commit": gguf_manifest.get("llama_cpp_commit"),
+        "llama_cpp_python": gguf_manifest.get("llama_cpp_python"),
+        "adapter_base": adapter_base(recipe),
+        "adapter_base_load": adapter_base(recipe),
+        "local_dir": repo_ids(recipe)["gguf"].split("/")[-1],
+        "serve_url": SERVE_URL,
         "versions": ", ".join(f"{k} {v}" for k, v in library_versions().items()),
     }
 
@@ -176,12 +183,38 @@ def model_card_data(recipe, metrics: dict[str, dict] | None = None):
     )
 
 
+def converter_metadata(recipe) -> str:
+    """The YAML a README must hold for llama.cpp's converter to write the GGUF's general.* keys: the model card's
+    metadata, plus the name, basename and finetune it would otherwise guess from the folder's name."""
+    import yaml
+
+    data = model_card_data(recipe).to_dict()
+    base = recipe.publish.base_model_id or recipe.model.model_name_or_path
+    data |= {"model_name": recipe.publish.model_repo, "basename": base.split("/")[-1], "finetune": "router"}
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).strip()
+
+
+PARTIAL = re.compile(r'\{% include "([\w.]+)" %\}')
+
+
+def card_template(path: str) -> str:
+    """A card template with its `{% include "x.md" %}` lines replaced by model_card/partials/x.md (huggingface_hub
+    renders a template string without a loader, so includes are resolved here)."""
+    text = Path(path).read_text()
+    return PARTIAL.sub(lambda m: (Path(path).parent / "partials" / m.group(1)).read_text().rstrip("\n"), text)
+
+
+def adapter_base(recipe) -> str:
+    """What adapter/adapter_config.json names as its base: the Hub id, else the recipe's declared base."""
+    return recipe.publish.base_model_id or recipe.model.model_name_or_path
+
+
 def render_model_card(recipe, metrics: dict[str, dict]):
     from huggingface_hub import ModelCard
 
     ids = repo_ids(recipe)
     values = _shared_template_values(recipe, metrics)
-    return ModelCard.from_template(model_card_data(recipe, metrics), template_path="model_card/template.md",
+    return ModelCard.from_template(model_card_data(recipe, metrics), template_str=card_template("model_card/template.md"),
                                    repo_id=ids["model"], **values)  # fmt: skip
 
 
@@ -204,8 +237,8 @@ def render_gguf_card(recipe, metrics: dict[str, dict]):
     )
     values = _shared_template_values(recipe, metrics)
     files = sorted(p.name for p in recipe.stage_dir("gguf").glob("*.gguf"))
-    return ModelCard.from_template(data, template_path="model_card/gguf.md", repo_id=ids["gguf"], gguf_files=files,
-                                   **values)  # fmt: skip
+    return ModelCard.from_template(data, template_str=card_template("model_card/gguf.md"), repo_id=ids["gguf"],
+                                   gguf_files=files, **values)  # fmt: skip
 
 
 def render_dataset_card(recipe):

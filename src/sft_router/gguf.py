@@ -124,12 +124,12 @@ def check_gguf(path: Path, chat_template: str, outtype: str) -> dict:
 
 def convert_locally(recipe, out: Path, facts: dict) -> None:
     """Every requested GGUF type from runs/<name>/merged, checked, plus Ollama's files beside them."""
-    from sft_router.cards import model_card_data
+    from sft_router.cards import converter_metadata
     from sft_router.catalog import published_system_prompt
     from sft_router.modelfile import write_ollama_files
 
     template = Path(recipe.training.chat_template_path).read_text()
-    card_metadata = model_card_data(recipe).to_yaml()
+    card_metadata = converter_metadata(recipe)
     for outtype in recipe.export.gguf_outtypes:
         path = out / gguf_path(recipe, outtype).name
         convert_to_gguf(recipe.stage_dir("merged"), path, outtype, card_metadata)

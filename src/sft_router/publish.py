@@ -28,7 +28,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sft_router.cards import read_metrics, render_dataset_card, render_gguf_card, render_model_card, save_card
+from sft_router.cards import adapter_base, read_metrics, render_dataset_card, render_gguf_card, render_model_card, save_card
 from sft_router.catalog import published_system_prompt
 from sft_router.config import namespace, parse_recipe, repo_ids
 from sft_router.errors import UsageError, network_errors, one_line_errors
@@ -99,7 +99,7 @@ def write_system_prompts(recipe, dest: Path) -> None:
 def declare_adapter_base(recipe, adapter_config: Path) -> None:
     """PEFT writes the local folder the base was loaded from; the repo names the Hub id (or the recipe's base)."""
     config = json.loads(adapter_config.read_text())
-    config["base_model_name_or_path"] = recipe.publish.base_model_id or recipe.model.model_name_or_path
+    config["base_model_name_or_path"] = adapter_base(recipe)
     adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
