@@ -59,8 +59,11 @@ CONVERSATIONS = [
     ],
     # what Jinja's `| trim` strips, Go must strip too: newlines, tabs, ideographic and no-break spaces
     [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\t 查一下明天的日程\n"}],
-    [{"role": "user", "content": "\u3000关灯\u00a0\r\n"}, {"role": "assistant", "content": " ok \n"},
-     {"role": "user", "content": "   "}],  # fmt: skip
+    [
+        {"role": "user", "content": "\u3000关灯\u00a0\r\n"},
+        {"role": "assistant", "content": " ok \n"},
+        {"role": "user", "content": "   "},
+    ],  # fmt: skip
 ]
 
 

@@ -105,7 +105,7 @@ def build_grammar(system_prompt: str, calls_only: bool = False) -> str:
         calls.append(f"{head} {prefix}-args")
         rules += arguments_rules(f"{prefix}-args", tool["arguments"])
     root = ("root ::= call" if calls_only and calls else "root ::= reply") + (
-        f"{'' if calls_only else ' | call'}\ncall ::= {literal(CALL_PREFIX)} ( {' | '.join(calls)} ) \"}}\""
+        f'{"" if calls_only else " | call"}\ncall ::= {literal(CALL_PREFIX)} ( {" | ".join(calls)} ) "}}"'
         if calls
         else ""
     )

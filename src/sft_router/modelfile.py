@@ -50,7 +50,9 @@ GO_TRIM = (
 # Trim markers ({{- -}}) keep the template's own newlines out of the prompt; the only newlines emitted are the ones
 # inside the quoted strings, exactly where the Jinja template puts them. As in Jinja, only a first message with the
 # system role is the system prompt, and it is not trimmed.
-GO_TEMPLATE = GO_TRIM + r"""{{- $system := "" }}{{ $has_system := false }}
+GO_TEMPLATE = (
+    GO_TRIM
+    + r"""{{- $system := "" }}{{ $has_system := false }}
 {{- if .Messages }}{{ with index .Messages 0 }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ $has_system = true }}{{ end }}{{ end }}{{ end }}
 {{- $first := true }}
 {{- range .Messages }}
@@ -64,6 +66,7 @@ GO_TEMPLATE = GO_TRIM + r"""{{- $system := "" }}{{ $has_system := false }}
 {{- end }}
 {{- end }}
 {{- "<start_of_turn>model\n" }}"""
+)
 
 # Greedy, as in `make eval`: the router must answer the same way every time. Ollama's defaults (temperature 0.8,
 # a 2048 or 4096-token context) would sample and could cut the tool list.
@@ -73,9 +76,11 @@ PARAMS = {"stop": [STOP_TOKEN], "temperature": 0, "top_k": 1, "num_ctx": 4096}
 def render_modelfile(gguf_name: str, system_prompt: str) -> str:
     lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{GO_TEMPLATE}"""', "", f'SYSTEM """{system_prompt}"""', ""]
     for key, value in PARAMS.items():
-        lines += [f"PARAMETER {key} {json.dumps(v)}" for v in value] if isinstance(value, list) else [
-            f"PARAMETER {key} {value}"
-        ]
+        lines += (
+            [f"PARAMETER {key} {json.dumps(v)}" for v in value]
+            if isinstance(value, list)
+            else [f"PARAMETER {key} {value}"]
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -28,7 +28,14 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sft_router.cards import adapter_base, read_metrics, render_dataset_card, render_gguf_card, render_model_card, save_card
+from sft_router.cards import (
+    adapter_base,
+    read_metrics,
+    render_dataset_card,
+    render_gguf_card,
+    render_model_card,
+    save_card,
+)
 from sft_router.catalog import published_system_prompt
 from sft_router.config import namespace, parse_recipe, repo_ids
 from sft_router.errors import UsageError, network_errors, one_line_errors

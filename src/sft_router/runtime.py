@@ -29,7 +29,15 @@ LLAMA_CPP_PYTHON = "0.3.36"
 LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 # The same pins as the `runtime` extra in pyproject.toml (tests/test_gguf_runtime.py holds them equal).
-RUNTIME_PINS = (f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "diskcache==5.6.3")
+RUNTIME_PINS = (
+    f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+    "diskcache==5.6.3",
+    "fastapi==0.165.0",
+    "uvicorn==0.54.0",
+    "sse-starlette==3.7.0",
+    "starlette-context==0.3.6",
+    "pydantic-settings==2.16.3",
+)  # + `make serve`
 BUILD_FLAGS = "-DGGML_NATIVE=OFF"
 LIBRARY = "llama_cpp/lib/libllama.so"
 INSTALL_HINT = "run `make runtime` (builds the pinned llama.cpp runtime once, ~10 min on 2 cores)"

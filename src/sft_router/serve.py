@@ -49,7 +49,11 @@ def parse_call(answer: str) -> tuple[str, dict] | None:
         value = json.loads(answer)
     except json.JSONDecodeError:
         return None
-    if isinstance(value, dict) and isinstance(value.get("tool_name"), str) and isinstance(value.get("arguments"), dict):
+    if (
+        isinstance(value, dict)
+        and isinstance(value.get("tool_name"), str)
+        and isinstance(value.get("arguments"), dict)
+    ):
         return value["tool_name"], value["arguments"]
     return None
 

@@ -1,0 +1,94 @@
+"""Every code block on the published cards runs: the tiny run is pushed to the loopback Hub (test_publish's
+`published`), and each ```python block and each runnable ```bash line of the model and GGUF cards is executed as a
+user would, against those repos (transformers, peft, llama-cpp-python, `hf download`, and the `openai` client and
+curl against `make serve`). Ollama and the llama.cpp CLI are not installed here: their lines are checked to name
+files that the repo holds."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import llama_runtime_or_reason
+from test_publish import NS, REPOS, TOKEN, online, published  # noqa: F401  (fixtures)
+from test_serve import served  # noqa: F401  (fixture)
+
+BLOCK = re.compile(r"```(python|bash)\n(.*?)```", re.DOTALL)
+NOT_HERE = {"ollama", "llama-cli", "llama-server"}
+
+
+def code_blocks(card: Path) -> list[tuple[str, str]]:
+    return BLOCK.findall(card.read_text())
+
+
+def user_env(hub, tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN", "PYTHONPATH")}
+    return env | {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf-home"),
+                  "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}  # fmt: skip
+
+
+def run_python(code: str, env: dict, cwd: Path) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, f"{code}\n---\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def run_bash_line(line: str, env: dict, cwd: Path, repo: Path) -> None:
+    command = line.split("   #", 1)[0].strip()
+    words = shlex.split(command.split("&&")[-1])
+    if words[0] in NOT_HERE:  # the files it names must be in the repo
+        for word in words:
+            name = word.rsplit("/", 1)[-1]
+            if "." in name or name == "Modelfile":
+                assert name.startswith("hf.co") or (repo / name).is_file() or ":" in name, f"{line}: no {name}"
+        return
+    result = subprocess.run(command, shell=True, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{line}\n---\n{result.stderr[-2000:]}"
+
+
+def test_model_card_code_blocks_run(published, online, hub, tmp_path):  # noqa: F811
+    from sft_router.base_models import resolve_base_model
+
+    ws, _ = published
+    card = ws / f"runs/tiny/hub/{REPOS['model']}/README.md"
+    blocks = code_blocks(card)
+    assert [kind for kind, _ in blocks] == ["python", "python", "python"]
+    env = user_env(hub, tmp_path)
+    transformers_out = run_python(blocks[0][1], env, tmp_path)
+    assert transformers_out.strip()  # the answer, whatever the tiny model says
+    tools_prompt = run_python(blocks[1][1], env, tmp_path)
+    assert (
+        '{"tool_name": "get_weather", "tool_description": "Current weather in a city.", "arguments": ' in tools_prompt
+    )
+    # the tiny base is built on this machine, never on a Hub: the snippet loads it from where it was built
+    peft = blocks[2][1].replace('"sft-router/tiny-gemma3"', repr(resolve_base_model("sft-router/tiny-gemma3")))
+    assert run_python(peft, env, tmp_path).strip() == "sft-router/tiny-gemma3"
+
+
+def test_gguf_card_code_blocks_run(published, online, hub, served, tmp_path):  # noqa: F811
+    if reason := llama_runtime_or_reason():
+        pytest.skip(reason)
+    ws, _ = published
+    url = served[0]
+    repo = ws / f"runs/tiny/hub/{REPOS['gguf']}"
+    blocks = [(kind, code.replace("http://127.0.0.1:8000/v1", url)) for kind, code in code_blocks(repo / "README.md")]
+    env = user_env(hub, tmp_path)
+    ran = []
+    for kind, code in blocks:
+        if kind == "python":
+            assert run_python(code, env, tmp_path).strip()
+        else:
+            for line in (line for line in code.splitlines() if line.strip()):
+                run_bash_line(line, env, tmp_path, repo)
+        ran.append(kind)
+    assert ran.count("python") == 2 and ran.count("bash") == 4
+    downloaded = tmp_path / REPOS["gguf"].split("/")[1]
+    assert (downloaded / "Modelfile").read_bytes() == (repo / "Modelfile").read_bytes()
+    assert NS and TOKEN  # the repos were pushed by alice, and read anonymously: they are public

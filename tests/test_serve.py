@@ -1,0 +1,130 @@
+"""`make serve` end to end on the tiny run's GGUF, with the real `openai` client: `tools=` in, the router's JSON
+answer out as `tool_calls` (streamed too), a reply as `content`. The model's raw answer for the same prompt is
+computed here with the same runtime (greedy, as `make eval`), and the server's response must carry exactly it."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from conftest import ROOT, TINY, llama_runtime_or_reason
+from test_chat_template import openai_tools
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run):
+    """The server of `make serve` on a free port, run from the tiny workspace; yields (base_url, recipe, rows)."""
+    if reason := llama_runtime_or_reason():
+        pytest.skip(reason)
+    from sft_router.config import parse_recipe
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, "-m", "sft_router.serve", "--config", TINY, "--port", str(port)]
+    server = subprocess.Popen(command, cwd=tiny_run, env=env, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        _wait_for(url, server)
+        old = os.getcwd()
+        os.chdir(tiny_run)
+        (recipe,) = parse_recipe(["--config", TINY])
+        os.chdir(old)
+        rows = [json.loads(line) for line in (tiny_run / "runs/tiny/dataset/test.jsonl").read_text().splitlines()]
+        yield url, recipe, rows, tiny_run
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _wait_for(url: str, server, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"make serve exited: {server.stderr.read()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail("make serve did not answer within 3 minutes")
+
+
+def raw_answer(served, row, calls_only: bool) -> str:
+    """The GGUF's greedy answer to the row's training prompt, straight from the runtime."""
+    from llama_cpp import LlamaGrammar
+
+    from sft_router.grammar import build_grammar
+    from sft_router.runtime import complete, load_gguf
+    from sft_router.serve import render_chat
+
+    _, recipe, _, ws = served
+    llm = load_gguf(ws / "runs/tiny/gguf/tiny-Q8_0.gguf", n_ctx=8192)
+    system = row["prompt"][0]["content"]
+    grammar = LlamaGrammar.from_string(build_grammar(system, calls_only=True), verbose=False) if calls_only else None
+    prompt = render_chat(llm.metadata["tokenizer.chat_template"], row["prompt"], None)
+    return complete(llm, prompt, recipe.eval.eval_max_new_tokens, grammar=grammar, reuse_prefix=False)
+
+
+def request(served, row, **kwargs):
+    from openai import OpenAI
+
+    url, recipe, _, ws = served
+    template = (ws / recipe.data.system_prompt).read_text()
+    client = OpenAI(base_url=url, api_key="unused")
+    messages = [{"role": "system", "content": template}, {"role": "user", "content": row["prompt"][1]["content"]}]
+    return client.chat.completions.create(model=recipe.name, messages=messages, max_tokens=recipe.eval.eval_max_new_tokens,
+                                          tools=openai_tools(recipe, row["tools"]), **kwargs)  # fmt: skip
+
+
+def first_row(served, kind: str) -> dict:
+    return next(row for row in served[2] if (row["tool_name"] != "") == (kind == "call"))
+
+
+def test_required_tool_choice_returns_tool_calls_equal_to_the_raw_answer(served):
+    row = first_row(served, "call")
+    raw = json.loads(raw_answer(served, row, calls_only=True))
+    message = request(served, row, tool_choice="required").choices[0].message
+    assert message.content is None and len(message.tool_calls) == 1
+    call = message.tool_calls[0]
+    assert call.type == "function" and call.function.name == raw["tool_name"]
+    assert json.loads(call.function.arguments) == raw["arguments"]
+
+
+def test_streamed_tool_calls_assemble_to_the_same_call(served):
+    row = first_row(served, "call")
+    raw = json.loads(raw_answer(served, row, calls_only=True))
+    name, arguments, finish = "", "", None
+    for chunk in request(served, row, tool_choice="required", stream=True):
+        choice = chunk.choices[0]
+        for call in choice.delta.tool_calls or []:
+            name += call.function.name or ""
+            arguments += call.function.arguments or ""
+        finish = choice.finish_reason or finish
+    assert finish == "tool_calls" and name == raw["tool_name"] and json.loads(arguments) == raw["arguments"]
+
+
+def test_a_reply_comes_back_as_content_without_tool_calls(served):
+    from sft_router.serve import parse_call
+
+    answers = {row["id"]: raw_answer(served, row, calls_only=False) for row in served[2][:8]}
+    reply_rows = [row for row in served[2][:8] if parse_call(answers[row["id"]]) is None]
+    assert reply_rows, "the tiny model answered every probed row with a call"
+    row = reply_rows[0]
+    for streamed in (False, True):
+        response = request(served, row, stream=streamed)
+        if streamed:
+            chunks = list(response)
+            content = "".join(c.choices[0].delta.content or "" for c in chunks)
+            assert not any(c.choices[0].delta.tool_calls for c in chunks)
+        else:
+            content = response.choices[0].message.content
+            assert not response.choices[0].message.tool_calls
+        assert content == answers[row["id"]]
