@@ -66,7 +66,7 @@ def raw_answer(served, row, calls_only: bool) -> str:
     from sft_router.serve import render_chat
 
     _, recipe, _, ws = served
-    llm = load_gguf(ws / "runs/tiny/gguf/tiny-Q8_0.gguf", n_ctx=8192)
+    llm = load_gguf(ws / "runs/tiny/gguf/tiny-Q8_0.gguf", n_ctx=4096)
     system = row["prompt"][0]["content"]
     grammar = LlamaGrammar.from_string(build_grammar(system, calls_only=True), verbose=False) if calls_only else None
     prompt = render_chat(llm.metadata["tokenizer.chat_template"], row["prompt"], None)
@@ -128,3 +128,22 @@ def test_a_reply_comes_back_as_content_without_tool_calls(served):
             content = response.choices[0].message.content
             assert not response.choices[0].message.tool_calls
         assert content == answers[row["id"]]
+
+
+def test_tool_choice_sets_the_decoding_grammar():
+    from sft_router.catalog import render_tool
+    from sft_router.serve import decoding_grammar
+
+    tools = [{"type": "function", "function": {"name": name, "description": "d", "parameters": {"type": "object"}}}
+             for name in ("lamp_on", "lamp_off")]  # fmt: skip
+    system = " ".join(render_tool(t["function"]) for t in tools)
+    assert decoding_grammar(system, tools, "auto") is None and decoding_grammar(system, tools, None) is None
+    assert decoding_grammar(system, tools, "none").startswith("root ::= reply\n") and "lamp" not in (
+        decoding_grammar(system, tools, "none")
+    )
+    required = decoding_grammar(system, tools, "required")
+    assert required.startswith("root ::= call\n") and "lamp_on" in required and "lamp_off" in required
+    named = decoding_grammar(system, tools, {"type": "function", "function": {"name": "lamp_off"}})
+    assert named.startswith("root ::= call\n") and "lamp_off" in named and "lamp_on" not in named
+    with pytest.raises(ValueError, match="lamp_up"):
+        decoding_grammar(system, tools, {"type": "function", "function": {"name": "lamp_up"}})

@@ -5,7 +5,8 @@ The handler renders the conversation with the GGUF's own chat template (the trai
 `tools`, in the router's training format, so `tools=[...]` of the `openai` client lands in the system prompt where
 `{tools}` stands (the published `system_prompt_template.txt`); a system prompt that already lists the tools works
 too. Decoding is greedy, as `make eval` scores it, whatever sampling the request asks for; `tool_choice="required"`
-(or a named function) constrains decoding to a call of a listed tool (sft_router.grammar). A streamed request
+constrains decoding to a call of a listed tool, a named function to a call of it, "none" to a reply
+(sft_router.grammar). A streamed request
 gets the finished answer in chunks: whether it is a call is known only once the JSON is complete.
 
 Usage: python -m sft_router.serve --config recipes/tiny/router.yaml [--port 8000]   (make serve)
@@ -31,7 +32,9 @@ MAX_NEW_TOKENS = 256
 class ServeCommand:
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on."})
     port: int = field(default=8000, metadata={"help": "Port to listen on."})
-    n_ctx: int = field(default=8192, metadata={"help": "Context length of the llama.cpp model."})
+    n_ctx: int = field(
+        default=4096, metadata={"help": "Context length of the llama.cpp model (Ollama's `params` too)."}
+    )
 
 
 def render_chat(chat_template: str, messages: list[dict], tools: list[dict] | None) -> str:
@@ -69,13 +72,28 @@ def openai_message(answer: str) -> tuple[dict, str]:
     return {"role": "assistant", "content": None, "tool_calls": [tool_call]}, "tool_calls"
 
 
-def _grammar(prompt_system: str, tool_choice):
-    from llama_cpp import LlamaGrammar
-
+def decoding_grammar(system_text: str, tools: list[dict] | None, tool_choice) -> str | None:
+    """GBNF for OpenAI's tool_choice: "required" a call of a listed tool, a named function a call of that one,
+    "none" a reply; "auto" (or nothing) leaves decoding free, as `make eval` scores it."""
+    from sft_router.catalog import render_tool
     from sft_router.grammar import build_grammar
 
-    if tool_choice == "required" or isinstance(tool_choice, dict):
-        return LlamaGrammar.from_string(build_grammar(prompt_system, calls_only=True), verbose=False)
+    if tool_choice == "none":
+        return build_grammar("")  # no tool listed: the grammar admits a reply only
+    if tool_choice == "required":
+        return build_grammar(system_text, calls_only=True)
+    if isinstance(tool_choice, dict):
+        name = tool_choice.get("function", {}).get("name")
+        listed = [tool.get("function", tool) for tool in tools or []]
+        chosen = next((fn for fn in listed if fn.get("name") == name), None)
+        if chosen is None:
+            raise ValueError(f"tool_choice names '{name}', which is not among the request's tools")
+        entry = {
+            "name": name,
+            "description": chosen.get("description", ""),
+            "parameters": chosen.get("parameters", {}),
+        }
+        return build_grammar(render_tool(entry), calls_only=True)
     return None
 
 
@@ -86,6 +104,8 @@ def _system_text(prompt: str) -> str:
 
 def route_chat(*, llama, messages, tools=None, tool_choice=None, stream=False, max_tokens=None, model=None, **_):
     """llama-cpp-python chat handler: greedy answer, then OpenAI's message shape (a chunk stream if `stream`)."""
+    from llama_cpp import LlamaGrammar
+
     from sft_router.runtime import greedy_ids, prompt_ids
 
     template = llama.metadata.get("tokenizer.chat_template")
@@ -93,7 +113,9 @@ def route_chat(*, llama, messages, tools=None, tool_choice=None, stream=False, m
         raise ValueError("the GGUF has no tokenizer.chat_template: convert it with `make gguf`")
     prompt = render_chat(template, messages, tools)
     ids = prompt_ids(llama, prompt)
-    new_ids = greedy_ids(llama, ids, max_tokens or MAX_NEW_TOKENS, grammar=_grammar(_system_text(prompt), tool_choice))
+    grammar_text = decoding_grammar(_system_text(prompt), tools, tool_choice)
+    grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
+    new_ids = greedy_ids(llama, ids, max_tokens or MAX_NEW_TOKENS, grammar=grammar)
     answer = llama.detokenize(new_ids, special=False).decode("utf-8", errors="replace").strip()
     message, finish = openai_message(answer)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model or llama.model_path}
