@@ -118,7 +118,6 @@ def save_card(recipe, card, folder: Path) -> None:
 
 GEMMA_TERMS = "https://ai.google.dev/gemma/terms"
 SERVE_URL = "http://127.0.0.1:8000/v1"  # `make serve`'s default address
-GGUF_FILES_FOR_OLLAMA = ("template", "params", "system")
 
 
 def base_model_text(recipe) -> str:
@@ -137,7 +136,6 @@ def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
 
     ids = repo_ids(recipe)
     gguf_manifest = read_manifest(recipe.stage_dir("gguf")) or {}
-    ollama_files = all((recipe.stage_dir("gguf") / name).is_file() for name in GGUF_FILES_FOR_OLLAMA)
     return {
         "model_repo_id": ids["model"],
         "gguf_repo_id": ids["gguf"],
@@ -151,15 +149,11 @@ def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
         "intervals_table": intervals_table(metrics),
         "hyperparameters_table": hyperparameters_table(recipe),
         "images": sorted(card_images(recipe)),
-        "has_modelfile": (recipe.stage_dir("gguf") / "Modelfile").is_file(),
-        "has_ollama_files": ollama_files,
         "system_prompt": published_system_prompt(recipe.data),
-        "first_tool": next(iter(load_catalog(recipe.data.catalog).tools)),
         "llama_cpp_commit": gguf_manifest.get("llama_cpp_commit"),
         "llama_cpp_python": gguf_manifest.get("llama_cpp_python"),
         "adapter_base": adapter_base(recipe),
-        "adapter_base_load": adapter_base(recipe),
-        "local_dir": repo_ids(recipe)["gguf"].split("/")[-1],
+        "local_dir": ids["gguf"].split("/")[-1],
         "serve_url": SERVE_URL,
         "versions": ", ".join(f"{k} {v}" for k, v in library_versions().items()),
     }
@@ -189,8 +183,11 @@ def converter_metadata(recipe) -> str:
     import yaml
 
     data = model_card_data(recipe).to_dict()
-    base = recipe.publish.base_model_id or recipe.model.model_name_or_path
-    data |= {"model_name": recipe.publish.model_repo, "basename": base.split("/")[-1], "finetune": "router"}
+    data |= {
+        "model_name": recipe.publish.model_repo,
+        "basename": adapter_base(recipe).split("/")[-1],
+        "finetune": "router",
+    }
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).strip()
 
 
