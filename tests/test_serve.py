@@ -19,11 +19,19 @@ from test_chat_template import openai_tools
 
 @pytest.fixture(scope="module")
 def served(tiny_run):
-    """The server of `make serve` on a free port, run from the tiny workspace; yields (base_url, recipe, rows)."""
+    """The server of `make serve` on a free port, run from the tiny workspace; yields (base_url, recipe, test rows,
+    workspace)."""
     if reason := llama_runtime_or_reason():
         pytest.skip(reason)
     from sft_router.config import parse_recipe
 
+    old = os.getcwd()
+    os.chdir(tiny_run)
+    try:
+        (recipe,) = parse_recipe(["--config", TINY])
+    finally:
+        os.chdir(old)
+    rows = [json.loads(line) for line in (tiny_run / "runs/tiny/dataset/test.jsonl").read_text().splitlines()]
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -33,11 +41,6 @@ def served(tiny_run):
     url = f"http://127.0.0.1:{port}/v1"
     try:
         _wait_for(url, server)
-        old = os.getcwd()
-        os.chdir(tiny_run)
-        (recipe,) = parse_recipe(["--config", TINY])
-        os.chdir(old)
-        rows = [json.loads(line) for line in (tiny_run / "runs/tiny/dataset/test.jsonl").read_text().splitlines()]
         yield url, recipe, rows, tiny_run
     finally:
         server.terminate()

@@ -115,7 +115,8 @@ def route_chat(*, llama, messages, tools=None, tool_choice=None, stream=False, m
     ids = prompt_ids(llama, prompt)
     grammar_text = decoding_grammar(_system_text(prompt), tools, tool_choice)
     grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
-    new_ids = greedy_ids(llama, ids, max_tokens or MAX_NEW_TOKENS, grammar=grammar)
+    # Each request from a fresh cache: the server's model keeps no full sliding-window cache to trim a prefix from.
+    new_ids = greedy_ids(llama, ids, max_tokens or MAX_NEW_TOKENS, grammar=grammar, reuse_prefix=False)
     answer = llama.detokenize(new_ids, special=False).decode("utf-8", errors="replace").strip()
     message, finish = openai_message(answer)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model or llama.model_path}
