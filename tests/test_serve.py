@@ -18,7 +18,7 @@ from test_chat_template import openai_tools
 
 
 @pytest.fixture(scope="module")
-def served(tiny_run):
+def served(tiny_run, tmp_path_factory):
     """The server of `make serve` on a free port, run from the tiny workspace; yields (base_url, recipe, test rows,
     workspace)."""
     if reason := llama_runtime_or_reason():
@@ -37,21 +37,22 @@ def served(tiny_run):
         port = probe.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     command = [sys.executable, "-m", "sft_router.serve", "--config", TINY, "--port", str(port)]
-    server = subprocess.Popen(command, cwd=tiny_run, env=env, stderr=subprocess.PIPE, text=True)
+    log = tmp_path_factory.mktemp("serve") / "stderr.log"
+    server = subprocess.Popen(command, cwd=tiny_run, env=env, stderr=log.open("w"), stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        _wait_for(url, server)
+        _wait_for(url, server, log)
         yield url, recipe, rows, tiny_run
     finally:
         server.terminate()
         server.wait(timeout=30)
 
 
-def _wait_for(url: str, server, seconds: float = 180) -> None:
+def _wait_for(url: str, server, log, seconds: float = 180) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            pytest.fail(f"make serve exited: {server.stderr.read()[-2000:]}")
+            pytest.fail(f"make serve exited: {log.read_text()[-2000:]}")
         try:
             urllib.request.urlopen(f"{url}/models", timeout=2).read()
             return
