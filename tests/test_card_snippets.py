@@ -83,7 +83,7 @@ def test_gguf_card_code_blocks_run(published, online, hub, served, tmp_path):  #
     ran = []
     for kind, code in blocks:
         if kind == "python":
-            assert run_python(code, env, tmp_path).strip()
+            run_python(code, env, tmp_path)  # the tiny model's answer may be empty: that it ran is what counts
         else:
             for line in (line for line in code.splitlines() if line.strip()):
                 run_bash_line(line, env, tmp_path, repo)
