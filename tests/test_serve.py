@@ -61,20 +61,40 @@ def _wait_for(url: str, server, log, seconds: float = 180) -> None:
     pytest.fail("make serve did not answer within 3 minutes")
 
 
-def raw_answer(served, row, calls_only: bool) -> str:
+@pytest.fixture(scope="module")
+def llm(served):
+    from sft_router.runtime import load_gguf
+
+    return load_gguf(served[3] / "runs/tiny/gguf/tiny-Q8_0.gguf", n_ctx=4096)
+
+
+def raw_answer(llm, served, row, calls_only: bool) -> str:
     """The GGUF's greedy answer to the row's training prompt, straight from the runtime."""
     from llama_cpp import LlamaGrammar
 
     from sft_router.grammar import build_grammar
-    from sft_router.runtime import complete, load_gguf
+    from sft_router.runtime import complete
     from sft_router.serve import render_chat
 
-    _, recipe, _, ws = served
-    llm = load_gguf(ws / "runs/tiny/gguf/tiny-Q8_0.gguf", n_ctx=4096)
     system = row["prompt"][0]["content"]
     grammar = LlamaGrammar.from_string(build_grammar(system, calls_only=True), verbose=False) if calls_only else None
     prompt = render_chat(llm.metadata["tokenizer.chat_template"], row["prompt"], None)
-    return complete(llm, prompt, recipe.eval.eval_max_new_tokens, grammar=grammar, reuse_prefix=False)
+    return complete(llm, prompt, served[1].eval.eval_max_new_tokens, grammar=grammar, reuse_prefix=False)
+
+
+@pytest.fixture(scope="module")
+def call_case(llm, served):
+    """A test row whose call-constrained answer is a whole call within the token budget (the tiny model often runs
+    on inside a string), and that answer. Rows that `make eval`'s grammar variant answered with a call come first."""
+    from sft_router.serve import parse_call
+
+    predictions = served[3] / "runs/tiny/eval/gguf_grammar/predictions.jsonl"
+    called = {r["id"] for r in map(json.loads, predictions.read_text().splitlines()) if parse_call(r["output"])}
+    for row in sorted(served[2], key=lambda row: row["id"] not in called):
+        answer = parse_call(raw_answer(llm, served, row, calls_only=True))
+        if answer is not None:
+            return row, answer
+    pytest.fail("no test row's constrained answer completed within eval_max_new_tokens")
 
 
 def request(served, row, **kwargs):
@@ -88,50 +108,46 @@ def request(served, row, **kwargs):
                                           tools=openai_tools(recipe, row["tools"]), **kwargs)  # fmt: skip
 
 
-def first_row(served, kind: str) -> dict:
-    return next(row for row in served[2] if (row["tool_name"] != "") == (kind == "call"))
-
-
-def test_required_tool_choice_returns_tool_calls_equal_to_the_raw_answer(served):
-    row = first_row(served, "call")
-    raw = json.loads(raw_answer(served, row, calls_only=True))
+def test_required_tool_choice_returns_tool_calls_equal_to_the_raw_answer(served, call_case):
+    row, (name, arguments) = call_case
     message = request(served, row, tool_choice="required").choices[0].message
     assert message.content is None and len(message.tool_calls) == 1
     call = message.tool_calls[0]
-    assert call.type == "function" and call.function.name == raw["tool_name"]
-    assert json.loads(call.function.arguments) == raw["arguments"]
+    assert call.type == "function" and call.function.name == name
+    assert json.loads(call.function.arguments) == arguments
 
 
-def test_streamed_tool_calls_assemble_to_the_same_call(served):
-    row = first_row(served, "call")
-    raw = json.loads(raw_answer(served, row, calls_only=True))
-    name, arguments, finish = "", "", None
+def test_streamed_tool_calls_assemble_to_the_same_call(served, call_case):
+    row, (name, arguments) = call_case
+    streamed_name, streamed_arguments, finish = "", "", None
     for chunk in request(served, row, tool_choice="required", stream=True):
         choice = chunk.choices[0]
         for call in choice.delta.tool_calls or []:
-            name += call.function.name or ""
-            arguments += call.function.arguments or ""
+            streamed_name += call.function.name or ""
+            streamed_arguments += call.function.arguments or ""
         finish = choice.finish_reason or finish
-    assert finish == "tool_calls" and name == raw["tool_name"] and json.loads(arguments) == raw["arguments"]
+    assert finish == "tool_calls" and streamed_name == name and json.loads(streamed_arguments) == arguments
 
 
-def test_a_reply_comes_back_as_content_without_tool_calls(served):
+def test_a_reply_comes_back_as_content_without_tool_calls(llm, served):
     from sft_router.serve import parse_call
 
-    answers = {row["id"]: raw_answer(served, row, calls_only=False) for row in served[2][:8]}
-    reply_rows = [row for row in served[2][:8] if parse_call(answers[row["id"]]) is None]
-    assert reply_rows, "the tiny model answered every probed row with a call"
-    row = reply_rows[0]
+    row, answer = next(
+        (row, answer)
+        for row in served[2]
+        if parse_call(answer := raw_answer(llm, served, row, calls_only=False)) is None
+    )
     for streamed in (False, True):
         response = request(served, row, stream=streamed)
         if streamed:
             chunks = list(response)
             content = "".join(c.choices[0].delta.content or "" for c in chunks)
             assert not any(c.choices[0].delta.tool_calls for c in chunks)
+            assert chunks[-1].choices[0].finish_reason == "stop"
         else:
             content = response.choices[0].message.content
-            assert not response.choices[0].message.tool_calls
-        assert content == answers[row["id"]]
+            assert not response.choices[0].message.tool_calls and response.choices[0].finish_reason == "stop"
+        assert content == answer
 
 
 def test_tool_choice_sets_the_decoding_grammar():
