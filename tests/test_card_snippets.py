@@ -1,6 +1,6 @@
-"""Every code block on the published cards runs: the tiny run is pushed to the loopback Hub (test_publish's
-`published`), and each ```python block and each runnable ```bash line of the model and GGUF cards is executed as a
-user would, against those repos (transformers, peft, llama-cpp-python, `hf download`, and the `openai` client and
+"""Every code block on the published cards runs: the tiny run is pushed to the loopback Hub (under router-org, so
+that test_publish's repos stay its own), and each ```python block and each runnable ```bash line of the model and
+GGUF cards is executed as a user would, against those repos (transformers, peft, llama-cpp-python, `hf download`, and the `openai` client and
 curl against `make serve`). Ollama and the llama.cpp CLI are not installed here: their lines are checked to name
 files that the repo holds."""
 
@@ -14,12 +14,33 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import llama_runtime_or_reason
-from test_publish import NS, REPOS, TOKEN, online, published  # noqa: F401  (fixtures)
+from conftest import TINY, llama_runtime_or_reason
+from test_publish import TOKEN, copy_run
 from test_serve import served  # noqa: F401  (fixture)
+
+ORG = "router-org"  # a namespace alice's token may write
+REPOS = {"model": f"{ORG}/tiny-router", "gguf": f"{ORG}/tiny-router-GGUF"}
 
 BLOCK = re.compile(r"```(python|bash)\n(.*?)```", re.DOTALL)
 NOT_HERE = {"ollama", "llama-cli", "llama-server"}
+
+
+@pytest.fixture(scope="module")
+def published(tiny_run, hub, tmp_path_factory) -> Path:
+    """A copy of the tiny run pushed by the publish stage with HF_TOKEN and HUB_NAMESPACE=router-org."""
+    import huggingface_hub.constants
+
+    from sft_router import publish
+
+    ws = copy_run(tiny_run, tmp_path_factory.mktemp("snippets") / "ws")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ws)
+        mp.setenv("HF_TOKEN", TOKEN)
+        mp.setenv("HUB_NAMESPACE", ORG)
+        mp.delenv("HF_HUB_OFFLINE", raising=False)
+        mp.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        publish.main(["--config", TINY])
+    return ws
 
 
 def code_blocks(card: Path) -> list[tuple[str, str]]:
@@ -53,10 +74,10 @@ def run_bash_line(line: str, env: dict, cwd: Path, repo: Path) -> None:
     assert result.returncode == 0, f"{line}\n---\n{result.stderr[-2000:]}"
 
 
-def test_model_card_code_blocks_run(published, online, hub, tmp_path):  # noqa: F811
+def test_model_card_code_blocks_run(published, hub, tmp_path):
     from sft_router.base_models import resolve_base_model
 
-    ws, _ = published
+    ws = published
     card = ws / f"runs/tiny/hub/{REPOS['model']}/README.md"
     blocks = code_blocks(card)
     assert [kind for kind, _ in blocks] == ["python", "python", "python"]
@@ -72,10 +93,10 @@ def test_model_card_code_blocks_run(published, online, hub, tmp_path):  # noqa: 
     assert run_python(peft, env, tmp_path).strip() == "sft-router/tiny-gemma3"
 
 
-def test_gguf_card_code_blocks_run(published, online, hub, served, tmp_path):  # noqa: F811
+def test_gguf_card_code_blocks_run(published, hub, served, tmp_path):  # noqa: F811
     if reason := llama_runtime_or_reason():
         pytest.skip(reason)
-    ws, _ = published
+    ws = published
     url = served[0]
     repo = ws / f"runs/tiny/hub/{REPOS['gguf']}"
     blocks = [(kind, code.replace("http://127.0.0.1:8000/v1", url)) for kind, code in code_blocks(repo / "README.md")]
@@ -90,5 +111,4 @@ def test_gguf_card_code_blocks_run(published, online, hub, served, tmp_path):  #
         ran.append(kind)
     assert ran.count("python") == 2 and ran.count("bash") == 4
     downloaded = tmp_path / REPOS["gguf"].split("/")[1]
-    assert (downloaded / "Modelfile").read_bytes() == (repo / "Modelfile").read_bytes()
-    assert NS and TOKEN  # the repos were pushed by alice, and read anonymously: they are public
+    assert (downloaded / "Modelfile").read_bytes() == (repo / "Modelfile").read_bytes()  # `hf download` ran

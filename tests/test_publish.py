@@ -25,6 +25,7 @@ MODEL_FILES = {"model.safetensors", "config.json", "generation_config.json", "to
                "system_prompt.txt", "system_prompt_template.txt"}  # fmt: skip
 WRITTEN_BY_PUBLISH = {"system_prompt.txt", "system_prompt_template.txt", "adapter/adapter_config.json"}
 OLLAMA_FILES = {"Modelfile", "template", "params", "system"}
+SYSTEM_PROMPTS = {"system_prompt.txt", "system_prompt_template.txt"}
 
 
 @pytest.fixture
@@ -148,7 +149,7 @@ def test_gguf_repo_reads_back_byte_identical(published, online, tmp_path):
     ws, _ = published
     gguf = ws / "runs/tiny/gguf"
     expected = {p.name for p in gguf.glob("*.gguf")} | {"README.md", "comparison.png", ".gitattributes"}
-    expected |= OLLAMA_FILES | {"system_prompt.txt"}
+    expected |= OLLAMA_FILES | SYSTEM_PROMPTS
     assert set(list_repo_files(REPOS["gguf"], token=TOKEN)) == expected
     path = hf_hub_download(REPOS["gguf"], "tiny-Q8_0.gguf", token=TOKEN, cache_dir=tmp_path)
     assert Path(path).read_bytes() == (gguf / "tiny-Q8_0.gguf").read_bytes()
@@ -178,7 +179,7 @@ def test_cards_carry_the_metric_files_numbers_as_model_index(published, online):
     results = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert results and results == {k: round(finetuned[k], 4) for k in results}
     assert "exact_match_rate" in results and card.data.license == "gemma"
-    assert card.data.base_model == "google/gemma-3-270m-it" and card.data.datasets == [REPOS["dataset"]]
+    assert card.data.base_model is None and card.data.datasets == [REPOS["dataset"]]  # the tiny base is on no Hub
     assert "![baseline vs fine-tuned](comparison.png)" in card.text and "training_curves.png" in card.text
     assert (
         f"ollama run hf.co/{REPOS['gguf']}:Q8_0" in card.text
@@ -291,7 +292,7 @@ def test_without_token_exactly_the_repo_folders_are_staged(tiny_run, hub, monkey
              if Path("runs/tiny", p, n).is_file()}  # fmt: skip
     model = {f"your-namespace/tiny-router/{n}" for n in MODEL_FILES if not n.endswith(".png") or n in drawn}
     gguf_files = {p.name for p in Path("runs/tiny/gguf").glob("*.gguf")} | {"README.md"} | (drawn & {"comparison.png"})
-    gguf_files |= OLLAMA_FILES | {"system_prompt.txt"}
+    gguf_files |= OLLAMA_FILES | SYSTEM_PROMPTS
     dataset = {f"your-namespace/tiny-router-scenarios/{n}" for n in ("README.md", *_parquet_names())}
     assert staged == model | {f"your-namespace/tiny-router-GGUF/{n}" for n in gguf_files} | dataset | {"manifest.json"}
     assert set(hub.state.repos) == repos_before  # nothing went over the network

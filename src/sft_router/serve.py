@@ -16,6 +16,7 @@ Usage: python -m sft_router.serve --config recipes/tiny/router.yaml [--port 8000
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -151,12 +152,14 @@ def create_app(recipe, command: ServeCommand):
     from llama_cpp.server.app import create_app as llama_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
+    from sft_router.runtime import GGUF_SETTINGS
+
     path = gguf_path(recipe, recipe.export.gguf_outtypes[0])
     if not path.is_file():
         raise UsageError(f"no GGUF at {path}: run `make gguf RECIPE={recipe.path}` first")
     register_handler()
     model = ModelSettings(model=str(path), model_alias=recipe.name, chat_format=CHAT_FORMAT, n_ctx=command.n_ctx,
-                          verbose=False)  # fmt: skip
+                          **GGUF_SETTINGS, n_threads=os.cpu_count(), verbose=False)  # fmt: skip
     return llama_app(server_settings=ServerSettings(host=command.host, port=command.port), model_settings=[model])
 
 
