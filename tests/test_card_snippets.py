@@ -6,6 +6,7 @@ files that the repo holds."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -53,12 +54,19 @@ def user_env(hub, tmp_path: Path) -> dict[str, str]:
                   "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}  # fmt: skip
 
 
-def run_python(code: str, env: dict, cwd: Path) -> str:
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, f"{code}\n---\n{result.stderr[-3000:]}"
-    return result.stdout
+RUNNER = """import json, sys
+for number, code in enumerate(json.loads(sys.stdin.read())):
+    print(f"=== block {number}", flush=True)
+    exec(compile(code, f"<block {number}>", "exec"), {"__name__": "__main__"})
+"""
+
+
+def run_python(blocks: list[str], env: dict, cwd: Path) -> list[str]:
+    """Run the blocks one after another in one fresh interpreter, as pasted into one session; their outputs."""
+    result = subprocess.run([sys.executable, "-c", RUNNER], input=json.dumps(blocks), env=env, cwd=cwd,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return re.split(r"=== block \d+\n", result.stdout)[1:]
 
 
 def run_bash_line(line: str, env: dict, cwd: Path, repo: Path) -> None:
@@ -101,14 +109,11 @@ def test_gguf_card_code_blocks_run(published, hub, served, tmp_path):  # noqa: F
     repo = ws / f"runs/tiny/hub/{REPOS['gguf']}"
     blocks = [(kind, code.replace("http://127.0.0.1:8000/v1", url)) for kind, code in code_blocks(repo / "README.md")]
     env = user_env(hub, tmp_path)
-    ran = []
-    for kind, code in blocks:
-        if kind == "python":
-            run_python(code, env, tmp_path)  # the tiny model's answer may be empty: that it ran is what counts
-        else:
-            for line in (line for line in code.splitlines() if line.strip()):
-                run_bash_line(line, env, tmp_path, repo)
-        ran.append(kind)
-    assert ran.count("python") == 2 and ran.count("bash") == 4
+    assert [kind for kind, _ in blocks].count("bash") == 4
+    for code in (code for kind, code in blocks if kind == "bash"):
+        for line in (line for line in code.splitlines() if line.strip()):
+            run_bash_line(line, env, tmp_path, repo)
+    python = [code for kind, code in blocks if kind == "python"]
+    assert len(run_python(python, env, tmp_path)) == 2  # both ran; the tiny model's answers may be empty
     downloaded = tmp_path / REPOS["gguf"].split("/")[1]
     assert (downloaded / "Modelfile").read_bytes() == (repo / "Modelfile").read_bytes()  # `hf download` ran
