@@ -89,16 +89,15 @@ def test_model_card_code_blocks_run(published, hub, tmp_path):
     card = ws / f"runs/tiny/hub/{REPOS['model']}/README.md"
     blocks = code_blocks(card)
     assert [kind for kind, _ in blocks] == ["python", "python", "python"]
-    env = user_env(hub, tmp_path)
-    transformers_out = run_python(blocks[0][1], env, tmp_path)
-    assert transformers_out.strip()  # the answer, whatever the tiny model says
-    tools_prompt = run_python(blocks[1][1], env, tmp_path)
+    # the tiny base is built on this machine, never on a Hub: the adapter snippet loads it from where it was built
+    peft = blocks[2][1].replace('"sft-router/tiny-gemma3"', repr(resolve_base_model("sft-router/tiny-gemma3")))
+    outputs = run_python([blocks[0][1], blocks[1][1], peft], user_env(hub, tmp_path), tmp_path)
+    answer, tools_prompt, adapter_base = outputs
+    assert answer.strip()  # the answer, whatever the tiny model says
     assert (
         '{"tool_name": "get_weather", "tool_description": "Current weather in a city.", "arguments": ' in tools_prompt
     )
-    # the tiny base is built on this machine, never on a Hub: the snippet loads it from where it was built
-    peft = blocks[2][1].replace('"sft-router/tiny-gemma3"', repr(resolve_base_model("sft-router/tiny-gemma3")))
-    assert run_python(peft, env, tmp_path).strip() == "sft-router/tiny-gemma3"
+    assert adapter_base.strip() == "sft-router/tiny-gemma3"
 
 
 def test_gguf_card_code_blocks_run(published, hub, served, tmp_path):  # noqa: F811
