@@ -13,7 +13,7 @@ VENV := .venv/.installed
 RUNTIME := .venv/.runtime
 IN := $(R)/.inputs
 
-.PHONY: inputs install runtime demo results preflight data push-data train eval bfcl merge gguf card publish all smoke test test-slow lint clean
+.PHONY: inputs install runtime demo results preflight data push-data train eval bfcl merge gguf card publish serve all smoke test test-slow lint clean
 
 install: $(VENV) $(RUNTIME)
 $(VENV): pyproject.toml
@@ -69,6 +69,10 @@ $(R)/card/manifest.json: $(IN)/card.sha256 $(R)/eval/manifest.json $(R)/gguf/man
 publish: $(R)/hub/manifest.json
 $(R)/hub/manifest.json: $(IN)/hub.sha256 $(R)/card/manifest.json
 	$(PY) -m sft_router.publish --config $(RECIPE)
+
+# OpenAI-compatible endpoint on the run's GGUF: tools=[...] in, tool_calls out (PORT=8000 by default).
+serve: $(R)/gguf/manifest.json | $(RUNTIME)
+	$(PY) -m sft_router.serve --config $(RECIPE) --port $(or $(PORT),8000)
 
 all: preflight push-data publish
 

@@ -94,3 +94,37 @@ def test_gguf_carries_the_same_template_text(run):
     template = bytes(field.parts[field.data[0]]).decode("utf-8")
     recipe_file = (run["ws"] / run["recipe"].training.chat_template_path).read_text()
     assert template == recipe_file == run["tokenizer"].chat_template
+
+
+def openai_tools(recipe, names: list[str]) -> list[dict]:
+    """The row's tools as an OpenAI client sends them: {"type": "function", "function": {name, description,
+    parameters}}."""
+    from sft_router.catalog import load_catalog
+
+    tools = load_catalog(recipe.data.catalog).tools
+    return [{"type": "function", "function": {"name": name, "description": tools[name]["description"],
+                                              "parameters": tools[name]["parameters"]}} for name in names]  # fmt: skip
+
+
+def test_tools_argument_renders_the_training_prompt(run):
+    """apply_chat_template(messages, tools=tools) with the system prompt template equals the training row's prompt."""
+    template = (run["ws"] / run["recipe"].data.system_prompt).read_text()
+    for row in run["rows"]:
+        messages = [{"role": "system", "content": template}, row["prompt"][1]]
+        with_tools = run["tokenizer"].apply_chat_template(
+            messages, tools=openai_tools(run["recipe"], row["tools"]), tokenize=False, add_generation_prompt=True
+        )
+        assert with_tools == render(run["tokenizer"], row, generation_prompt=True)
+
+
+def test_list_valued_content_renders_like_strings(run):
+    """OpenAI content parts: text parts joined, an image part as Gemma's image marker; system content too."""
+    row = run["rows"][0]
+    system, user = row["prompt"][0]["content"], row["prompt"][1]["content"]
+    parts = [{"role": "system", "content": [{"type": "text", "text": system}]},
+             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user + "\n"}]}]  # fmt: skip
+    expected = [{"role": "system", "content": system}, {"role": "user", "content": "<start_of_image>" + user}]
+    tokenizer = run["tokenizer"]
+    assert tokenizer.apply_chat_template(parts, tokenize=False, add_generation_prompt=True) == (
+        tokenizer.apply_chat_template(expected, tokenize=False, add_generation_prompt=True)
+    )

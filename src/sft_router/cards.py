@@ -11,9 +11,11 @@ Usage: from sft_router.cards import render_model_card  (the stage is `python -m 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
+from sft_router.catalog import load_catalog
 from sft_router.config import repo_ids
 from sft_router.errors import UsageError
 from sft_router.run import library_versions, read_manifest
@@ -178,13 +180,31 @@ def save_card(recipe, card, folder: Path) -> None:
             shutil.copyfile(source, folder / name)
 
 
+GEMMA_TERMS = "https://ai.google.dev/gemma/terms"
+SERVE_URL = "http://127.0.0.1:8000/v1"  # `make serve`'s default address
+
+
+def base_model_text(recipe) -> str:
+    """What the run was fine-tuned from, in words: a built-in base says how it was made, a Hub base gives its id."""
+    from sft_router.base_models import ABOUT
+
+    name, hub_id = recipe.model.model_name_or_path, recipe.publish.base_model_id
+    if name not in ABOUT:
+        return f"`{hub_id or name}`"
+    return f"`{name}`, {ABOUT[name]}" + (f" (on the Hub: `{hub_id}`)" if hub_id else "")
+
+
 def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
+    from sft_router.catalog import published_system_prompt
+
     ids = repo_ids(recipe)
+    gguf_manifest = read_manifest(recipe.stage_dir("gguf")) or {}
     return {
         "model_repo_id": ids["model"],
         "gguf_repo_id": ids["gguf"],
         "dataset_repo_id": ids["dataset"],
-        "base_model_id": recipe.publish.base_model_id,
+        "base_model": base_model_text(recipe),
+        "gemma_terms": GEMMA_TERMS,
         "recipe_path": recipe.path.as_posix(),
         "run_name": recipe.name,
         "test_rows": next(iter(metrics.values()))["total_samples"] if metrics else 0,
@@ -193,18 +213,24 @@ def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
         "splits_table": splits_table(recipe),
         "hyperparameters_table": hyperparameters_table(recipe),
         "images": sorted(card_images(recipe)),
-        "has_modelfile": (recipe.stage_dir("gguf") / "Modelfile").is_file(),
+        "system_prompt": published_system_prompt(recipe.data),
+        "llama_cpp_commit": gguf_manifest.get("llama_cpp_commit"),
+        "llama_cpp_python": gguf_manifest.get("llama_cpp_python"),
+        "adapter_base": adapter_base(recipe),
+        "local_dir": ids["gguf"].split("/")[-1],
+        "serve_url": SERVE_URL,
         "versions": ", ".join(f"{k} {v}" for k, v in library_versions().items()),
         "bfcl_section": bfcl_card_section(recipe),
     }
 
 
-def render_model_card(recipe, metrics: dict[str, dict]):
-    from huggingface_hub import ModelCard, ModelCardData
+def model_card_data(recipe, metrics: dict[str, dict] | None = None):
+    """The model repo's card metadata; also the README the GGUF converter reads its `general.*` metadata from."""
+    from huggingface_hub import ModelCardData
 
     ids = repo_ids(recipe)
-    data = ModelCardData(
-        base_model=recipe.publish.base_model_id,
+    return ModelCardData(
+        base_model=recipe.publish.base_model_id or None,
         datasets=[ids["dataset"]],
         license="gemma",
         library_name="transformers",
@@ -212,10 +238,46 @@ def render_model_card(recipe, metrics: dict[str, dict]):
         tags=["gemma3", "tool-calling", "function-calling", "router", "lora", "trl", "sft"],
         language=["zh", "en"],
         model_name=ids["model"],
-        eval_results=eval_results(recipe, metrics.get("finetuned", {})) + bfcl_eval_results(recipe),
+        eval_results=(eval_results(recipe, (metrics or {}).get("finetuned", {})) + bfcl_eval_results(recipe)) or None,
     )
+
+
+def converter_metadata(recipe) -> str:
+    """The YAML a README must hold for llama.cpp's converter to write the GGUF's general.* keys: the model card's
+    metadata, plus the name, basename and finetune it would otherwise guess from the folder's name."""
+    import yaml
+
+    data = model_card_data(recipe).to_dict()
+    data |= {
+        "model_name": recipe.publish.model_repo,
+        "basename": adapter_base(recipe).split("/")[-1],
+        "finetune": "router",
+    }
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).strip()
+
+
+PARTIAL = re.compile(r'\{% include "([\w.]+)" %\}')
+
+
+def card_template(path: str) -> str:
+    """A card template with its `{% include "x.md" %}` lines replaced by model_card/partials/x.md (huggingface_hub
+    renders a template string without a loader, so includes are resolved here)."""
+    text = Path(path).read_text()
+    return PARTIAL.sub(lambda m: (Path(path).parent / "partials" / m.group(1)).read_text().rstrip("\n"), text)
+
+
+def adapter_base(recipe) -> str:
+    """What adapter/adapter_config.json names as its base: the Hub id, else the recipe's declared base."""
+    return recipe.publish.base_model_id or recipe.model.model_name_or_path
+
+
+def render_model_card(recipe, metrics: dict[str, dict]):
+    from huggingface_hub import ModelCard
+
+    ids = repo_ids(recipe)
     values = _shared_template_values(recipe, metrics)
-    return ModelCard.from_template(data, template_path="model_card/template.md", repo_id=ids["model"], **values)
+    return ModelCard.from_template(model_card_data(recipe, metrics), template_str=card_template("model_card/template.md"),
+                                   repo_id=ids["model"], **values)  # fmt: skip
 
 
 def render_gguf_card(recipe, metrics: dict[str, dict]):
@@ -239,15 +301,15 @@ def render_gguf_card(recipe, metrics: dict[str, dict]):
     )
     values = _shared_template_values(recipe, metrics)
     files = sorted(p.name for p in recipe.stage_dir("gguf").glob("*.gguf"))
-    return ModelCard.from_template(data, template_path="model_card/gguf.md", repo_id=ids["gguf"], gguf_files=files,
-                                   **values)  # fmt: skip
+    return ModelCard.from_template(data, template_str=card_template("model_card/gguf.md"), repo_id=ids["gguf"],
+                                   gguf_files=files, **values)  # fmt: skip
 
 
 def render_dataset_card(recipe):
     """The dataset card: every count on it is read from the dataset manifest, the tool list from its catalog."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    from sft_router.catalog import labelling_rules, load_catalog
+    from sft_router.catalog import labelling_rules
 
     manifest = read_manifest(recipe.stage_dir("dataset"))
     if manifest is None or "mix" not in manifest:

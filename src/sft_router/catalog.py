@@ -527,6 +527,12 @@ def render_system_prompt(template: str, tools: list[dict]) -> str:
     return template.replace("{tools}", " ".join(render_tool(tool) for tool in tools))
 
 
+def published_system_prompt(data_args) -> str:
+    """The recipe's system prompt listing every catalog tool: `system_prompt.txt` in the repos, Ollama's `system`."""
+    template = Path(data_args.system_prompt).read_text()
+    return render_system_prompt(template, list(load_catalog(data_args.catalog).tools.values()))
+
+
 def render_call(tool_name: str, arguments: dict) -> str:
     return json.dumps({"tool_name": tool_name, "arguments": arguments}, ensure_ascii=False)
 

@@ -19,16 +19,20 @@ from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.prompts import STOP_TOKEN
 from sft_router.run import FILE_TYPES, gguf_path, stage_output
-from sft_router.runtime import LLAMA_CPP_PYTHON, fetch_converter, run_pinned
+from sft_router.runtime import LLAMA_CPP_PYTHON, fetch_converter, llama_cpp_commit, run_pinned
 
 
-def converter_input(merged: Path, staging: Path) -> Path:
+def converter_input(merged: Path, staging: Path, card_metadata: str = "") -> Path:
     """The merged folder as the converter must see it: tokenizer_config.json with `added_tokens_decoder`
-    (`make merge` writes it; a merged folder from elsewhere may lack it)."""
+    (`make merge` writes it; a merged folder from elsewhere may lack it), and a README.md holding the model card's
+    metadata, from which the converter writes general.name, license, base_model.*, datasets, tags and languages
+    (without it, it names the model after the staging folder and leaves the rest out)."""
     staging.mkdir(parents=True, exist_ok=True)
     for item in merged.iterdir():
-        if item.name != "tokenizer_config.json":
+        if item.name not in ("tokenizer_config.json", "README.md"):
             (staging / item.name).symlink_to(item.resolve())
+    if card_metadata:
+        (staging / "README.md").write_text(f"---\n{card_metadata}\n---\n")
     from sft_router.models import added_tokens_decoder
 
     config = json.loads((merged / "tokenizer_config.json").read_text())
@@ -37,7 +41,7 @@ def converter_input(merged: Path, staging: Path) -> Path:
     return staging
 
 
-def convert_to_gguf(merged: Path, outfile: Path, outtype: str) -> None:
+def convert_to_gguf(merged: Path, outfile: Path, outtype: str, card_metadata: str = "") -> None:
     """Convert, then name <end_of_turn> the end-of-turn token in the metadata.
 
     The converter leaves tokenizer.ggml.eot_token_id unset for Gemma 3. llama.cpp finds <end_of_turn> by its
@@ -48,7 +52,7 @@ def convert_to_gguf(merged: Path, outfile: Path, outtype: str) -> None:
     raw = outfile.with_name(outfile.name + ".raw")
     staging = outfile.with_name(outfile.name + ".input")
     try:
-        source = converter_input(merged, staging)
+        source = converter_input(merged, staging, card_metadata)
         run_pinned(converter, "convert_hf_to_gguf.py", [str(source), "--outtype", outtype, "--outfile", str(raw)],
                     f"converter on {merged}")  # fmt: skip
     finally:
@@ -119,15 +123,20 @@ def check_gguf(path: Path, chat_template: str, outtype: str) -> dict:
 
 
 def convert_locally(recipe, out: Path, facts: dict) -> None:
-    """Every requested GGUF type from runs/<name>/merged, checked, plus the Ollama Modelfile beside them."""
-    from sft_router.modelfile import write_modelfile
+    """Every requested GGUF type from runs/<name>/merged, checked, plus Ollama's files beside them."""
+    from sft_router.cards import converter_metadata
+    from sft_router.catalog import published_system_prompt
+    from sft_router.modelfile import write_ollama_files
 
     template = Path(recipe.training.chat_template_path).read_text()
+    card_metadata = converter_metadata(recipe)
     for outtype in recipe.export.gguf_outtypes:
         path = out / gguf_path(recipe, outtype).name
-        convert_to_gguf(recipe.stage_dir("merged"), path, outtype)
+        convert_to_gguf(recipe.stage_dir("merged"), path, outtype, card_metadata)
         facts[path.name] = {k: v for k, v in check_gguf(path, template, outtype).items() if k != "chat_template"}
-    write_modelfile(out / "Modelfile", gguf_path(recipe, recipe.export.gguf_outtypes[0]).name)
+    facts["llama_cpp_commit"] = llama_cpp_commit()
+    gguf_name = gguf_path(recipe, recipe.export.gguf_outtypes[0]).name
+    write_ollama_files(out, gguf_name, published_system_prompt(recipe.data))
 
 
 @one_line_errors
@@ -151,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UsageError(f"gguf_backend is '{backend}'; use `local` or `space`")
     with stage_output(recipe, "gguf", llama_cpp_python=LLAMA_CPP_PYTHON, backend="local") as (out, facts):
         convert_locally(recipe, out, facts)
-    print(f"gguf: {', '.join(str(gguf_path(recipe, t)) for t in recipe.export.gguf_outtypes)} and Modelfile")
+    print(f"gguf: {', '.join(str(gguf_path(recipe, t)) for t in recipe.export.gguf_outtypes)} and Ollama's files")
 
 
 if __name__ == "__main__":

@@ -94,8 +94,8 @@ def arguments_rules(prefix: str, schema: dict) -> list[str]:
     return rules
 
 
-def build_grammar(system_prompt: str) -> str:
-    """GBNF text whose root admits a call of a tool listed in `system_prompt` or a plain reply."""
+def build_grammar(system_prompt: str, calls_only: bool = False) -> str:
+    """GBNF text whose root admits a call of a tool listed in `system_prompt` or (unless `calls_only`) a reply."""
     tools = tools_in_prompt(system_prompt)
     ids = count()
     rules, calls = [], []
@@ -104,7 +104,9 @@ def build_grammar(system_prompt: str) -> str:
         head = literal(tool["tool_name"] + '", "arguments": ')
         calls.append(f"{head} {prefix}-args")
         rules += arguments_rules(f"{prefix}-args", tool["arguments"])
-    root = "root ::= reply" + (
-        f' | call\ncall ::= {literal(CALL_PREFIX)} ( {" | ".join(calls)} ) "}}"' if calls else ""
+    root = ("root ::= call" if calls_only and calls else "root ::= reply") + (
+        f'{"" if calls_only else " | call"}\ncall ::= {literal(CALL_PREFIX)} ( {" | ".join(calls)} ) "}}"'
+        if calls
+        else ""
     )
     return "\n".join([root, REPLY, *rules, JSON_RULES]) + "\n"

@@ -1,52 +1,105 @@
-"""The Ollama Modelfile written beside the GGUF: the training prompt format, stop token and greedy decoding built in.
+"""Ollama's files beside the GGUF: `template`, `params` and `system` (what `ollama run hf.co/<repo>` reads from a
+Hub repo, which never reads a Modelfile), and a `Modelfile` with the same three for `ollama create -f Modelfile`.
 
-Ollama renders prompts with a Go template, not the GGUF's Jinja chat template, so the template below
-re-states the training format (recipes/gemma-3-270m-it/chat_template.jinja) in Go syntax: Gemma turns,
-the system prompt folded into the first user turn (Gemma has no system role; the router was trained
-that way), `<start_of_turn>model` to open the answer. Ollama adds <bos> itself (the GGUF sets
-tokenizer.ggml.add_bos_token), so the template does not. tests/test_gguf_modelfile.py renders it for
-sample conversations and compares with the Jinja template's output.
+Ollama renders prompts with a Go text/template, not the GGUF's Jinja chat template, so GO_TEMPLATE re-states
+the training format (recipes/gemma-3-270m-it/chat_template.jinja) in Go syntax: Gemma turns, the system prompt
+folded into the first user turn, every message's content trimmed as Jinja's `| trim` (Python's `str.strip`) does,
+`<start_of_turn>model` to open the answer. Ollama adds <bos> itself (the GGUF sets tokenizer.ggml.add_bos_token),
+so the template does not. tests/test_gguf_modelfile.py executes it with Go's own text/template in Ollama's data
+shape on every test-split row and compares with the Jinja template.
 
-Usage: write_modelfile(Path("runs/tiny/gguf/Modelfile"), "tiny-Q8_0.gguf")
+Usage: write_ollama_files(Path("runs/tiny/gguf"), "tiny-Q8_0.gguf", system_prompt)
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
-# Trim markers ({{- -}}) keep the template's own newlines out of the prompt; the only newlines emitted
-# are the ones inside the quoted strings, exactly where the Jinja template puts them.
-GO_TEMPLATE = r"""{{- $system := "" }}
-{{- range .Messages }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ end }}{{ end }}
+from sft_router.errors import UsageError
+from sft_router.prompts import STOP_TOKEN
+
+# Go's text/template has no trim function and Ollama adds none, so "trim" and "rtrim" are recursive templates that
+# cut one leading / trailing whitespace character at a time, comparing UTF-8 byte slices (len (slice . N) is
+# len - N: templates have no arithmetic). Recursive `template` calls and `and` short-circuiting work from Go 1.18.
+WHITESPACE = [chr(code) for code in range(sys.maxunicode + 1) if chr(code).isspace()]  # what str.strip() strips
+
+
+def _go_string(text: str) -> str:
+    return json.dumps(text)  # a JSON string literal is a valid Go string literal (\n, \u3000 ...)
+
+
+def _cut_chain(side: str) -> str:
+    """`$cut` = byte length of the whitespace character at the start (side "head") or end ("tail") of `.`."""
+    branches = []
+    for size in sorted({len(ch.encode()) for ch in WHITESPACE}):
+        chars = " ".join(_go_string(ch) for ch in WHITESPACE if len(ch.encode()) == size)
+        piece = f"slice . 0 {size}" if side == "head" else f"slice . (len (slice . {size}))"
+        branches.append(f"if and (ge (len .) {size}) (eq ({piece}) {chars}) }}}}{{{{ $cut = {size} }}}}")
+    return "{{- $cut := 0 }}{{ " + "{{ else ".join(branches) + "{{ end }}"
+
+
+GO_TRIM = (
+    '{{- define "rtrim" }}' + _cut_chain("tail")
+    + '{{ if $cut }}{{ template "rtrim" (slice . 0 (len (slice . $cut))) }}{{ else }}{{ . }}{{ end }}{{ end }}\n'
+    + '{{- define "trim" }}' + _cut_chain("head")
+    + '{{ if $cut }}{{ template "trim" (slice . $cut) }}{{ else }}{{ template "rtrim" . }}{{ end }}{{ end }}\n'
+)  # fmt: skip
+
+# Trim markers ({{- -}}) keep the template's own newlines out of the prompt; the only newlines emitted are the ones
+# inside the quoted strings, exactly where the Jinja template puts them. As in Jinja, only a first message with the
+# system role is the system prompt, and it is not trimmed.
+GO_TEMPLATE = (
+    GO_TRIM
+    + r"""{{- $system := "" }}{{ $has_system := false }}
+{{- if .Messages }}{{ with index .Messages 0 }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ $has_system = true }}{{ end }}{{ end }}{{ end }}
 {{- $first := true }}
 {{- range .Messages }}
 {{- if eq .Role "user" }}
 {{- "<start_of_turn>user\n" }}
-{{- if and $first $system }}{{ $system }}{{ "\n\n" }}{{ end }}
+{{- if and $first $has_system }}{{ $system }}{{ "\n\n" }}{{ end }}
 {{- $first = false }}
-{{- .Content }}{{ "<end_of_turn>\n" }}
+{{- template "trim" .Content }}{{ "<end_of_turn>\n" }}
 {{- else if eq .Role "assistant" }}
-{{- "<start_of_turn>model\n" }}{{ .Content }}{{ "<end_of_turn>\n" }}
+{{- "<start_of_turn>model\n" }}{{ template "trim" .Content }}{{ "<end_of_turn>\n" }}
 {{- end }}
 {{- end }}
 {{- "<start_of_turn>model\n" }}"""
+)
 
-# Greedy, as in `make eval`: the router must answer the same way every time.
-PARAMETERS = (("stop", '"<end_of_turn>"'), ("temperature", "0"), ("top_k", "1"), ("num_ctx", "4096"))
+# Greedy, as in `make eval`: the router must answer the same way every time. Ollama's defaults (temperature 0.8,
+# a 2048 or 4096-token context) would sample and could cut the tool list.
+PARAMS = {"stop": [STOP_TOKEN], "temperature": 0, "top_k": 1, "num_ctx": 4096}
 
 
-def render_modelfile(gguf_name: str) -> str:
-    lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{GO_TEMPLATE}"""', ""]
-    lines += [f"PARAMETER {key} {value}" for key, value in PARAMETERS]
+def render_modelfile(gguf_name: str, system_prompt: str) -> str:
+    lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{GO_TEMPLATE}"""', "", f'SYSTEM """{system_prompt}"""', ""]
+    for key, value in PARAMS.items():
+        lines += (
+            [f"PARAMETER {key} {json.dumps(v)}" for v in value]
+            if isinstance(value, list)
+            else [f"PARAMETER {key} {value}"]
+        )
     return "\n".join(lines) + "\n"
 
 
-def write_modelfile(path: Path, gguf_name: str) -> Path:
-    path.write_text(render_modelfile(gguf_name))
-    return path
+def write_ollama_files(folder: Path, gguf_name: str, system_prompt: str) -> list[Path]:
+    """template, params and system (read by `ollama run hf.co/...`) and the Modelfile (for `ollama create`)."""
+    if '"""' in system_prompt:
+        raise UsageError('the system prompt contains """, which a Modelfile cannot quote: rephrase it')
+    files = {
+        "template": GO_TEMPLATE,
+        "params": json.dumps(PARAMS, indent=2) + "\n",
+        "system": system_prompt,
+        "Modelfile": render_modelfile(gguf_name, system_prompt),
+    }
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return [folder / name for name in files]
 
 
-def modelfile_template(text: str) -> str:
-    """The TEMPLATE of a Modelfile's text (between the triple quotes)."""
-    start = text.index('TEMPLATE """') + len('TEMPLATE """')
+def modelfile_section(text: str, keyword: str) -> str:
+    """The triple-quoted TEMPLATE or SYSTEM of a Modelfile's text."""
+    start = text.index(f'{keyword} """') + len(f'{keyword} """')
     return text[start : text.index('"""', start)]

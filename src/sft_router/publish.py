@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -30,7 +31,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sft_router.cards import read_metrics, render_dataset_card, render_gguf_card, render_model_card, save_card
+from sft_router.cards import (
+    adapter_base,
+    read_metrics,
+    render_dataset_card,
+    render_gguf_card,
+    render_model_card,
+    save_card,
+)
+from sft_router.catalog import published_system_prompt
 from sft_router.config import namespace, parse_recipe, repo_ids
 from sft_router.errors import UsageError, network_errors, one_line_errors
 from sft_router.run import git_commit, stage_output
@@ -38,7 +47,7 @@ from sft_router.run import git_commit, stage_output
 MODEL_FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
                "tokenizer_config.json", "tokenizer.model", "chat_template.jinja")  # fmt: skip
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
-GGUF_EXTRAS = ("Modelfile",)
+GGUF_EXTRAS = ("Modelfile", "template", "params", "system")  # Ollama's files: `ollama run hf.co/...` reads the last 3
 HUB_MANAGED = (".gitattributes",)  # written by the Hub when it creates a repo; never ours to delete
 TOKENS_PAGE = "https://huggingface.co/settings/tokens"
 
@@ -89,10 +98,27 @@ def stage_dataset(recipe, dest: Path) -> None:
     card.save(dest / "README.md")
 
 
+def write_system_prompts(recipe, dest: Path) -> None:
+    """The exact system prompt the model was trained with (every catalog tool listed), and its template whose
+    `{tools}` the chat template fills from `tools=`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "system_prompt.txt").write_text(published_system_prompt(recipe.data))
+    shutil.copyfile(recipe.data.system_prompt, dest / "system_prompt_template.txt")
+
+
+def declare_adapter_base(recipe, adapter_config: Path) -> None:
+    """PEFT writes the local folder the base was loaded from; the repo names the Hub id (or the recipe's base)."""
+    config = json.loads(adapter_config.read_text())
+    config["base_model_name_or_path"] = adapter_base(recipe)
+    adapter_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def stage_model(recipe, dest: Path) -> None:
     merged, adapter = recipe.stage_dir("merged"), recipe.stage_dir("adapter")
     _copy([_require(merged / name, "merge", recipe) for name in MODEL_FILES], dest)
     _copy([_require(adapter / name, "train", recipe) for name in ADAPTER_FILES], dest / "adapter")
+    declare_adapter_base(recipe, dest / "adapter" / "adapter_config.json")
+    write_system_prompts(recipe, dest)
     save_card(recipe, render_model_card(recipe, read_metrics(recipe)), dest)
 
 
@@ -102,6 +128,7 @@ def stage_gguf(recipe, dest: Path) -> None:
     if not ggufs:
         raise UsageError(f"no .gguf file in {gguf}: run `make gguf RECIPE={recipe.path}` first")
     _copy([*ggufs, *(gguf / name for name in GGUF_EXTRAS if (gguf / name).is_file())], dest)
+    write_system_prompts(recipe, dest)
     save_card(recipe, render_gguf_card(recipe, read_metrics(recipe)), dest)
 
 

@@ -82,7 +82,13 @@ STAGE_INPUTS = {
         sections=("training", "model"), files=("training.chat_template_path",), stages=("dataset",)
     ),
     "merged": StageInputs(sections=("model",), files=("training.chat_template_path",), stages=("adapter",)),
-    "gguf": StageInputs(sections=("export",), files=("training.chat_template_path",), stages=("merged",)),
+    # The GGUF carries the card's general.* metadata and Ollama's system file (the catalog's tools in the prompt).
+    "gguf": StageInputs(
+        sections=("export", "publish"),
+        keys=("hub_namespace",),
+        files=("training.chat_template_path", "data.catalog", "data.system_prompt"),
+        stages=("merged",),
+    ),
     "eval": StageInputs(
         sections=("eval", "model"),
         files=("training.chat_template_path", "eval.handwritten"),

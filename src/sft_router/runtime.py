@@ -29,7 +29,15 @@ LLAMA_CPP_PYTHON = "0.3.36"
 LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 CONVERTER_PARTS = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/")
 # The same pins as the `runtime` extra in pyproject.toml (tests/test_gguf_runtime.py holds them equal).
-RUNTIME_PINS = (f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "diskcache==5.6.3")
+RUNTIME_PINS = (
+    f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+    "diskcache==5.6.3",
+    "fastapi==0.165.0",
+    "uvicorn==0.54.0",
+    "sse-starlette==3.7.0",
+    "starlette-context==0.3.6",
+    "pydantic-settings==2.16.3",
+)  # + `make serve`
 PORTABLE = "-DGGML_NATIVE=OFF"  # llama.cpp's portable x86 build: AVX2/FMA/F16C, what every machine here has
 # AVX-512 extensions llama.cpp can use, by the /proc/cpuinfo flag that says the CPU has them. AMX stays off: the
 # native build's crash on these machines was AMX (-march=native misread), and Q8_0 routing gains nothing from it.
@@ -128,16 +136,20 @@ def require_runtime():
     return llama_cpp
 
 
+# How a GGUF is loaded for routing, by `make eval` and `make serve` alike: the same batch split and attention kernel
+# give the same greedy answers. Flash attention and 1024-token batches halve prompt time on CPU (a routed prompt is
+# ~800 tokens).
+GGUF_SETTINGS = {"n_batch": 1024, "n_ubatch": 1024, "flash_attn": True}
+
+
 def load_gguf(path: Path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int | None = None):
     """A llama.cpp model for greedy routing. swa_full keeps every position of the sliding-window layers in the
-    cache, which is what lets a later prompt reuse the cached system-prompt prefix (else llama.cpp re-evaluates).
-    Flash attention and 1024-token batches halve prompt time on CPU (a routed prompt is ~800 tokens)."""
+    cache, which is what lets a later prompt reuse the cached system-prompt prefix (else llama.cpp re-evaluates)."""
     llama_cpp = require_runtime()
     if not Path(path).is_file():
         raise UsageError(f"no GGUF at {path}: run `make gguf` first")
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=1024, n_ubatch=1024, flash_attn=True,
-                           n_threads=n_threads or os.cpu_count(), logits_all=logits_all, swa_full=True, seed=0,
-                           verbose=False)  # fmt: skip
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, **GGUF_SETTINGS, n_threads=n_threads or os.cpu_count(),
+                           logits_all=logits_all, swa_full=True, seed=0, verbose=False)  # fmt: skip
 
 
 def prompt_ids(llm, rendered_prompt: str) -> list[int]:
@@ -227,6 +239,15 @@ def fetch_converter() -> Path:
         archive.extractall(tmp, members=members, filter="data")
     tmp.rename(root)
     return root
+
+
+def llama_cpp_commit() -> str | None:
+    """The llama.cpp commit the pinned sdist vendors (its git submodule HEAD); None for an LLAMA_CPP_DIR checkout."""
+    if os.environ.get("LLAMA_CPP_DIR"):
+        return None
+    with tarfile.open(fetch_sdist()) as archive:
+        head = archive.extractfile(f"llama_cpp_python-{LLAMA_CPP_PYTHON}/.git/modules/vendor/llama.cpp/HEAD")
+        return head.read().decode().strip()
 
 
 def run_pinned(converter: Path, script: str, args: list[str], what: str) -> None:
