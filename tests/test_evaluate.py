@@ -138,6 +138,21 @@ def test_shared_prefix_cache_gives_the_same_answers_as_plain_generation(tiny_mod
     assert batched == [plain_greedy(model, tokenizer, p, 8) for p in prompts] and len(set(batched)) > 1
 
 
+def test_prompts_longer_than_the_sliding_window_give_plain_generations(tiny_model):
+    """Past Gemma 3's sliding window the prefix cache is not used (pads would shrink the window): still exact."""
+    model, tokenizer = tiny_model
+    system = "You route requests. Tools: " + "get_calendar_events set_timer send_message " * 60
+    users = ["你好", "帮我查一下今天的日程安排，谢谢，顺便看看明天", "set a timer"]
+    rows = [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": u}]} for u in users]
+    prompts = evaluate.render_prompts(tokenizer, rows)
+    assert min(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]) > models.sliding_window(
+        model
+    )
+    assert evaluate.generate(model, tokenizer, prompts, 3, 6) == [
+        plain_greedy(model, tokenizer, p, 6) for p in prompts
+    ]
+
+
 def test_shared_prefix_length():
     assert models.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
     assert models.shared_prefix_length([[1, 2], [1, 2, 3]]) == 2 and models.shared_prefix_length([[7]]) == 1

@@ -179,9 +179,9 @@ def test_gguf_answers_as_the_finetuned_model_on_the_test_split(runtime, tiny_run
     gguf = [json.loads(line)["output"] for line in (eval_dir / "gguf/predictions.jsonl").read_text().splitlines()]
     tf = [json.loads(line)["output"] for line in (eval_dir / "finetuned/predictions.jsonl").read_text().splitlines()]
     # Whole answers, not tokens: Q8_0 rounding flips some near-tied argmaxes of a random model, and one flip
-    # changes the rest of that answer (measured: 16, 18 and 20 of 24 identical over three runs, the others equal
-    # for 36-88% of their length). Token-level parity (f16 exact, Q8_0 within its logit tolerance) is tested above;
+    # changes the rest of that answer (measured: 14 to 20 of 24 identical over five runs, mean shared share 0.75-0.94). Token-level parity (f16 exact, Q8_0 within its logit tolerance) is tested above;
     # here most answers are identical and the rest agree for most of their length before the first flip.
-    assert sum(a == b for a, b in zip(gguf, tf)) >= 0.6 * len(tf)
+    # A broken path (a prompt rendered or cached differently) diverged early: 9 of 24 identical, 0.47 shared.
+    assert sum(a == b for a, b in zip(gguf, tf)) >= 0.5 * len(tf)
     shared = [len(os.path.commonprefix([a, b])) / max(len(a), len(b), 1) for a, b in zip(gguf, tf)]
-    assert sum(shared) / len(shared) >= 0.85
+    assert sum(shared) / len(shared) >= 0.7

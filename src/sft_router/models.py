@@ -130,11 +130,18 @@ def batch_inputs(id_lists: list[list[int]], prefix: list[int], pad_id: int, devi
     return input_ids, mask
 
 
+def sliding_window(model) -> float:
+    """Gemma 3's local-attention window in tokens (infinite for a model without one)."""
+    config = getattr(model.config, "text_config", None) or model.config
+    return getattr(config, "sliding_window", None) or float("inf")
+
+
 def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, desc: str = "generate"):
     """Greedy completions in the prompts' order, `batch_size` prompts at a time; specials stripped.
 
     The prefix all prompts share is prefilled once and its cache copied into every batch, so a batch computes
-    only its own tools and message; batches hold prompts of similar length (sorted), so little is padding.
+    only its own tools and message (when every prompt fits the sliding window, see below); batches hold prompts of
+    similar length (sorted), so little is padding.
     """
     import copy
 
@@ -144,6 +151,10 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_toke
     id_lists = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     # Keep one token of every prompt outside the prefix: generation needs at least one new input position.
     prefix = id_lists[0][: max(0, min(shared_prefix_length(id_lists), min(map(len, id_lists)) - 1))]
+    if max(map(len, id_lists)) > sliding_window(model):
+        # Pads between prefix and suffix take cache slots, and a sliding-window layer counts its window in slots:
+        # past the window a padded row would see fewer real tokens than unpadded. Plain left padding then.
+        prefix = []
     cache = prefill_prefix(model, prefix) if prefix else None
     order = sorted(range(len(prompts)), key=lambda i: -len(id_lists[i]))
     outputs: list[str] = [""] * len(prompts)

@@ -82,10 +82,10 @@ STAGE_INPUTS = {
         sections=("training", "model"), files=("training.chat_template_path",), stages=("dataset",)
     ),
     "merged": StageInputs(sections=("model",), files=("training.chat_template_path",), stages=("adapter",)),
-    # The GGUF carries the card's general.* metadata and Ollama's system file (the catalog's tools in the prompt).
+    # Ollama's system file holds the catalog's tools in the system prompt. The general.* metadata names the repos
+    # too, but a namespace or repo name changed at publish time does not reconvert the GGUF and rescore it.
     "gguf": StageInputs(
-        sections=("export", "publish"),
-        keys=("hub_namespace",),
+        sections=("export",),
         files=("training.chat_template_path", "data.catalog", "data.system_prompt"),
         stages=("merged",),
     ),
