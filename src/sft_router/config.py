@@ -90,6 +90,16 @@ class EvalArguments:
 
 
 @dataclass
+class SceneArguments:
+    scene_packing: bool = field(
+        default=True,
+        metadata={"help": "Train each scene (rows sharing one system prompt) as one sequence: the shared prefix once, "
+                  "then every request (sft_router.scene_packing); false: every row padded on its own, for model "
+                  "families whose attention takes no per-layer mask mapping."},
+    )  # fmt: skip
+
+
+@dataclass
 class ExportArguments:
     gguf_outtypes: list[str] = field(
         default_factory=lambda: ["q8_0"], metadata={"help": "GGUF types to write: q8_0, f16, bf16, f32."}
@@ -113,7 +123,7 @@ class PublishArguments:
     )
 
 
-PROJECT_ARGUMENTS = (DataArguments, EvalArguments, ExportArguments, PublishArguments)
+PROJECT_ARGUMENTS = (DataArguments, EvalArguments, SceneArguments, ExportArguments, PublishArguments)
 
 
 @dataclass
@@ -121,6 +131,7 @@ class Recipe:
     path: Path
     data: DataArguments
     eval: EvalArguments
+    scenes: SceneArguments
     export: ExportArguments
     publish: PublishArguments
     training: SFTConfig
@@ -180,11 +191,11 @@ def parse_recipe(argv: list[str] | None = None, extra: tuple[type, ...] = ()) ->
         raise _unknown_key_error(path, from_config, known)
     if from_cli:
         raise _unknown_key_error("command line", from_cli, known)
-    data, eval_args, export, publish, training, model, *rest = instances
+    data, eval_args, scenes, export, publish, training, model, *rest = instances
     _check_run_name(path, training.run_name)
     _check_values(path, data, training)
     training.output_dir = str(Path("runs") / training.run_name / "train")
-    recipe = Recipe(Path(path), data, eval_args, export, publish, training, model)
+    recipe = Recipe(Path(path), data, eval_args, scenes, export, publish, training, model)
     return (recipe, *rest)
 
 

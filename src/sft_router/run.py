@@ -79,7 +79,7 @@ class StageInputs:
 STAGE_INPUTS = {
     "dataset": StageInputs(sections=("data",), files=("data.catalog", "data.system_prompt")),
     "adapter": StageInputs(
-        sections=("training", "model"), files=("training.chat_template_path",), stages=("dataset",)
+        sections=("training", "model", "scenes"), files=("training.chat_template_path",), stages=("dataset",)
     ),
     "merged": StageInputs(sections=("model",), files=("training.chat_template_path",), stages=("adapter",)),
     # Ollama's system file holds the catalog's tools in the system prompt. The general.* metadata names the repos

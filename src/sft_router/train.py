@@ -33,6 +33,7 @@ from sft_router.run import fingerprint, is_current, stage_output
 LOGITS_PER_CHUNK = 2**26
 
 
+SCENE = "scene"
 WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -127,6 +128,27 @@ def add_completion_head(model) -> None:
     model.forward = types.MethodType(forward, model)
 
 
+def scene_packing_trainer(base):
+    """`base` (an SFTTrainer class) training on packed scenes: a scene's rows stay adjacent in every batch and
+    the `scene` column reaches the collator (see sft_router.scene_packing)."""
+    from sft_router.scene_packing import SceneSampler
+
+    class ScenePackingTrainer(base):
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if SCENE not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, SCENE]
+
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            if SCENE not in dataset.column_names:
+                return super()._get_train_sampler(train_dataset)
+            return SceneSampler(dataset[SCENE], self.args.data_seed or self.args.seed)
+
+    ScenePackingTrainer.__name__ = ScenePackingTrainer.__qualname__ = f"ScenePacking{base.__name__}"
+    return ScenePackingTrainer
+
+
 def sft_trainer_class():
     """`CompletionOnlySFTTrainer`, defined on first use so that importing this module stays light."""
     from accelerate.utils import is_peft_model
@@ -159,16 +181,40 @@ def sft_trainer_class():
     return CompletionOnlySFTTrainer
 
 
+def with_scenes(dataset):
+    """The prompt-completion columns and a `scene` per row: the dataset's own, else the system prompt itself (rows
+    that share it share a prefix, which is all packing needs)."""
+    if dataset is None:
+        return None
+    if SCENE in dataset.column_names:
+        return dataset.select_columns(["prompt", "completion", SCENE])
+    scenes = [prompt[0]["content"] if prompt[0]["role"] == "system" else "" for prompt in dataset["prompt"]]
+    return dataset.select_columns(["prompt", "completion"]).add_column(SCENE, scenes)
+
+
 def make_trainer(recipe, model, tokenizer, train_dataset, eval_dataset=None, trainer_class=None, callbacks=()):
-    """The project's trainer, or `trainer_class` (TRL's SFTTrainer, for the benchmark), with the recipe's LoRA."""
+    """The project's trainer, or `trainer_class` (TRL's SFTTrainer, for the benchmark), with the recipe's LoRA;
+    with `scene_packing` each scene's rows train as one packed sequence."""
     from trl import get_peft_config
 
-    columns = ["prompt", "completion"]
-    return (trainer_class or sft_trainer_class())(
+    trainer_class = trainer_class or sft_trainer_class()
+    if not recipe.scenes.scene_packing:
+        columns = ["prompt", "completion"]
+        train_dataset = train_dataset.select_columns(columns)
+        eval_dataset = eval_dataset.select_columns(columns) if eval_dataset is not None else None
+        collator = None
+    else:
+        from sft_router.scene_packing import packing_collator
+
+        trainer_class = scene_packing_trainer(trainer_class)
+        train_dataset, eval_dataset = with_scenes(train_dataset), with_scenes(eval_dataset)
+        collator = packing_collator(model, tokenizer.pad_token_id)
+    return trainer_class(
         model=model,
         args=recipe.training,
-        train_dataset=train_dataset.select_columns(columns),
-        eval_dataset=eval_dataset.select_columns(columns) if eval_dataset is not None else None,
+        data_collator=collator,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=get_peft_config(recipe.model),
         callbacks=list(callbacks),
