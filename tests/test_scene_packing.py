@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 from conftest import TINY, copy_recipe, make_workspace
 
 from sft_router import data, train
