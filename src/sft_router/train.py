@@ -76,15 +76,65 @@ class CompletionLossOutput(ModelOutput):
     num_labels: object = None
 
 
-def _chunk_loss(hidden, weight, bias, labels, softcap):
-    """Summed cross-entropy and correct top-1 count of one chunk of labelled positions."""
+def _capped_logits(hidden, weight, bias, softcap):
     import torch
     import torch.nn.functional as F
 
     logits = F.linear(hidden, weight, bias).float()
-    if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap  # Gemma's final_logit_softcapping, as in its forward
+    if softcap is None:
+        return logits, None
+    capped = torch.tanh(logits / softcap)  # Gemma's final_logit_softcapping, as in its forward
+    return capped * softcap, capped
+
+
+def _chunk_loss(hidden, weight, bias, labels, softcap):
+    """Summed cross-entropy and correct top-1 count of one chunk of labelled positions."""
+    import torch.nn.functional as F
+
+    logits, _ = _capped_logits(hidden, weight, bias, softcap)
     return F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(-1) == labels).sum()
+
+
+_FROZEN_HEAD_LOSS = None
+# False: every chunk checkpointed, frozen head or not (the path before scenes; bench/train_step.py times both)
+GRADIENT_IN_FORWARD = True
+
+
+def frozen_head_loss():
+    """Cross-entropy through a frozen LM head (LoRA) whose gradient is computed in the forward pass.
+
+    The gradient of the summed cross-entropy with respect to the logits is softmax - one-hot, known as soon as the
+    logits are; so the forward multiplies it back through the head at once and keeps only that [positions, hidden]
+    result for backward. Two matmuls with the 262k-row head instead of three (a checkpointed chunk recomputes its
+    logits in backward), and the chunk's logits are freed before the next chunk, as with checkpointing.
+    """
+    global _FROZEN_HEAD_LOSS
+    if _FROZEN_HEAD_LOSS is not None:
+        return _FROZEN_HEAD_LOSS
+    import torch
+
+    class FrozenHeadLoss(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden, weight, bias, labels, softcap):
+            logits, capped = _capped_logits(hidden, weight, bias, softcap)
+            log_z = torch.logsumexp(logits, dim=-1)
+            loss = (log_z - logits.gather(1, labels[:, None])[:, 0]).sum()
+            correct = (logits.argmax(-1) == labels).sum()
+            grad = torch.exp(logits.sub_(log_z[:, None]))  # softmax, in the logits' memory
+            grad[torch.arange(labels.shape[0], device=labels.device), labels] -= 1
+            if capped is not None:
+                grad.mul_(1 - capped.square_())
+            ctx.save_for_backward(grad.to(hidden.dtype) @ weight)
+            ctx.mark_non_differentiable(correct)
+            return loss, correct
+
+        @staticmethod
+        def backward(ctx, grad_loss, _):
+            (grad_hidden,) = ctx.saved_tensors
+            return grad_hidden * grad_loss, None, None, None, None
+
+    _FROZEN_HEAD_LOSS = FrozenHeadLoss
+    return FrozenHeadLoss
 
 
 def completion_loss(hidden_states, labels, lm_head, softcap=None, num_items_in_batch=None):
@@ -98,12 +148,16 @@ def completion_loss(hidden_states, labels, lm_head, softcap=None, num_items_in_b
     weight, bias = lm_head.weight, lm_head.bias
     if hasattr(weight, "full_tensor"):  # FSDP2 shards the head as a DTensor; the backbone's output is plain
         weight, bias = weight.full_tensor(), None if bias is None else bias.full_tensor()
+    trainable_head = weight.requires_grad or (bias is not None and bias.requires_grad) or not GRADIENT_IN_FORWARD
     rows = max(1, LOGITS_PER_CHUNK // weight.shape[0])
     # `selected.sum() * 0` keeps a batch without labels connected to the graph, so backward (and DDP) still run
     total, correct = selected.sum() * 0.0, torch.zeros((), dtype=torch.long, device=selected.device)
     for start in range(0, selected.shape[0], rows):
         chunk = (selected[start : start + rows], weight, bias, targets[start : start + rows], softcap)
-        chunk_loss, chunk_correct = checkpoint(_chunk_loss, *chunk, use_reentrant=False)
+        if trainable_head:  # full fine-tuning: the head's own gradient too, from logits recomputed in backward
+            chunk_loss, chunk_correct = checkpoint(_chunk_loss, *chunk, use_reentrant=False)
+        else:
+            chunk_loss, chunk_correct = frozen_head_loss().apply(*chunk)
         total, correct = total + chunk_loss, correct + chunk_correct
     denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
     return CompletionLossOutput(loss=total / denominator, num_correct=correct, num_labels=mask.sum())
