@@ -13,6 +13,7 @@ from conftest import ROOT, TINY, copy_recipe
 from sft_router import data
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError
+from sft_router.router_format import render_call, tools_in_prompt
 
 CATALOG = ROOT / "recipes/gemma-3-270m-it/catalog.yaml"
 SMALL = ["--num_train", "200", "--num_validation", "60", "--num_test", "60"]
@@ -344,7 +345,8 @@ def test_published_data_is_varied_hard_and_holds_unseen_tools_out(published_rows
 def test_generated_tools_are_called_with_typed_values_their_prompt_shows(published_rows):
     types = Counter()
     for row in (r for r in published_rows["train"] if r["family"] == "procedural"):
-        schema = data.shown_tools(row["prompt"][0]["content"])[row["tool_name"]]["arguments"]
+        shown = {tool["tool_name"]: tool for tool in tools_in_prompt(row["prompt"][0]["content"])}
+        schema = shown[row["tool_name"]]["arguments"]
         arguments = json.loads(row["arguments"])
         assert set(schema["required"]) <= set(arguments) <= set(schema["properties"]), row["id"]
         python = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list}
@@ -410,7 +412,7 @@ def test_rule_breaking_replies_and_repeated_values_fail_the_check(published_rows
     call = next(r for r in published_rows["test"] if r["tool_name"] == "send_message")
     arguments = {"recipient": "Bob", "content": "Bob"}
     twice = {**call, "arguments": json.dumps(arguments), "completion": [
-        {"role": "assistant", "content": data.render_call("send_message", arguments)}]}  # fmt: skip
+        {"role": "assistant", "content": render_call("send_message", arguments)}]}  # fmt: skip
     with pytest.raises(UsageError, match="repeat one value"):
         validator.check(twice)
 

@@ -195,7 +195,7 @@ def base_model_text(recipe) -> str:
 
 
 def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
-    from sft_router.catalog import published_system_prompt
+    from sft_router.router_format import published_system_prompt
 
     ids = repo_ids(recipe)
     gguf_manifest = read_manifest(recipe.stage_dir("gguf")) or {}
@@ -213,7 +213,7 @@ def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
         "splits_table": splits_table(recipe),
         "hyperparameters_table": hyperparameters_table(recipe),
         "images": sorted(card_images(recipe)),
-        "system_prompt": published_system_prompt(recipe.data),
+        "system_prompt": published_system_prompt(recipe.data, load_catalog(recipe.data.catalog).tools.values()),
         "llama_cpp_commit": gguf_manifest.get("llama_cpp_commit"),
         "llama_cpp_python": gguf_manifest.get("llama_cpp_python"),
         "adapter_base": adapter_base(recipe),

@@ -41,13 +41,12 @@ from sft_router.catalog import (
     item_split,
     load_catalog,
     missing_required,
-    render_call,
-    render_tool,
 )
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.noise import RULES, NoiseRules, number_words
 from sft_router.procedural import ProceduralTools, join_words
+from sft_router.router_format import load_system_prompt, render_call, render_tool, tools_in_prompt
 from sft_router.run import stage_output
 
 IMAGE_CALL_SHARE = 0.05
@@ -351,22 +350,6 @@ def _join(words: list[str], lang: str) -> str:
     return join_words(words, lang) if words else ""
 
 
-TOOL_ENTRY = re.compile(r'\{"tool_name": ')
-
-
-def shown_tools(system: str) -> dict[str, dict]:
-    """The tool entries of a system prompt, by name, as the model reads them (catalog or generated tools)."""
-    decoder, tools = json.JSONDecoder(), {}
-    for match in TOOL_ENTRY.finditer(system):
-        try:
-            entry, _ = decoder.raw_decode(system, match.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and "tool_description" in entry:
-            tools[entry["tool_name"]] = entry
-    return tools
-
-
 class RowValidator:
     """Checks one generated row against the written rules: a call names a tool shown in its own prompt and satisfies
     the schema shown there, no two arguments repeat one value, and a reply names no tool or feature the prompt
@@ -423,7 +406,7 @@ class RowValidator:
     def _check_call(self, row: dict, where: str) -> None:
         name = row["tool_name"]
         system = row["prompt"][0]["content"]
-        tools = shown_tools(system)
+        tools = {entry["tool_name"]: entry for entry in tools_in_prompt(system)}
         known = name not in self.rendered or self.rendered[name] in system
         if name not in tools or name not in row["tools"] or not known:
             raise UsageError(f"{where}: target tool '{name}' is not in its prompt's tool list; fix the generator")
@@ -543,15 +526,6 @@ def _check_catalog_for(args, catalog: Catalog) -> None:
                          "add one, or set procedural_share: 0")  # fmt: skip
 
 
-def _read_system_prompt(path: str) -> str:
-    if not Path(path).is_file():
-        raise UsageError(f"system prompt {path} does not exist: set `system_prompt` in the recipe to a text file")
-    text = Path(path).read_text()
-    if "{tools}" not in text:
-        raise UsageError(f"{path}: no `{{tools}}` placeholder; add it where the tool list goes")
-    return text
-
-
 def build_splits(recipe, catalog: Catalog | None = None, applied: dict | None = None) -> dict[str, list[dict]]:
     """Generate every split and check every row and every split boundary; raises before anything is written.
     `applied`, if given, receives per split how often each noise rule fired."""
@@ -559,7 +533,7 @@ def build_splits(recipe, catalog: Catalog | None = None, applied: dict | None = 
     _check_mix(args)
     catalog = catalog or load_catalog(args.catalog)
     _check_catalog_for(args, catalog)
-    system_prompt = _read_system_prompt(args.system_prompt)
+    system_prompt = load_system_prompt(args.system_prompt)
     sizes = {"train": args.num_train, "validation": args.num_validation, "test": args.num_test,
              "test_unseen": args.num_test_unseen}  # fmt: skip
     splits = {}
