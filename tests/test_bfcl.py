@@ -15,9 +15,10 @@ import pytest
 from conftest import ROOT, TINY, make_workspace
 
 from sft_router import bfcl
-from sft_router.catalog import load_catalog, render_call, render_tool
+from sft_router.catalog import load_catalog
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError
+from sft_router.router_format import render_call, render_tool
 
 SCORED = ("simple_python", "multiple")  # the categories with ground truth; irrelevance has none
 MISSING = object()

@@ -10,9 +10,10 @@ import pytest
 import yaml
 from conftest import ROOT, TINY, copy_recipe
 
-from sft_router import data
+from sft_router import data, scenes
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError
+from sft_router.router_format import render_call, tools_in_prompt
 
 CATALOG = ROOT / "recipes/gemma-3-270m-it/catalog.yaml"
 SMALL = ["--num_train", "200", "--num_validation", "60", "--num_test", "60"]
@@ -148,6 +149,66 @@ def test_every_tool_appears_in_every_split_and_the_manifest_counts_them(workspac
     assert manifest["unseen_tools"] == catalog.unseen_tools and manifest["pool_sizes"]["person"]["zh"] >= 60
 
 
+def scenes_of(rows: list[dict]) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for row in rows:
+        found.setdefault(row["scene"], []).append(row)
+    return found
+
+
+def test_rows_come_in_scenes_that_share_one_prompt_and_mix_kinds(workspace):
+    build_files(workspace)
+    manifest = json.loads((workspace / "runs/tiny/dataset/manifest.json").read_text())
+    splits = {split: read_jsonl(workspace / f"runs/tiny/dataset/{split}.jsonl") for split in data.SPLITS}
+    seen: set[str] = set()
+    for split, rows in splits.items():
+        found = scenes_of(rows)
+        assert not seen & set(found) and all(
+            scene.startswith(f"{split}-s") for scene in found
+        )  # no scene spans splits
+        seen |= set(found)
+        order = [row["scene"] for row in rows]
+        assert order == sorted(order, key=list(found).index)  # a scene's rows are adjacent
+        for scene in found.values():
+            assert len({row["prompt"][0]["content"] for row in scene}) == 1 and scene[0]["tools"]
+            assert all(row["tools"] == scene[0]["tools"] for row in scene)
+        assert {len(scene) for scene in found.values()} <= {4, 3}  # the tiny recipe's scene_size, or one fewer
+        assert manifest["mix"][split]["scenes"] == len(found)
+        assert sum(manifest["mix"][split]["rows_per_scene"].values()) == len(found)
+        if split != "test_unseen":
+            mixed = [s for s in found.values() if {r["kind"] in data.CALL_KINDS for r in s} == {True, False}]
+            assert len(mixed) >= len(found) / 2, split  # calls and replies under one tool list
+            assert any(len({r["tool_name"] for r in s if r["tool_name"]}) > 1 for s in found.values()), split
+    assert manifest["scene_size"] == 4
+
+
+def test_scene_size_one_gives_a_tool_list_per_row_in_the_same_mix(workspace):
+    (one,) = parse_recipe(["--config", TINY, *SMALL, "--scene_size", "1"])
+    (eight,) = parse_recipe(["--config", TINY, *SMALL, "--scene_size", "8"])
+    rows, scened = data.build_splits(one), data.build_splits(eight)
+    for split in data.SPLITS:
+        assert len(scenes_of(rows[split])) == len(rows[split])
+        assert {len(s) for s in scenes_of(scened[split]).values()} <= {8, 7}, split
+        kinds = [Counter(row["kind"] for row in splits[split]) for splits in (rows, scened)]
+        assert kinds[0] == kinds[1], split
+    sizes = Counter(len(row["tools"]) for row in rows["test"])
+    assert set(sizes) == {1, 2, 3}  # 1 to max_distractors + 1 tools, one list a row
+
+
+def test_a_scene_whose_rows_differ_or_part_fails_the_check(workspace):
+    (recipe,) = parse_recipe(["--config", TINY, *SMALL])
+    splits = data.build_splits(recipe)
+    first, second = splits["test"][0], splits["test"][1]
+    assert first["scene"] == second["scene"]
+    other = {**second, "prompt": [{"role": "system", "content": "other"}, second["prompt"][1]]}
+    with pytest.raises(UsageError, match=f"row {second['id']} .* system prompt differs from its scene's"):
+        data.check_scenes("test", [first, other])
+    with pytest.raises(UsageError, match="the scene's rows are not together"):
+        data.check_scenes("test", [first, splits["test"][-1], second])
+    with pytest.raises(UsageError, match="a validation row in a scene of another split"):
+        data.check_scenes("validation", [first])
+
+
 def test_no_call_share_comes_from_the_recipe(workspace):
     (recipe,) = parse_recipe(["--config", TINY, *SMALL, "--no_call_share", "0.5"])
     rows = data.build_splits(recipe)["train"]
@@ -159,11 +220,10 @@ def test_no_call_share_comes_from_the_recipe(workspace):
 
 def test_prompts_show_the_target_among_at_most_max_distractors_others(workspace):
     (recipe,) = parse_recipe(["--config", TINY, *SMALL, "--max_distractors", "0"])
-    for row in data.build_splits(recipe)["train"]:
-        if row["tool_name"]:
-            assert row["tools"] == [row["tool_name"]]
-        else:  # a clarifying question or a how-to answer is about the one tool shown
-            assert row["tools"] == [] or (row["kind"] in ("clarify", "how_to") and len(row["tools"]) == 1)
+    rows = data.build_splits(recipe)["train"]
+    assert all(len(row["tools"]) == 1 for row in rows)  # one tool a scene: every call, procedural ones too, shows
+    assert all(row["tools"] == [row["tool_name"]] for row in rows if row["tool_name"])  # its own tool
+    assert sum(row["family"] == "procedural" for row in rows) == 40
     (recipe,) = parse_recipe(["--config", TINY, *SMALL, "--max_distractors", "4"])
     rows = data.build_splits(recipe)["train"]
     assert max(len(row["tools"]) for row in rows) == 5 and all(row["tools"] for row in rows)
@@ -236,9 +296,9 @@ def test_target_breaking_its_schema_fails_the_build_naming_it(workspace, monkeyp
 
 
 def test_tool_missing_from_its_prompt_fails_the_build_naming_it(workspace, monkeypatch):
-    original = data.Generator._prompt_tools
-    monkeypatch.setattr(data.Generator, "_prompt_tools", lambda self, target, absent=None, **kw: [
-        t for t in original(self, target, absent, **kw) if t is not target or t["name"] != "set_timer"])  # fmt: skip
+    original = scenes.render_system_prompt
+    monkeypatch.setattr(scenes, "render_system_prompt", lambda template, tools: original(
+        template, [tool for tool in tools if tool["name"] != "set_timer"]))  # fmt: skip
     (recipe,) = parse_recipe(["--config", TINY, *SMALL])
     with pytest.raises(UsageError, match="target tool 'set_timer' is not in its prompt's tool list"):
         data.build_splits(recipe)
@@ -291,12 +351,16 @@ def test_card_counts_match_the_data(workspace):
         assert f"| {split} | {len(rows)} | {cells} | {share:.2f} |" in card
         langs = Counter(row["lang"] for row in rows)
         assert f"| {split} | {langs['zh']} | {langs['en']} |" in card
+        sizes = Counter(Counter(row["scene"] for row in rows).values())
+        per_scene = ", ".join(f"{size} ({sizes[size]})" for size in sorted(sizes))
+        assert f"| {split} | {len(rows)} | {sum(sizes.values())} | {per_scene} |" in card
     timers = [sum(r["tool_name"] == "set_timer" for r in read_jsonl(workspace / f"runs/tiny/dataset/{split}.jsonl"))
               for split in data.SPLITS]  # fmt: skip
     line = next(line for line in card.splitlines() if line.startswith("| `set_timer` | alarms | duration_minutes |"))
     assert line.endswith(" | " + " | ".join(map(str, timers)) + " |")
     assert "license: apache-2.0" in card and "make data RECIPE=recipes/tiny/router.yaml" in card
     assert "`<start_of_image>` at the very start of the user message" in card
+    assert "`scene_size` 4" in card and "| `scene` | string |" in card
 
 
 PUBLISHED_SMALL = ["--num_train", "1500", "--num_validation", "100", "--num_test", "600", "--num_test_unseen", "100"]
@@ -344,7 +408,8 @@ def test_published_data_is_varied_hard_and_holds_unseen_tools_out(published_rows
 def test_generated_tools_are_called_with_typed_values_their_prompt_shows(published_rows):
     types = Counter()
     for row in (r for r in published_rows["train"] if r["family"] == "procedural"):
-        schema = data.shown_tools(row["prompt"][0]["content"])[row["tool_name"]]["arguments"]
+        shown = {tool["tool_name"]: tool for tool in tools_in_prompt(row["prompt"][0]["content"])}
+        schema = shown[row["tool_name"]]["arguments"]
         arguments = json.loads(row["arguments"])
         assert set(schema["required"]) <= set(arguments) <= set(schema["properties"]), row["id"]
         python = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list}
@@ -410,7 +475,7 @@ def test_rule_breaking_replies_and_repeated_values_fail_the_check(published_rows
     call = next(r for r in published_rows["test"] if r["tool_name"] == "send_message")
     arguments = {"recipient": "Bob", "content": "Bob"}
     twice = {**call, "arguments": json.dumps(arguments), "completion": [
-        {"role": "assistant", "content": data.render_call("send_message", arguments)}]}  # fmt: skip
+        {"role": "assistant", "content": render_call("send_message", arguments)}]}  # fmt: skip
     with pytest.raises(UsageError, match="repeat one value"):
         validator.check(twice)
 

@@ -13,7 +13,8 @@ import os
 
 import pytest
 
-from sft_router.grammar import build_grammar, literal, tools_in_prompt
+from sft_router.grammar import build_grammar, literal
+from sft_router.router_format import tools_in_prompt
 
 
 @pytest.fixture(scope="session")

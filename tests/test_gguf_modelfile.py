@@ -83,7 +83,8 @@ def test_test_split_prompts_render_identically_through_the_repo_template(tiny_ru
 
 
 def test_gguf_folder_carries_ollamas_hub_files_with_greedy_params_and_the_trained_system_prompt(tiny_run):
-    from sft_router.catalog import load_catalog, render_tool
+    from sft_router.catalog import load_catalog
+    from sft_router.router_format import render_tool
 
     gguf = tiny_run / "runs/tiny/gguf"
     assert (gguf / "template").read_text() == GO_TEMPLATE

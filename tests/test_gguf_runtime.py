@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sft_router.gguf import check_gguf, convert_to_gguf, describe_gguf
-from sft_router.prompts import STOP_TOKEN
+from sft_router.router_format import STOP_TOKEN
 
 ROOT = Path(__file__).resolve().parents[1]
 Q8_TOLERANCE = 0.05  # max |logit difference|, Q8_0 vs fp32 transformers, last prompt position, tiny model

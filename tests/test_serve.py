@@ -151,7 +151,7 @@ def test_a_reply_comes_back_as_content_without_tool_calls(llm, served):
 
 
 def test_tool_choice_sets_the_decoding_grammar():
-    from sft_router.catalog import render_tool
+    from sft_router.router_format import render_tool
     from sft_router.serve import decoding_grammar
 
     tools = [{"type": "function", "function": {"name": name, "description": "d", "parameters": {"type": "object"}}}

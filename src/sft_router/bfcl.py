@@ -3,7 +3,7 @@
 Three non-live single-turn categories: `simple_python` (400 cases, one function shown), `multiple` (200, two to
 four shown, one right) and `irrelevance` (240, none fits). Each case is prompted the way the router is: the
 recipe's system prompt with `{tools}` filled by the case's functions in the router's tool format
-(`catalog.render_tool`; BFCL's types mapped to JSON schema by BFCL's own GORILLA_TO_OPENAPI table, so `dict`
+(`router_format.render_tool`; BFCL's types mapped to JSON schema by BFCL's own GORILLA_TO_OPENAPI table, so `dict`
 becomes `object`, `float` `number`, `tuple` `array`, `any` `string`), then the question as the user message.
 Greedy decoding; the answer is parsed by the project's lenient parser (`scoring.parse_lenient`) into
 `[{name: arguments}]`, the shape BFCL's decoders hand its checker, and graded by BFCL's `ast_checker` unchanged.
@@ -46,8 +46,8 @@ import types
 from importlib import metadata
 from pathlib import Path
 
-from sft_router.catalog import render_system_prompt
 from sft_router.errors import UsageError, one_line_errors
+from sft_router.router_format import load_system_prompt, render_system_prompt
 from sft_router.scoring import BOOTSTRAP, attempted_call, bootstrap_interval, parse_lenient
 
 BFCL_EVAL_VERSION = "2026.3.23"  # the same pin as pyproject.toml (tests/test_bfcl.py holds them equal)
@@ -135,7 +135,7 @@ def json_schema(schema: dict) -> dict:
 
 
 def router_tool(function: dict) -> dict:
-    """A BFCL function doc as a catalog tool (what `catalog.render_tool` renders into the prompt)."""
+    """A BFCL function doc as a catalog tool (what `router_format.render_tool` renders into the prompt)."""
     return {"name": function["name"], "description": function["description"],
             "parameters": json_schema(function["parameters"])}  # fmt: skip
 
@@ -254,8 +254,7 @@ def run_bfcl(recipe, tokenizer, out: Path, cases: dict[str, list[dict]] | None =
     """Score every variant on `cases` (default: the recipe's selection); write each variant's files, the table, the
     chart and summary.json under `out`."""
     cases = cases or selected_cases(recipe)
-    template = Path(recipe.data.system_prompt).read_text(encoding="utf-8")
-    prompts = rendered_prompts(tokenizer, cases, template)
+    prompts = rendered_prompts(tokenizer, cases, load_system_prompt(recipe.data.system_prompt))
     results = {}
     for variant, runtime, answers in variant_answers(recipe, tokenizer, prompts):
         results[variant] = write_bfcl_variant(out / variant, cases, answers, runtime)

@@ -195,7 +195,7 @@ def base_model_text(recipe) -> str:
 
 
 def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
-    from sft_router.catalog import published_system_prompt
+    from sft_router.router_format import published_system_prompt
 
     ids = repo_ids(recipe)
     gguf_manifest = read_manifest(recipe.stage_dir("gguf")) or {}
@@ -213,7 +213,7 @@ def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
         "splits_table": splits_table(recipe),
         "hyperparameters_table": hyperparameters_table(recipe),
         "images": sorted(card_images(recipe)),
-        "system_prompt": published_system_prompt(recipe.data),
+        "system_prompt": published_system_prompt(recipe.data, load_catalog(recipe.data.catalog).tools.values()),
         "llama_cpp_commit": gguf_manifest.get("llama_cpp_commit"),
         "llama_cpp_python": gguf_manifest.get("llama_cpp_python"),
         "adapter_base": adapter_base(recipe),
@@ -335,6 +335,8 @@ def render_dataset_card(recipe):
         language_table=dataset_language_table(manifest),
         tools_table=dataset_tools_table(manifest, catalog),
         variety_table=dataset_variety_table(manifest),
+        scene_size=manifest["scene_size"],
+        scenes_table=dataset_scenes_table(manifest),
         pools_table=dataset_pools_table(manifest),
         noise_table=dataset_noise_table(manifest),
         unseen_tools=", ".join(f"`{name}`" for name in manifest["unseen_tools"]),
@@ -380,6 +382,16 @@ def dataset_variety_table(manifest: dict) -> str:
         lines.append(f"| {split} | {mix['distinct_templates']} | {_share(mix['distinct_messages'], rows)} | "
                      f"{_share(mix['call_rows_with_unseen_values'], calls)} | "
                      f"{_share(mix['calls_with_confusable_distractor'], calls)} | {span} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def dataset_scenes_table(manifest: dict) -> str:
+    """Per split: how many scenes, and how many of them have each number of rows."""
+    lines = ["| split | rows | scenes | rows per scene (scenes) |", "|---|---|---|---|"]
+    for split, rows in manifest["rows"].items():
+        mix = manifest["mix"][split]
+        sizes = ", ".join(f"{size} ({count})" for size, count in mix["rows_per_scene"].items())
+        lines.append(f"| {split} | {rows} | {mix['scenes']} | {sizes} |")
     return "\n".join(lines)
 
 

@@ -1,13 +1,12 @@
-"""The catalog and row formats every stage shares: the tool catalog (read and checked), the router's tool-list
-and call text, and the dataset stage's saved splits.
+"""The catalog and row formats every stage shares: the tool catalog (read and checked) and the dataset stage's saved
+splits. How tools and calls are written into a prompt is `sft_router.router_format`.
 
-Usage: from sft_router.catalog import load_catalog, load_split, render_system_prompt
+Usage: from sft_router.catalog import load_catalog, load_split
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -515,26 +514,6 @@ def labelling_rules(path: str | Path) -> str:
 
 def _brief(exc: Exception) -> str:
     return str(exc).splitlines()[0]
-
-
-def render_tool(tool: dict) -> str:
-    """One tool in the seed's tool-list format."""
-    entry = {"tool_name": tool["name"], "tool_description": tool["description"], "arguments": tool["parameters"]}
-    return json.dumps(entry, ensure_ascii=False)
-
-
-def render_system_prompt(template: str, tools: list[dict]) -> str:
-    return template.replace("{tools}", " ".join(render_tool(tool) for tool in tools))
-
-
-def published_system_prompt(data_args) -> str:
-    """The recipe's system prompt listing every catalog tool: `system_prompt.txt` in the repos, Ollama's `system`."""
-    template = Path(data_args.system_prompt).read_text()
-    return render_system_prompt(template, list(load_catalog(data_args.catalog).tools.values()))
-
-
-def render_call(tool_name: str, arguments: dict) -> str:
-    return json.dumps({"tool_name": tool_name, "arguments": arguments}, ensure_ascii=False)
 
 
 def load_split(recipe, split: str):

@@ -36,7 +36,15 @@ class DataArguments:
     num_validation: int = field(default=600, metadata={"help": "Rows in the validation split."})
     num_test: int = field(default=1200, metadata={"help": "Rows in the test split."})
     no_call_share: float = field(default=0.25, metadata={"help": "Share of rows whose answer is a reply, not a call."})
-    max_distractors: int = field(default=4, metadata={"help": "Most distractor tools shown beside the target tool."})
+    max_distractors: int = field(
+        default=4,
+        metadata={"help": "Most tools a prompt shows beside a called one: a scene lists 1 to this + 1 tools."},
+    )
+    scene_size: int = field(
+        default=8,
+        metadata={"help": "Requests per scene: rows that share one system prompt and tool list, adjacent in their "
+                  "split (1: a tool list per row)."},
+    )  # fmt: skip
     dataset_seed: int = field(default=1234, metadata={"help": "Seed of the dataset generator."})
     num_test_unseen: int = field(
         default=200, metadata={"help": "Rows in the test_unseen split: calls to the catalog's `unseen_tools` only."}

@@ -2,7 +2,8 @@
 
 Each row is a TRL conversational prompt-completion pair: the system prompt listing the shown tools
 (the seed's format) and the user message, then the target, either one JSON tool call or a reply, labelled by the
-rules written at the top of the catalog. Train, validation and test use disjoint paraphrase families (the last
+rules written at the top of the catalog. Rows come in scenes (sft_router.scenes): `scene_size` requests of mixed
+kinds against one system prompt and tool list, the rows of a scene together and named by their `scene` column. Train, validation and test use disjoint paraphrase families (the last
 family of each tool is test, the one before it validation) and disjoint no-call items; a third of each value pool
 beyond its most common entries never appears in train; the catalog's `unseen_tools` are left out of train,
 validation and test and make up the `test_unseen` split; a share of train rows calls procedurally generated tools.
@@ -16,6 +17,7 @@ Usage: python -m sft_router.data --config recipes/gemma-3-270m-it/router.yaml   
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import random
@@ -41,25 +43,21 @@ from sft_router.catalog import (
     item_split,
     load_catalog,
     missing_required,
-    render_call,
-    render_tool,
 )
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.noise import RULES, NoiseRules, number_words
 from sft_router.procedural import ProceduralTools, join_words
+from sft_router.router_format import load_system_prompt, render_call, render_tool, tools_in_prompt
 from sft_router.run import stage_output
+from sft_router.scenes import PROCEDURAL, Scene, ToolLists, scene_plans
 
-IMAGE_CALL_SHARE = 0.05
 KEEP_IN_TRAIN = 6  # a pool's first entries are its most common values: always in train
 HELD_OUT_OF = (1, 2)  # of the other entries, one in two never appears in train
 EVAL_UNSEEN_DRAW = 0.6  # an evaluation row draws a slot's value from the held-out entries this often
-CONFUSABLE_SHARE = 0.8  # a prompt with room for distractors shows a confusable tool this often
+HOW_TO_SHOWN = 0.6  # a how-to question asks about a shown tool's feature this often, else about one not shown
 CORRECTION = {"zh": ["，不对，", "，不是，是", "，说错了，", "，哦不，"],
               "en": [", no wait, ", ", sorry, I mean ", ", no, ", " - actually "]}  # fmt: skip
-# The no-call kinds in turn; a request whose tool is not shown and one missing an argument come twice as often as
-# chat, out-of-scope, image and how-to questions: they are the decisions a router gets wrong.
-NO_CALL_MIX = ("missing_tool", "clarify", "chat", "out_of_scope", "missing_tool", "clarify", "image", "how_to")
 NOISE_REQUEST = ("typo", "mixed", "curt", "polite", "filler", "context")
 NOISE_TALK = ("typo", "polite")
 GRAM, NEAR_DUPLICATE = 5, 0.8  # an evaluation message this close to a train message is a leak
@@ -99,10 +97,9 @@ class Generator:
     def __init__(self, catalog: Catalog, system_prompt: str, args, split: str):
         self.catalog, self.system_prompt, self.args, self.split = catalog, system_prompt, args, split
         self.rng = random.Random(f"{args.dataset_seed}:{split}")
-        unseen = set(catalog.unseen_tools)
-        seen = [t for name, t in catalog.tools.items() if name not in unseen]
-        self.targets = [catalog.tools[n] for n in catalog.unseen_tools] if split == "test_unseen" else seen
-        self.shown_pool = list(catalog.tools.values()) if split == "test_unseen" else seen
+        self.procedural = ProceduralTools(catalog.procedural) if catalog.procedural else None
+        self.lists = ToolLists(catalog, args, split, self.rng, self.procedural)
+        self.targets = self.lists.targets
         every_family = split == "test_unseen"  # no family of an unseen tool was ever trained on
         self.families = {
             name: [f for i, f in enumerate(tool["families"])
@@ -110,9 +107,7 @@ class Generator:
             for name, tool in catalog.tools.items()
         }  # fmt: skip
         self.item_split = "test" if split == "test_unseen" else split
-        self.rendered = {name: render_tool(tool) for name, tool in catalog.tools.items()}
         self.noise = NoiseRules(catalog.noise, {rule: getattr(args, f"noise_{rule}") for rule in RULES})
-        self.procedural = ProceduralTools(catalog.procedural) if catalog.procedural else None
         self.applied: Counter = Counter()
         self._queues: dict[str, list] = {}
         self._messages: set[str] = set()
@@ -206,69 +201,47 @@ class Generator:
         lang = self.rng.choice(LANG_DRAW)
         return self._said(tool, family["id"], self.rng.choice(family[lang]), lang, correct)
 
-    def _prompt_tools(self, target: dict | None, absent: dict | None = None, hide: set = frozenset()) -> list[dict]:
-        """Distractors in shuffled order, most often with a tool declared confusable with the request's tool
-        (reminder vs alarm vs timer; note vs to-do), else often near-misses of the same domain."""
-        anchor = target or absent
-        names = {t["name"] for t in (target, absent) if t} | set(hide)
-        others = [t for t in self.shown_pool if t["name"] not in names]
-        most = min(self.args.max_distractors, len(others))
-        count = self.rng.randint(min(most, 0 if target else 1), most)  # a no-call prompt shows a tool when it may
-        confusable = set(self.catalog.confusable_with(anchor["name"])) if anchor else set()
-        near = [t for t in others if t["name"] in confusable]
-        if not near or self.rng.random() >= CONFUSABLE_SHARE:
-            near = [t for t in others if anchor and t["domain"] == anchor["domain"]]
-        picked = self.rng.sample(near, min(len(near), self.rng.randint(1 if count else 0, count)))
-        rest = [t for t in others if t not in picked]
-        picked += self.rng.sample(rest, count - len(picked))
-        tools = picked + ([target] if target else [])
-        self.rng.shuffle(tools)
-        return tools
-
-    def call(self, image: bool = False) -> dict:
-        said = self.utterance(self._next("tools", self.targets), correct=self.rng.random() < self.args.correction_rate)
+    def call(self, scene: Scene, tool: dict, image: bool = False) -> dict:
+        said = self.utterance(tool, correct=self.rng.random() < self.args.correction_rate)
         text = f"{self.catalog.image_marker}{said.text}" if image else said.text
-        tools = self._prompt_tools(said.tool)
-        completion = render_call(said.tool["name"], said.arguments)
-        return self._row("image_call" if image else "call", said, text, tools, completion, said.tool["name"])
+        completion = render_call(tool["name"], said.arguments)
+        return self._row("image_call" if image else "call", said, text, scene, completion, tool["name"])
 
-    def procedural_call(self) -> dict:
-        """A call to a tool made up for this row, beside its near-misses and catalog tools (train only)."""
-        tool = self.procedural.tool(self.rng)
+    def procedural_call(self, scene: Scene, tool: dict) -> dict:
+        """A call to a tool made up for this scene, beside its near-misses and catalog tools (train only)."""
         lang = self.rng.choice(LANG_DRAW)
         text, shown, arguments = self.procedural.utterance(self.rng, tool, lang)
         slip = english_lint(text) if lang == "en" else None
         if slip:
             raise UsageError(f"procedural tool '{tool['name']}': message '{text}' reads {slip}; fix `procedural`")
-        most = min(self.args.max_distractors, len(self.shown_pool))
-        siblings = self.procedural.siblings(self.rng, tool, self.rng.randint(0, min(2, most)))
-        count = self.rng.randint(0, most - len(siblings))
-        tools = [tool, *siblings, *self.rng.sample(self.shown_pool, count)]
-        self.rng.shuffle(tools)
         said = Utterance(tool, lang, "procedural", text, text, shown, arguments)
-        return self._row("call", said, text, tools, render_call(tool["name"], arguments), tool["name"])
+        return self._row("call", said, text, scene, render_call(tool["name"], arguments), tool["name"])
 
-    def no_call(self, kind: str) -> dict:
-        if kind == "missing_tool":  # a real request whose tool is not shown (its near-misses may be)
-            said = self.utterance(self._next("tools", self.targets))
-            reply = self.catalog.replies["missing_tool"][said.lang]
-            return self._row(kind, said, said.text, self._prompt_tools(None, said.tool), reply)
+    def no_call(self, kind: str, scene: Scene) -> dict:
+        if kind == "missing_tool":  # a real request for a tool the scene does not show (its near-misses may be)
+            said = self.utterance(self._absent(scene))
+            return self._row(kind, said, said.text, scene, self.catalog.replies["missing_tool"][said.lang])
         if kind == "clarify":
-            return self.clarify()
+            return self.clarify(scene)
         if kind == "how_to":
-            return self.how_to()
+            return self.how_to(scene)
         items = self.catalog.no_call[kind]
         index = self._next(kind, self._item_indices(len(items)))
         item, lang = items[index], self.rng.choice(LANG_DRAW)
         said = self._said({}, f"{kind}_{index}", item[lang], lang)
         text = f"{self.catalog.image_marker}{said.text}" if kind == "image" else said.text
-        tools = self._prompt_tools(None)
         if kind == "chat":
-            return self._row(kind, said, text, tools, self.chat_reply(item, lang, tools))
+            return self._row(kind, said, text, scene, self.chat_reply(item, lang, scene.tools))
         if kind == "out_of_scope":
             reply = self.catalog.replies["out_of_scope"][lang].format(topic=item[f"topic_{lang}"])
-            return self._row(kind, said, text, tools, reply)
-        return self._row(kind, said, text, tools, self.catalog.replies["image"][lang])
+            return self._row(kind, said, text, scene, reply)
+        return self._row(kind, said, text, scene, self.catalog.replies["image"][lang])
+
+    def _absent(self, scene: Scene) -> dict:
+        """A tool the scene does not show, most often a near-miss of one it does (the query tool beside delete)."""
+        shown = set(scene.names)
+        others = [tool for tool in self.targets if tool["name"] not in shown]
+        return self.rng.choice(self.lists.near(scene.tools, others) or others)
 
     def chat_reply(self, item: dict, lang: str, tools: list[dict]) -> str:
         """Rule 11: an offer only when its tool is shown; `{features}` lists what the shown tools do."""
@@ -281,90 +254,89 @@ class Generator:
             reply += item[f"offer_{lang}"]
         return reply
 
-    def clarify(self) -> dict:
-        """Rule 6/7: a request missing a required argument; the reply asks for the first one missing."""
-        tools = [t for t in self.targets if t.get("clarify")]
-        if not tools:
-            raise UsageError(f"{self.catalog.path}: no tool has `clarify` templates for the clarify rows; add some")
-        tool = self._next("clarify", tools)
+    def clarify(self, scene: Scene) -> dict:
+        """Rule 6/7: a request to a shown tool missing a required argument; the reply asks for the first one missing."""
+        tool = self.rng.choice([t for t in scene.tools if t.get("clarify")])
         lang = self.rng.choice(LANG_DRAW)
         templates = [t for i, t in enumerate(tool["clarify"][lang]) if item_split(i) == self.item_split]
         template = self.rng.choice(templates)
         said = self._said(tool, f"clarify_{tool['name']}", template, lang)
         reply = tool["ask"][missing_required(tool, template)[0]][lang]
-        return self._row("clarify", said, said.text, self._prompt_tools(tool), reply)
+        return self._row("clarify", said, said.text, scene, reply)
 
-    def how_to(self) -> dict:
-        """Rule 10: a question about a feature; how to ask if a tool with it is shown, else the missing-tool reply."""
-        tool = self._next("how_to_tools", self.targets)
+    def how_to(self, scene: Scene) -> dict:
+        """Rule 10: a question about a feature; how to ask for it when a shown tool has it, else (a feature no shown
+        tool has) the missing-tool reply."""
         items = self.catalog.no_call["how_to"]
         index = self._next("how_to", self._item_indices(len(items)))
         lang = self.rng.choice(LANG_DRAW)
-        question = items[index][lang].replace("{feature}", tool["feature"][lang])
-        said = self._said({}, f"how_to_{index}", question, lang)
-        if self.rng.random() < 0.6:
-            return self._row("how_to", said, said.text, self._prompt_tools(tool), tool["how"][lang])
-        same = {name for name, t in self.catalog.tools.items() if t["feature"][lang] == tool["feature"][lang]}
-        tools = self._prompt_tools(None, tool, hide=same)
-        return self._row("how_to", said, said.text, tools, self.catalog.replies["missing_tool"][lang])
+        shown = [tool for tool in scene.tools if self.catalog.tools.get(tool["name"]) is tool]
+        features = {tool["feature"][lang] for tool in shown}
+        hidden = [tool for tool in self.targets if tool["feature"][lang] not in features]
+        if shown and (not hidden or self.rng.random() < HOW_TO_SHOWN):
+            tool = self.rng.choice(shown)
+            reply = tool["how"][lang]
+        else:
+            tool = self.rng.choice(hidden)
+            reply = self.catalog.replies["missing_tool"][lang]
+        said = self._said({}, f"how_to_{index}", items[index][lang].replace("{feature}", tool["feature"][lang]), lang)
+        return self._row("how_to", said, said.text, scene, reply)
 
     def _item_indices(self, count: int) -> list[int]:
         """No-call items split one in five to test, one in five to validation, the rest to train."""
         return [i for i in range(count) if item_split(i) == self.item_split]
 
-    def _row(self, kind: str, said: Utterance, text: str, tools: list[dict], completion: str, tool_name: str = ""):
-        system = self.system_prompt.replace("{tools}", " ".join(self.rendered.get(t["name"]) or render_tool(t)
-                                                               for t in tools))  # fmt: skip
+    def _row(self, kind: str, said: Utterance, text: str, scene: Scene, completion: str, tool_name: str = ""):
         return {
-            "prompt": [{"role": "system", "content": system}, {"role": "user", "content": text}],
+            "prompt": [{"role": "system", "content": scene.system}, {"role": "user", "content": text}],
             "completion": [{"role": "assistant", "content": completion}],
             "kind": kind,
             "lang": said.lang,
             "family": said.family,
             "user": text,
-            "tools": [t["name"] for t in tools],
+            "tools": scene.names,
             "tool_name": tool_name,
             "arguments": json.dumps(said.arguments, ensure_ascii=False) if tool_name else "",
             "template": said.template,
             "values": json.dumps(said.shown, ensure_ascii=False),
         }
 
+    def scene(self, tools: int, kinds: list[str]) -> list[dict]:
+        """A list of `tools` tools (ToolLists.scene) and a request of each planned kind against it; the scene's calls
+        go to its requested tools in turn, its procedural calls to its made-up tools in turn."""
+        scene = self.lists.scene(tools, kinds, self.system_prompt)
+        if any(kind in CALL_KINDS for kind in kinds) and not scene.requested:
+            raise UsageError(
+                f"{self.catalog.path}: a scene cannot call a tool and leave one out for a missing_tool request with "
+                f"{len(self.targets)} tool(s); add tools to the catalog, or set scene_size: 1"
+            )
+        called, made_up = itertools.cycle(scene.requested), itertools.cycle(scene.made_up)
+        rows = []
+        for kind in kinds:
+            if kind in CALL_KINDS:
+                rows.append(self.call(scene, next(called), image=kind == "image_call"))
+            elif kind == PROCEDURAL:
+                rows.append(self.procedural_call(scene, next(made_up)))
+            else:
+                rows.append(self.no_call(kind, scene))
+        return rows
+
     def rows(self, count: int) -> list[dict]:
-        if self.split == "test_unseen":  # calls only: whether the router reads a tool it never trained on
-            rows = [self.call() for _ in range(count)]
-        else:
-            no_calls = round(count * self.args.no_call_share)
-            image_calls = min(count - no_calls, round(count * IMAGE_CALL_SHARE))
-            made_up = round(count * self.args.procedural_share) if self.split == "train" else 0
-            made_up = min(made_up, count - no_calls - image_calls)
-            rows = [self.call() for _ in range(count - no_calls - image_calls - made_up)]  # first: every tool
-            rows += [self.call(image=True) for _ in range(image_calls)]
-            rows += [self.procedural_call() for _ in range(made_up)]
-            rows += [self.no_call(NO_CALL_MIX[i % len(NO_CALL_MIX)]) for i in range(no_calls)]
-        self.rng.shuffle(rows)
-        for i, row in enumerate(rows):
-            row["id"] = f"{self.split}-{i:06d}"
+        """The split's rows, scene by scene: scenes in shuffled order, each scene's rows together in shuffled order;
+        `scene` names a row's scene (`<split>-s<number>`), `id` its place in the split."""
+        scenes = [self.scene(tools, kinds) for tools, kinds in scene_plans(count, self.args, self.split, self.rng)]
+        self.rng.shuffle(scenes)
+        rows: list[dict] = []
+        for number, scene_rows in enumerate(scenes):
+            self.rng.shuffle(scene_rows)
+            for row in scene_rows:
+                row["scene"], row["id"] = f"{self.split}-s{number:05d}", f"{self.split}-{len(rows):06d}"
+                rows.append(row)
         return rows
 
 
 def _join(words: list[str], lang: str) -> str:
     return join_words(words, lang) if words else ""
-
-
-TOOL_ENTRY = re.compile(r'\{"tool_name": ')
-
-
-def shown_tools(system: str) -> dict[str, dict]:
-    """The tool entries of a system prompt, by name, as the model reads them (catalog or generated tools)."""
-    decoder, tools = json.JSONDecoder(), {}
-    for match in TOOL_ENTRY.finditer(system):
-        try:
-            entry, _ = decoder.raw_decode(system, match.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(entry, dict) and "tool_description" in entry:
-            tools[entry["tool_name"]] = entry
-    return tools
 
 
 class RowValidator:
@@ -423,7 +395,7 @@ class RowValidator:
     def _check_call(self, row: dict, where: str) -> None:
         name = row["tool_name"]
         system = row["prompt"][0]["content"]
-        tools = shown_tools(system)
+        tools = {entry["tool_name"]: entry for entry in tools_in_prompt(system)}
         known = name not in self.rendered or self.rendered[name] in system
         if name not in tools or name not in row["tools"] or not known:
             raise UsageError(f"{where}: target tool '{name}' is not in its prompt's tool list; fix the generator")
@@ -443,9 +415,23 @@ class RowValidator:
 
 def check_rows(splits: dict[str, list[dict]], catalog: Catalog) -> None:
     validator = RowValidator(catalog)
-    for rows in splits.values():
+    for name, rows in splits.items():
+        check_scenes(name, rows)
         for row in rows:
             validator.check(row)
+
+
+def check_scenes(split: str, rows: list[dict]) -> None:
+    """A scene belongs to one split, its rows are adjacent and show one system prompt, byte for byte."""
+    first: dict[str, dict] = {}
+    for previous, row in zip([None, *rows], rows):
+        scene, where = row["scene"], f"row {row['id']} (scene {row['scene']})"
+        if not scene.startswith(f"{split}-s"):
+            raise UsageError(f"{where}: a {split} row in a scene of another split; fix the generator")
+        if scene in first and previous["scene"] != scene:
+            raise UsageError(f"{where}: the scene's rows are not together; fix the generator")
+        if row["prompt"][0]["content"] != first.setdefault(scene, row)["prompt"][0]["content"]:
+            raise UsageError(f"{where}: its system prompt differs from its scene's; fix the generator")
 
 
 def normalise(text: str) -> str:
@@ -532,6 +518,8 @@ def _check_mix(args) -> None:
     for name in ("num_train", "num_validation", "num_test", "num_test_unseen", "max_distractors"):
         if getattr(args, name) < 0:
             raise UsageError(f"{name} is {getattr(args, name)}; set it to 0 or more")
+    if args.scene_size < 1:
+        raise UsageError(f"scene_size is {args.scene_size}; set it to 1 or more (1: a tool list per row)")
 
 
 def _check_catalog_for(args, catalog: Catalog) -> None:
@@ -543,15 +531,6 @@ def _check_catalog_for(args, catalog: Catalog) -> None:
                          "add one, or set procedural_share: 0")  # fmt: skip
 
 
-def _read_system_prompt(path: str) -> str:
-    if not Path(path).is_file():
-        raise UsageError(f"system prompt {path} does not exist: set `system_prompt` in the recipe to a text file")
-    text = Path(path).read_text()
-    if "{tools}" not in text:
-        raise UsageError(f"{path}: no `{{tools}}` placeholder; add it where the tool list goes")
-    return text
-
-
 def build_splits(recipe, catalog: Catalog | None = None, applied: dict | None = None) -> dict[str, list[dict]]:
     """Generate every split and check every row and every split boundary; raises before anything is written.
     `applied`, if given, receives per split how often each noise rule fired."""
@@ -559,7 +538,7 @@ def build_splits(recipe, catalog: Catalog | None = None, applied: dict | None = 
     _check_mix(args)
     catalog = catalog or load_catalog(args.catalog)
     _check_catalog_for(args, catalog)
-    system_prompt = _read_system_prompt(args.system_prompt)
+    system_prompt = load_system_prompt(args.system_prompt)
     sizes = {"train": args.num_train, "validation": args.num_validation, "test": args.num_test,
              "test_unseen": args.num_test_unseen}  # fmt: skip
     splits = {}
@@ -583,13 +562,15 @@ def content_hash(splits: dict[str, list[dict]]) -> str:
 
 def split_mix(rows: list[dict], catalog: Catalog, train_values: set[str]) -> dict:
     """What one split holds: counts per kind, language and tool, the no-call share, rows with unseen values,
-    distinct templates and messages, tool-list sizes and how many prompts show a confusable distractor."""
+    distinct templates and messages, tool-list sizes, how many prompts show a confusable distractor, and its scenes
+    (how many, and how many scenes have each number of rows)."""
     kinds = Counter(row["kind"] for row in rows)
     tools = Counter(row["tool_name"] for row in rows if row["tool_name"])
     calls = [row for row in rows if row["kind"] in CALL_KINDS]
     unseen = sum(any(v not in train_values for v in json.loads(row["values"]).values()) for row in rows)
     unseen_calls = sum(any(v not in train_values for v in json.loads(row["values"]).values()) for row in calls)
     sizes = Counter(len(row["tools"]) for row in rows)
+    scenes = Counter(row["scene"] for row in rows)
     confusable = sum(bool(set(catalog.confusable_with(row["tool_name"])) & set(row["tools"])) for row in calls
                      if row["tool_name"] in catalog.tools)  # fmt: skip
     return {
@@ -604,6 +585,8 @@ def split_mix(rows: list[dict], catalog: Catalog, train_values: set[str]) -> dic
         "distinct_templates": len({row["template"] for row in rows}),
         "distinct_messages": len({row["user"] for row in rows}),
         "tool_list_sizes": {str(size): sizes[size] for size in sorted(sizes)},
+        "scenes": len(scenes),
+        "rows_per_scene": {str(size): count for size, count in sorted(Counter(scenes.values()).items())},
         "longest_prompt_chars": max((sum(len(m["content"]) for m in row["prompt"]) for row in rows), default=0),
     }
 
@@ -622,6 +605,7 @@ def dataset_facts(splits: dict[str, list[dict]], catalog: Catalog, recipe, appli
         "no_call_share": args.no_call_share,
         "procedural_share": args.procedural_share,
         "max_distractors": args.max_distractors,
+        "scene_size": args.scene_size,
         "rates": {name: getattr(args, name) for name in RATES},
         "noise_applied": applied,
         "pool_sizes": pool_sizes(catalog),

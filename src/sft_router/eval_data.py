@@ -23,8 +23,9 @@ from pathlib import Path
 
 import jsonschema
 
-from sft_router.catalog import LANGS, Catalog, load_catalog, render_call, render_system_prompt
+from sft_router.catalog import LANGS, Catalog, load_catalog
 from sft_router.errors import UsageError
+from sft_router.router_format import load_system_prompt, render_call, render_system_prompt
 
 HEADLINE_SPLIT = "test"
 HANDWRITTEN = "handwritten"
@@ -78,8 +79,7 @@ def load_handwritten(recipe) -> list[dict]:
     if not path:
         raise UsageError(f"{recipe.path}: eval_splits names `handwritten` but no `handwritten` file is set; set it")
     catalog = load_catalog(recipe.data.catalog)
-    system_prompt = Path(recipe.data.system_prompt).read_text()
-    return read_handwritten(path, catalog, system_prompt)
+    return read_handwritten(path, catalog, load_system_prompt(recipe.data.system_prompt))
 
 
 def read_handwritten(path: str | Path, catalog: Catalog, system_prompt: str) -> list[dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
-from sft_router.prompts import STOP_TOKEN
+from sft_router.router_format import END_OF_TURN, START_OF_TURN, STOP_TOKEN
 from sft_router.run import FILE_TYPES, gguf_path, stage_output
 from sft_router.runtime import LLAMA_CPP_PYTHON, fetch_converter, llama_cpp_commit, run_pinned
 
@@ -93,7 +93,7 @@ def describe_gguf(path: Path) -> dict:
         "eos_token": token_text("tokenizer.ggml.eos_token_id"),
         "eot_token": token_text("tokenizer.ggml.eot_token_id"),
         "eot_token_id": value("tokenizer.ggml.eot_token_id"),
-        "turn_token_types": [token_type(turn) for turn in ("<start_of_turn>", STOP_TOKEN)],
+        "turn_token_types": [token_type(turn) for turn in (START_OF_TURN, END_OF_TURN)],
         "tensor_types": sorted({tensor.tensor_type.name for tensor in reader.tensors}),
     }
 
@@ -114,7 +114,7 @@ def check_gguf(path: Path, chat_template: str, outtype: str) -> dict:
             f"stop tokens are eos={facts['eos_token']} eot={facts['eot_token']}, not <eos> and {STOP_TOKEN}"
         )
     if facts["turn_token_types"] != ["CONTROL", "CONTROL"]:
-        problems.append(f"<start_of_turn>/<end_of_turn> are {facts['turn_token_types']}, not CONTROL tokens")
+        problems.append(f"{START_OF_TURN}/{END_OF_TURN} are {facts['turn_token_types']}, not CONTROL tokens")
     if facts["bos_token"] != "<bos>" or not facts["add_bos_token"]:
         problems.append("<bos> is not the BOS token added to every prompt")
     if problems:
@@ -125,8 +125,9 @@ def check_gguf(path: Path, chat_template: str, outtype: str) -> dict:
 def convert_locally(recipe, out: Path, facts: dict) -> None:
     """Every requested GGUF type from runs/<name>/merged, checked, plus Ollama's files beside them."""
     from sft_router.cards import converter_metadata
-    from sft_router.catalog import published_system_prompt
+    from sft_router.catalog import load_catalog
     from sft_router.modelfile import write_ollama_files
+    from sft_router.router_format import published_system_prompt
 
     template = Path(recipe.training.chat_template_path).read_text()
     card_metadata = converter_metadata(recipe)
@@ -136,7 +137,8 @@ def convert_locally(recipe, out: Path, facts: dict) -> None:
         facts[path.name] = {k: v for k, v in check_gguf(path, template, outtype).items() if k != "chat_template"}
     facts["llama_cpp_commit"] = llama_cpp_commit()
     gguf_name = gguf_path(recipe, recipe.export.gguf_outtypes[0]).name
-    write_ollama_files(out, gguf_name, published_system_prompt(recipe.data))
+    tools = load_catalog(recipe.data.catalog).tools.values()
+    write_ollama_files(out, gguf_name, published_system_prompt(recipe.data, tools))
 
 
 @one_line_errors

@@ -1,7 +1,8 @@
 """A llama.cpp GBNF grammar per prompt: a call of one of the prompt's tools with schema-valid arguments, or a reply.
 
-The tools are read back from the system prompt itself (the seed's `{"tool_name", "tool_description",
-"arguments": <JSON schema>}` entries), so the grammar constrains exactly what the model was shown.
+The tools are read back from the system prompt itself (`router_format.tools_in_prompt`: the seed's
+`{"tool_name", "tool_description", "arguments": <JSON schema>}` entries), so the grammar constrains exactly what the
+model was shown.
 A call is the training format, `{"tool_name": "<name>", "arguments": {...}}` with json.dumps spacing;
 its arguments hold only the schema's properties, each at most once, in any order (targets follow the
 order of the user's words), with every required one present; values match the property's type and
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import json
 from itertools import count
+
+from sft_router.router_format import tools_in_prompt
 
 CALL_PREFIX = '{"tool_name": "'
 REPLY = r"reply ::= [^{ \t\r\n] [^{]*"
@@ -35,21 +38,6 @@ def literal(text: str) -> str:
     """A GBNF string literal for `text` (quotes, backslashes and control characters escaped)."""
     escaped = "".join(f"\\x{ord(c):02X}" if ord(c) < 0x20 else c for c in text.replace("\\", "\\\\"))
     return '"' + escaped.replace('"', '\\"') + '"'
-
-
-def tools_in_prompt(system_prompt: str) -> list[dict]:
-    """The tool entries of a system prompt, in order; example calls (no tool_description) are skipped."""
-    decoder, tools, pos = json.JSONDecoder(), [], 0
-    while (start := system_prompt.find("{", pos)) != -1:
-        try:
-            entry, end = decoder.raw_decode(system_prompt, start)
-        except ValueError:
-            pos = start + 1
-            continue
-        pos = end
-        if isinstance(entry, dict) and {"tool_name", "tool_description", "arguments"} <= entry.keys():
-            tools.append(entry)
-    return tools
 
 
 def value_rule(schema: dict) -> str:

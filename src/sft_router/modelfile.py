@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from sft_router.errors import UsageError
-from sft_router.prompts import STOP_TOKEN
+from sft_router.router_format import STOP_TOKEN
 
 # Go's text/template has no trim function and Ollama adds none, so "trim" and "rtrim" are recursive templates that
 # cut one leading / trailing whitespace character at a time, comparing UTF-8 byte slices (len (slice . N) is

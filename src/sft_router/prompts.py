@@ -1,17 +1,17 @@
-"""Prompt rendering and stop tokens: the one chat template every stage renders with, and where generation stops.
+"""Prompt rendering and stop tokens: the one chat template every stage renders with, and where generation stops
+(the router format's STOP_TOKEN, as token ids).
 
-Usage: from sft_router.prompts import render_prompts, stop_token_ids, STOP_TOKEN
+Usage: from sft_router.prompts import render_prompts, stop_token_ids
 """
 
 from __future__ import annotations
 
+from sft_router.router_format import STOP_TOKEN
 from sft_router.scoring import target_text
-
-STOP_TOKEN = "<end_of_turn>"
 
 
 def stop_token_ids(tokenizer) -> list[int]:
-    return [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")]
+    return [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(STOP_TOKEN)]
 
 
 def render_prompts(tokenizer, rows) -> list[str]:

@@ -39,9 +39,10 @@ from sft_router.cards import (
     render_model_card,
     save_card,
 )
-from sft_router.catalog import published_system_prompt
+from sft_router.catalog import load_catalog
 from sft_router.config import namespace, parse_recipe, repo_ids
 from sft_router.errors import UsageError, network_errors, one_line_errors
+from sft_router.router_format import load_system_prompt, published_system_prompt
 from sft_router.run import git_commit, stage_output
 
 MODEL_FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
@@ -102,8 +103,9 @@ def write_system_prompts(recipe, dest: Path) -> None:
     """The exact system prompt the model was trained with (every catalog tool listed), and its template whose
     `{tools}` the chat template fills from `tools=`."""
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "system_prompt.txt").write_text(published_system_prompt(recipe.data))
-    shutil.copyfile(recipe.data.system_prompt, dest / "system_prompt_template.txt")
+    tools = load_catalog(recipe.data.catalog).tools.values()
+    (dest / "system_prompt.txt").write_text(published_system_prompt(recipe.data, tools), encoding="utf-8")
+    (dest / "system_prompt_template.txt").write_text(load_system_prompt(recipe.data.system_prompt), encoding="utf-8")
 
 
 def declare_adapter_base(recipe, adapter_config: Path) -> None:

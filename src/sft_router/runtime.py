@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sft_router.base_models import cache_root
 from sft_router.errors import UsageError, one_line_errors
-from sft_router.prompts import STOP_TOKEN
+from sft_router.router_format import STOP_TOKEN
 
 LLAMA_CPP_PYTHON = "0.3.36"
 LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
+from sft_router.router_format import first_user_turn
 from sft_router.run import gguf_path
 
 CHAT_FORMAT = "sft-router"
@@ -76,8 +77,8 @@ def openai_message(answer: str) -> tuple[dict, str]:
 def decoding_grammar(system_text: str, tools: list[dict] | None, tool_choice) -> str | None:
     """GBNF for OpenAI's tool_choice: "required" a call of a listed tool, a named function a call of that one,
     "none" a reply; "auto" (or nothing) leaves decoding free, as `make eval` scores it."""
-    from sft_router.catalog import render_tool
     from sft_router.grammar import build_grammar
+    from sft_router.router_format import render_tool
 
     if tool_choice == "none":
         return build_grammar("")  # no tool listed: the grammar admits a reply only
@@ -98,11 +99,6 @@ def decoding_grammar(system_text: str, tools: list[dict] | None, tool_choice) ->
     return None
 
 
-def _system_text(prompt: str) -> str:
-    """The first user turn of a rendered prompt: the system prompt and its tool list (what the grammar reads)."""
-    return prompt.split("<start_of_turn>user\n", 1)[-1].split("<end_of_turn>", 1)[0]
-
-
 def route_chat(*, llama, messages, tools=None, tool_choice=None, stream=False, max_tokens=None, model=None, **_):
     """llama-cpp-python chat handler: greedy answer, then OpenAI's message shape (a chunk stream if `stream`)."""
     from llama_cpp import LlamaGrammar
@@ -114,7 +110,7 @@ def route_chat(*, llama, messages, tools=None, tool_choice=None, stream=False, m
         raise ValueError("the GGUF has no tokenizer.chat_template: convert it with `make gguf`")
     prompt = render_chat(template, messages, tools)
     ids = prompt_ids(llama, prompt)
-    grammar_text = decoding_grammar(_system_text(prompt), tools, tool_choice)
+    grammar_text = decoding_grammar(first_user_turn(prompt), tools, tool_choice)  # the grammar reads its tools
     grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
     # Each request from a fresh cache: the server's model keeps no full sliding-window cache to trim a prefix from.
     new_ids = greedy_ids(llama, ids, max_tokens or MAX_NEW_TOKENS, grammar=grammar, reuse_prefix=False)
