@@ -36,7 +36,7 @@ def workspace_recipe(tmp_path_factory):
     recipe_file = copy_recipe(
         TINY, ws / "tiny/short.yaml", {"recipes/gemma-3-270m-it/system_prompt.txt": "short_prompt.txt"}
     )
-    argv = ["--config", str(recipe_file), "--num_train", "8", "--num_validation", "1", "--num_test", "1"]
+    argv = ["--config", str(recipe_file), "--num_train", "16", "--num_validation", "1", "--num_test", "1"]
     data.main(argv)
     try:
         yield parse_recipe(argv[:2])[0]
@@ -99,7 +99,8 @@ def test_packed_scenes_match_rows_one_by_one(workspace_recipe, train_rows, windo
 
 def test_rows_of_different_prompts_in_one_scene_still_train_exactly(workspace_recipe, train_rows):
     """A wrong scene label costs only speed: the shared prefix is then short (<bos> and the turn header)."""
-    rows = [{**row, "scene": "one"} for row in train_rows[:4]]
+    firsts = {row["prompt"][0]["content"]: row for row in reversed(train_rows)}  # a row of each scene
+    rows = [{**row, "scene": "one"} for row in list(firsts.values())[:4]]
     assert len({row["prompt"][0]["content"] for row in rows}) == 4
     assert_exact(loss_and_grads(trainer_for(workspace_recipe, rows, True)),
                  loss_and_grads(trainer_for(workspace_recipe, rows, False)))  # fmt: skip
@@ -162,3 +163,12 @@ def test_training_packs_scenes_and_the_recipe_can_turn_it_off(workspace_recipe):
     assert recipe.scenes.scene_packing is False
     (recipe,) = parse_recipe(["--config", str(workspace_recipe.path)])
     assert recipe.scenes.scene_packing is True
+
+
+def test_generated_scenes_pack_one_sequence_each(workspace_recipe, train_rows):
+    """The data's own scene column: two scenes of the tiny recipe (scene_size 4) train as two sequences, exactly."""
+    rows = train_rows[:8]
+    assert len({row["scene"] for row in rows}) == 2
+    packed = loss_and_grads(trainer_for(workspace_recipe, rows, True))
+    assert packed[2]["input_ids"].shape[0] == 2
+    assert_exact(packed, loss_and_grads(trainer_for(workspace_recipe, rows, False)))
