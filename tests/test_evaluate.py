@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sft_router import evaluate, models
-from sft_router.prompts import stop_token_ids
+from sft_router.prompts import scenes, stop_token_ids
 from sft_router.scoring import score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,8 @@ def test_shared_prefix_cache_gives_the_same_answers_as_plain_generation(tiny_mod
 
 
 def test_prompts_longer_than_the_sliding_window_give_plain_generations(tiny_model):
-    """Past Gemma 3's sliding window the prefix cache is not used (pads would shrink the window): still exact."""
+    """Past Gemma 3's sliding window pads between prefix and request would shrink the window: a scene whose prefix is
+    most of the prompt then decodes one prompt at a time from the prefix cache, without pads. Still exact."""
     model, tokenizer = tiny_model
     system = "You route requests. Tools: " + "get_calendar_events set_timer send_message " * 60
     users = ["你好", "帮我查一下今天的日程安排，谢谢，顺便看看明天", "set a timer"]
@@ -151,6 +152,57 @@ def test_prompts_longer_than_the_sliding_window_give_plain_generations(tiny_mode
     assert evaluate.generate(model, tokenizer, prompts, 3, 6) == [
         plain_greedy(model, tokenizer, p, 6) for p in prompts
     ]
+
+
+def scene_rows(systems: list[str], users: list[str], shown: list[int]) -> list[dict]:
+    """Rows of interleaved scenes: row i shows system prompt shown[i] and asks users[i]."""
+    return [{"prompt": [{"role": "system", "content": systems[k]}, {"role": "user", "content": user}]}
+            for k, user in zip(shown, users)]  # fmt: skip
+
+
+def test_scenes_group_rows_by_system_prompt_in_first_appearance_order():
+    rows = scene_rows(["a", "b", "c"], ["1", "2", "3", "4", "5"], [0, 1, 0, 2, 1])
+    rows.append({"prompt": [{"role": "user", "content": "no system prompt"}]})
+    assert scenes(rows) == [[0, 2], [1, 4], [3], [5]]
+
+
+def test_each_scene_prefills_its_prompt_prefix_once_and_answers_as_plain_generation(tiny_model, monkeypatch):
+    """Two scenes of three requests, interleaved, and a request alone in its scene: each scene's prefix (its system
+    prompt and tools) is prefilled once, though its requests fill two batches; the lone request is batched with the
+    other prompts alone in their scene. Every answer equals plain greedy decoding, in the rows' order."""
+    model, tokenizer = tiny_model
+    systems = ["You route requests. Tools: " + "get_calendar_events set_timer " * 6,
+               "You route requests. Tools: " + "send_message play_music open_app " * 5, "You reply."]  # fmt: skip
+    users = [
+        "你好",
+        "帮我查一下今天的日程安排，谢谢",
+        "set a timer",
+        "明天下午三点提醒我开会",
+        "play jazz",
+        "hi",
+        "thanks",
+    ]
+    rows = scene_rows(systems, users, [0, 1, 0, 2, 1, 0, 1])
+    prompts = evaluate.render_prompts(tokenizer, rows)
+    prefilled, prefill = [], models.prefill_prefix
+    monkeypatch.setattr(models, "prefill_prefix", lambda m, ids: prefilled.append(ids) or prefill(m, ids))
+    answers = evaluate.generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=8, scenes=scenes(rows))
+    assert answers == [plain_greedy(model, tokenizer, p, 8) for p in prompts] and len(set(answers)) > 1
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    assert prefilled == [models.common_prefix([ids[i] for i in scene]) for scene in ([0, 2, 5], [1, 4, 6])]
+    system_tokens = len(tokenizer(systems[1], add_special_tokens=False)["input_ids"])
+    assert min(map(len, prefilled)) > system_tokens  # the whole system prompt and its tools, computed once
+    assert evaluate.generate(model, tokenizer, prompts, 2, 8, scenes=scenes(rows), reuse_prefix=False) == answers
+
+
+def test_a_batch_past_the_sliding_window_keeps_pads_out_of_it():
+    ids = [[1] * 10 + [2] * 5, [1] * 10 + [3] * 3]  # a 10-token prefix, then requests of 5 and 3 tokens
+    prefix = [1] * 10
+    assert models.window_safe_batches([0, 1], ids, prefix, 4, window=32) == [([0, 1], prefix)]  # 15 + 4 fit
+    assert models.window_safe_batches([0, 1], ids, prefix, 4, window=16) == [([0], prefix), ([1], prefix)]
+    assert models.window_safe_batches([0, 1], ids, [1, 1], 4, window=16) == [([0, 1], [])]  # a short prefix: dropped
+    same_length = [[1] * 10 + [2] * 5, [1] * 10 + [3] * 5]
+    assert models.window_safe_batches([0, 1], same_length, prefix, 4, window=16) == [([0, 1], prefix)]  # no pads
 
 
 def test_shared_prefix_length():

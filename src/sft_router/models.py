@@ -1,6 +1,6 @@
 """Model and tokenizer loading shared by the stages: the recipe's base (or trained) weights, its tokenizer with the
 recipe's chat template, the tokenizer files llama.cpp's converter needs, and batched greedy generation
-(shared by `make eval` and `make bfcl`).
+(shared by `make eval` and `make bfcl`), a scene's prompt prefix prefilled once.
 
 Usage: from sft_router.models import load_tokenizer, load_base_model, load_trained_model, generate
 """
@@ -99,7 +99,7 @@ def added_tokens_decoder(folder: Path) -> dict:
 
 
 def shared_prefix_length(id_lists: list[list[int]]) -> int:
-    """Tokens every prompt starts with (<bos>, the turn header and the system prompt's instructions)."""
+    """Tokens every prompt starts with (<bos>, the turn header, the system prompt and, within a scene, its tools)."""
     first = id_lists[0] if id_lists else []
     length = len(first)
     for ids in id_lists[1:]:
@@ -107,8 +107,14 @@ def shared_prefix_length(id_lists: list[list[int]]) -> int:
     return length
 
 
+def common_prefix(id_lists: list[list[int]]) -> list[int]:
+    """The longest common token prefix, one token of every prompt kept out: generation needs one new position."""
+    length = min(shared_prefix_length(id_lists), min(map(len, id_lists)) - 1)
+    return id_lists[0][: max(0, length)]
+
+
 def prefill_prefix(model, prefix: list[int]):
-    """The KV cache of the shared prefix, computed once: every batch starts from a copy of it."""
+    """The KV cache of a shared prefix, computed once: each batch that shares it starts from a copy."""
     import torch
     from transformers import DynamicCache
 
@@ -136,40 +142,92 @@ def sliding_window(model) -> float:
     return getattr(config, "sliding_window", None) or float("inf")
 
 
-def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, desc: str = "generate"):
-    """Greedy completions in the prompts' order, `batch_size` prompts at a time; specials stripped.
+def prefix_groups(scenes: list[list[int]]) -> list[list[int]]:
+    """Prompt indices that share one prefix cache: each scene of two or more prompts, then all prompts alone in their
+    scene together (alone, a prompt's prefix would be all of it and save nothing; together they share the static
+    instructions and fill batches)."""
+    alone = [index for scene in scenes if len(scene) == 1 for index in scene]
+    return [scene for scene in scenes if len(scene) > 1] + ([alone] if alone else [])
 
-    The prefix all prompts share is prefilled once and its cache copied into every batch, so a batch computes
-    only its own tools and message (when every prompt fits the sliding window, see below); batches hold prompts of
-    similar length (sorted), so little is padding.
-    """
+
+def window_safe_batches(batch: list[int], id_lists, prefix: list[int], max_new_tokens: int, window: float):
+    """`batch` as (indices, prefix) batches that decode what each prompt would alone.
+
+    Pads sit between prefix and suffix, and a sliding-window layer counts its window in cache slots: once a padded
+    row's slots outgrow the window it would see fewer real tokens than unpadded. Such a batch keeps the prefix and
+    decodes one prompt at a time (no pads) when the prefix is most of the prompt (a scene's tools), else drops it for
+    plain left padding (pads leave the window first)."""
+    lengths = [len(id_lists[i]) for i in batch]
+    if max(lengths) + max_new_tokens <= window or len(set(lengths)) == 1:
+        return [(batch, prefix)]
+    if 2 * len(prefix) >= max(lengths):
+        return [([index], prefix) for index in batch]
+    return [(batch, [])]
+
+
+def plan_batches(id_lists, scenes, batch_size: int, max_new_tokens: int, window: float, reuse_prefix: bool = True):
+    """(indices, prefix) per batch, group after group (prefix_groups), longest prompts first within a group so that
+    little is padding; the prefix is the group's common prefix, or none without `reuse_prefix` or a second prompt to
+    share it."""
+    plan = []
+    for group in prefix_groups(scenes):
+        prefix = common_prefix([id_lists[i] for i in group]) if reuse_prefix and len(group) > 1 else []
+        order = sorted(group, key=lambda i: -len(id_lists[i]))
+        for start in range(0, len(order), batch_size):
+            plan += window_safe_batches(order[start : start + batch_size], id_lists, prefix, max_new_tokens, window)
+    return plan
+
+
+def generate_batch(model, tokenizer, id_lists, prefix: list[int], cache, max_new_tokens: int) -> list[str]:
+    """Greedy completions of one batch, from a copy of the prefix's cache (if any); specials stripped."""
     import copy
 
     import torch
+
+    input_ids, mask = batch_inputs(id_lists, prefix, tokenizer.pad_token_id, model.device)
+    past = None
+    if cache is not None:
+        past = copy.deepcopy(cache)
+        past.batch_repeat_interleave(len(id_lists))
+    with torch.inference_mode():
+        generated = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=past,
+                                   max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                   eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    texts = tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)
+    return [text.strip() for text in texts]
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    batch_size: int,
+    max_new_tokens: int,
+    desc: str = "generate",
+    scenes: list[list[int]] | None = None,
+    reuse_prefix: bool = True,
+) -> list[str]:
+    """Greedy completions in the prompts' order, `batch_size` prompts at a time; specials stripped.
+
+    `scenes` groups the indices of prompts that share a system prompt (prompts.scenes; default: all one group).
+    Each group's longest common token prefix is prefilled once and its cache copied into each of its batches, so a
+    batch computes only its requests (see prefix_groups, window_safe_batches). `reuse_prefix=False` prefills every
+    prompt whole: the same answers, the reference the tests and the bench compare with.
+    """
     from tqdm.auto import tqdm
 
+    if not prompts:
+        return []
     id_lists = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    # Keep one token of every prompt outside the prefix: generation needs at least one new input position.
-    prefix = id_lists[0][: max(0, min(shared_prefix_length(id_lists), min(map(len, id_lists)) - 1))]
-    if max(map(len, id_lists)) > sliding_window(model):
-        # Pads between prefix and suffix take cache slots, and a sliding-window layer counts its window in slots:
-        # past the window a padded row would see fewer real tokens than unpadded. Plain left padding then.
-        prefix = []
-    cache = prefill_prefix(model, prefix) if prefix else None
-    order = sorted(range(len(prompts)), key=lambda i: -len(id_lists[i]))
+    scenes = scenes or [list(range(len(prompts)))]
+    plan = plan_batches(id_lists, scenes, batch_size, max_new_tokens, sliding_window(model), reuse_prefix)
     outputs: list[str] = [""] * len(prompts)
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
-        indices = order[start : start + batch_size]
-        input_ids, mask = batch_inputs([id_lists[i] for i in indices], prefix, tokenizer.pad_token_id, model.device)
-        past = None
-        if cache is not None:
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(indices))
-        with torch.inference_mode():
-            generated = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=past,
-                                       max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                       eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        texts = tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)
+    prefix, cache = None, None
+    for indices, batch_prefix in tqdm(plan, desc=desc, unit="batch"):
+        if batch_prefix and batch_prefix != prefix:  # a group's batches come together: one cache at a time
+            prefix, cache = batch_prefix, prefill_prefix(model, batch_prefix)
+        texts = generate_batch(model, tokenizer, [id_lists[i] for i in indices], batch_prefix,
+                               cache if batch_prefix else None, max_new_tokens)  # fmt: skip
         for index, text in zip(indices, texts):
-            outputs[index] = text.strip()
+            outputs[index] = text
     return outputs
