@@ -277,3 +277,17 @@ def test_make_eval_scores_the_handwritten_split_in_its_own_folder(tiny_run):
     assert [r["id"] for r in records] == [f"hw-{i:03d}" for i in range(1, 25)]
     page = (eval_dir / "comparison.md").read_text()
     assert "## Split `handwritten`: 24 rows" in page and "| `handwritten` | 24 |" in page
+
+
+def test_the_finetuned_model_is_scored_as_its_gguf_on_every_split_and_agrees_on_test(tiny_run):
+    eval_dir = tiny_run / "runs/tiny/eval"
+    if not (eval_dir / "gguf").is_dir():
+        pytest.skip("the GGUF was not scored here (no llama.cpp runtime): finetuned covers every split")
+    manifest = json.loads((eval_dir / "manifest.json").read_text())
+    assert set(manifest["split_metrics"]["handwritten"]) == {"baseline", "gguf", "gguf_grammar", "lookup"}
+    assert not (eval_dir / "handwritten/finetuned").exists() and (eval_dir / "handwritten/gguf/metrics.json").is_file()
+    gguf, finetuned = ([json.loads(line)["output"] for line in (eval_dir / name / "predictions.jsonl").open()]
+                       for name in ("gguf", "finetuned"))  # fmt: skip
+    same = sum(a == b for a, b in zip(gguf, finetuned))
+    assert manifest["gguf_agreement"] == {"identical": same, "rows": 24, "rate": same / 24}
+    assert f"where {same} of 24 answers" in (eval_dir / "comparison.md").read_text()

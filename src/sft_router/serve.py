@@ -4,10 +4,11 @@ turns the router's answer into OpenAI's shape: a JSON call becomes `tool_calls`,
 The handler renders the conversation with the GGUF's own chat template (the training template) and the request's
 `tools`, in the router's training format, so `tools=[...]` of the `openai` client lands in the system prompt where
 `{tools}` stands (the published `system_prompt_template.txt`); a system prompt that already lists the tools works
-too. Decoding is greedy, as `make eval` scores it, whatever sampling the request asks for; `tool_choice="required"`
-constrains decoding to a call of a listed tool, a named function to a call of it, "none" to a reply
-(sft_router.grammar). A streamed request
-gets the finished answer in chunks: whether it is a call is known only once the JSON is complete.
+too. Decoding is greedy, as `make eval` scores it, whatever sampling the request asks for, and starts from the KV
+state of the last request: an agent repeats its system prompt and tools, so only the new messages are evaluated.
+`tool_choice="required"` constrains decoding to a call of a listed tool, a named function to a call of it, "none" to
+a reply (sft_router.grammar). A streamed request gets the finished answer in chunks: whether it is a call is known
+only once the JSON is complete.
 
 Usage: python -m sft_router.serve --config recipes/tiny/router.yaml [--port 8000]   (make serve)
        then: curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{...}'
