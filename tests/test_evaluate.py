@@ -139,15 +139,15 @@ def test_shared_prefix_cache_gives_the_same_answers_as_plain_generation(tiny_mod
 
 
 def test_prompts_longer_than_the_sliding_window_give_plain_generations(tiny_model):
-    """Past Gemma 3's sliding window pads between prefix and request would shrink the window: a scene whose prefix is
-    most of the prompt then decodes one prompt at a time from the prefix cache, without pads. Still exact."""
+    """Past Gemma 3's sliding window (which counts cache slots) the prefix cache still gives plain greedy answers:
+    each row's pads come before its prefix positions, never between tokens."""
     model, tokenizer = tiny_model
     system = "You route requests. Tools: " + "get_calendar_events set_timer send_message " * 60
     users = ["你好", "帮我查一下今天的日程安排，谢谢，顺便看看明天", "set a timer"]
     rows = [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": u}]} for u in users]
     prompts = evaluate.render_prompts(tokenizer, rows)
-    assert min(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]) > models.sliding_window(
-        model
+    assert min(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]) > (
+        model.config.sliding_window
     )
     assert evaluate.generate(model, tokenizer, prompts, 3, 6) == [
         plain_greedy(model, tokenizer, p, 6) for p in prompts
@@ -186,23 +186,20 @@ def test_each_scene_prefills_its_prompt_prefix_once_and_answers_as_plain_generat
     prompts = evaluate.render_prompts(tokenizer, rows)
     prefilled, prefill = [], models.prefill_prefix
     monkeypatch.setattr(models, "prefill_prefix", lambda m, ids: prefilled.append(ids) or prefill(m, ids))
+    forwarded = []  # input positions of every forward pass: prefills and decoding steps
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kw: forwarded.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
     answers = evaluate.generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=8, scenes=scenes(rows))
+    hook.remove()
     assert answers == [plain_greedy(model, tokenizer, p, 8) for p in prompts] and len(set(answers)) > 1
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     assert prefilled == [models.common_prefix([ids[i] for i in scene]) for scene in ([0, 2, 5], [1, 4, 6])]
     system_tokens = len(tokenizer(systems[1], add_special_tokens=False)["input_ids"])
     assert min(map(len, prefilled)) > system_tokens  # the whole system prompt and its tools, computed once
+    *requests, lone = sorted(n for n in forwarded if n > 1 and n not in map(len, prefilled))  # each batch's first pass
+    assert lone == len(ids[3]) and max(requests) < 40 < system_tokens  # only requests, and the lone prompt whole
     assert evaluate.generate(model, tokenizer, prompts, 2, 8, scenes=scenes(rows), reuse_prefix=False) == answers
-
-
-def test_a_batch_past_the_sliding_window_keeps_pads_out_of_it():
-    ids = [[1] * 10 + [2] * 5, [1] * 10 + [3] * 3]  # a 10-token prefix, then requests of 5 and 3 tokens
-    prefix = [1] * 10
-    assert models.window_safe_batches([0, 1], ids, prefix, 4, window=32) == [([0, 1], prefix)]  # 15 + 4 fit
-    assert models.window_safe_batches([0, 1], ids, prefix, 4, window=16) == [([0], prefix), ([1], prefix)]
-    assert models.window_safe_batches([0, 1], ids, [1, 1], 4, window=16) == [([0, 1], [])]  # a short prefix: dropped
-    same_length = [[1] * 10 + [2] * 5, [1] * 10 + [3] * 5]
-    assert models.window_safe_batches([0, 1], same_length, prefix, 4, window=16) == [([0, 1], prefix)]  # no pads
 
 
 def test_shared_prefix_length():

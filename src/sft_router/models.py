@@ -114,32 +114,49 @@ def common_prefix(id_lists: list[list[int]]) -> list[int]:
 
 
 def prefill_prefix(model, prefix: list[int]):
-    """The KV cache of a shared prefix, computed once: each batch that shares it starts from a copy."""
+    """The KV cache of a shared prefix, computed once. Built without the model's config, so that its sliding-window
+    layers keep every position too: a batch may take the prefix cut short (see batch_cache)."""
     import torch
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache()
     with torch.inference_mode():
-        model(input_ids=torch.tensor([prefix], device=model.device), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.tensor([prefix], device=model.device), cache=cache, use_cache=True)
     return cache
 
 
-def batch_inputs(id_lists: list[list[int]], prefix: list[int], pad_id: int, device):
-    """Prefix, then each prompt's own suffix left padded against it: pads sit between the two, masked out, so
-    positions (from the mask's running count) continue the prefix exactly as in an unpadded prompt."""
+def left_padded(id_lists: list[list[int]], pad_id: int, device):
+    """The batch's input ids and attention mask, each prompt left padded to the longest."""
     import torch
 
-    suffixes = [ids[len(prefix) :] for ids in id_lists]
-    width = max(len(s) for s in suffixes)
-    input_ids = torch.tensor([prefix + [pad_id] * (width - len(s)) + s for s in suffixes], device=device)
-    mask = torch.tensor([[1] * len(prefix) + [0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=device)
+    width = max(map(len, id_lists))
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in id_lists], device=device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in id_lists], device=device)
     return input_ids, mask
 
 
-def sliding_window(model) -> float:
-    """Gemma 3's local-attention window in tokens (infinite for a model without one)."""
-    config = getattr(model.config, "text_config", None) or model.config
-    return getattr(config, "sliding_window", None) or float("inf")
+def right_aligned(states, cuts: list[int]):
+    """Row r holds the first cuts[r] positions of `states` ([1, heads, prefix, dim]) at its end, zeros before."""
+    rows = states.new_zeros((len(cuts), *states.shape[1:]))
+    for row, cut in enumerate(cuts):
+        if cut:
+            rows[row, :, states.shape[2] - cut :] = states[0, :, :cut]
+    return rows
+
+
+def batch_cache(prefix_cache, id_lists: list[list[int]], prefix_length: int):
+    """The prefix's cache for one left-padded batch (left_padded), as if the batch had prefilled its first
+    `prefix_length` slots itself: a shorter prompt's pads take its first slots, so it holds fewer prefix positions
+    and evaluates the rest of the prefix with its request. No pad ever sits between two tokens, so a sliding-window
+    layer, which counts its window in cache slots, counts positions: exact at any prompt length."""
+    from transformers import DynamicCache
+
+    width = max(map(len, id_lists))
+    cuts = [max(0, len(ids) - (width - prefix_length)) for ids in id_lists]
+    cache = DynamicCache()
+    for index, layer in enumerate(prefix_cache.layers):
+        cache.update(right_aligned(layer.keys, cuts), right_aligned(layer.values, cuts), index)
+    return cache
 
 
 def prefix_groups(scenes: list[list[int]]) -> list[list[int]]:
@@ -150,22 +167,7 @@ def prefix_groups(scenes: list[list[int]]) -> list[list[int]]:
     return [scene for scene in scenes if len(scene) > 1] + ([alone] if alone else [])
 
 
-def window_safe_batches(batch: list[int], id_lists, prefix: list[int], max_new_tokens: int, window: float):
-    """`batch` as (indices, prefix) batches that decode what each prompt would alone.
-
-    Pads sit between prefix and suffix, and a sliding-window layer counts its window in cache slots: once a padded
-    row's slots outgrow the window it would see fewer real tokens than unpadded. Such a batch keeps the prefix and
-    decodes one prompt at a time (no pads) when the prefix is most of the prompt (a scene's tools), else drops it for
-    plain left padding (pads leave the window first)."""
-    lengths = [len(id_lists[i]) for i in batch]
-    if max(lengths) + max_new_tokens <= window or len(set(lengths)) == 1:
-        return [(batch, prefix)]
-    if 2 * len(prefix) >= max(lengths):
-        return [([index], prefix) for index in batch]
-    return [(batch, [])]
-
-
-def plan_batches(id_lists, scenes, batch_size: int, max_new_tokens: int, window: float, reuse_prefix: bool = True):
+def plan_batches(id_lists, scenes, batch_size: int, reuse_prefix: bool = True) -> list[tuple[list[int], list[int]]]:
     """(indices, prefix) per batch, group after group (prefix_groups), longest prompts first within a group so that
     little is padding; the prefix is the group's common prefix, or none without `reuse_prefix` or a second prompt to
     share it."""
@@ -173,24 +175,18 @@ def plan_batches(id_lists, scenes, batch_size: int, max_new_tokens: int, window:
     for group in prefix_groups(scenes):
         prefix = common_prefix([id_lists[i] for i in group]) if reuse_prefix and len(group) > 1 else []
         order = sorted(group, key=lambda i: -len(id_lists[i]))
-        for start in range(0, len(order), batch_size):
-            plan += window_safe_batches(order[start : start + batch_size], id_lists, prefix, max_new_tokens, window)
+        plan += [(order[start : start + batch_size], prefix) for start in range(0, len(order), batch_size)]
     return plan
 
 
-def generate_batch(model, tokenizer, id_lists, prefix: list[int], cache, max_new_tokens: int) -> list[str]:
-    """Greedy completions of one batch, from a copy of the prefix's cache (if any); specials stripped."""
-    import copy
-
+def generate_batch(model, tokenizer, id_lists, prefix: list[int], prefix_cache, max_new_tokens: int) -> list[str]:
+    """Greedy completions of one batch, from the prefix's cache (if any); specials stripped."""
     import torch
 
-    input_ids, mask = batch_inputs(id_lists, prefix, tokenizer.pad_token_id, model.device)
-    past = None
-    if cache is not None:
-        past = copy.deepcopy(cache)
-        past.batch_repeat_interleave(len(id_lists))
+    input_ids, mask = left_padded(id_lists, tokenizer.pad_token_id, model.device)
+    past = batch_cache(prefix_cache, id_lists, len(prefix)) if prefix else None
     with torch.inference_mode():
-        generated = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=past,
+        generated = model.generate(input_ids=input_ids, attention_mask=mask, cache=past,
                                    max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                    eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     texts = tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)
@@ -211,23 +207,21 @@ def generate(
 
     `scenes` groups the indices of prompts that share a system prompt (prompts.scenes; default: all one group).
     Each group's longest common token prefix is prefilled once and its cache copied into each of its batches, so a
-    batch computes only its requests (see prefix_groups, window_safe_batches). `reuse_prefix=False` prefills every
-    prompt whole: the same answers, the reference the tests and the bench compare with.
+    batch computes only its requests (see prefix_groups, batch_cache). `reuse_prefix=False` prefills every prompt
+    whole: the same answers, the reference the tests and the bench compare with.
     """
     from tqdm.auto import tqdm
 
     if not prompts:
         return []
     id_lists = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    scenes = scenes or [list(range(len(prompts)))]
-    plan = plan_batches(id_lists, scenes, batch_size, max_new_tokens, sliding_window(model), reuse_prefix)
+    plan = plan_batches(id_lists, scenes or [list(range(len(prompts)))], batch_size, reuse_prefix)
     outputs: list[str] = [""] * len(prompts)
     prefix, cache = None, None
     for indices, batch_prefix in tqdm(plan, desc=desc, unit="batch"):
         if batch_prefix and batch_prefix != prefix:  # a group's batches come together: one cache at a time
             prefix, cache = batch_prefix, prefill_prefix(model, batch_prefix)
-        texts = generate_batch(model, tokenizer, [id_lists[i] for i in indices], batch_prefix,
-                               cache if batch_prefix else None, max_new_tokens)  # fmt: skip
+        texts = generate_batch(model, tokenizer, [id_lists[i] for i in indices], batch_prefix, cache, max_new_tokens)
         for index, text in zip(indices, texts):
             outputs[index] = text
     return outputs
