@@ -139,19 +139,25 @@ def test_shared_prefix_cache_gives_the_same_answers_as_plain_generation(tiny_mod
 
 
 def test_prompts_longer_than_the_sliding_window_give_plain_generations(tiny_model):
-    """Past Gemma 3's sliding window (which counts cache slots) the prefix cache still gives plain greedy answers:
-    each row's pads come before its prefix positions, never between tokens."""
+    """Past Gemma 3's sliding window (which counts cache slots) the prefix caches still give plain greedy answers,
+    batches spanning two scenes of different prefix lengths: a row's pads come before its tokens, never between."""
     model, tokenizer = tiny_model
-    system = "You route requests. Tools: " + "get_calendar_events set_timer send_message " * 60
-    users = ["你好", "帮我查一下今天的日程安排，谢谢，顺便看看明天", "set a timer"]
-    rows = [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": u}]} for u in users]
+    tools = "get_calendar_events set_timer send_message "
+    systems = ["You route requests. Tools: " + tools * 60, "You route requests. Tools: " + tools * 50 + "play_music"]
+    users = [
+        "你好",
+        "帮我查一下今天的日程安排，谢谢，顺便看看明天",
+        "set a timer",
+        "play jazz",
+        "明天下午三点提醒我开会",
+    ]
+    rows = scene_rows(systems, users, [0, 1, 0, 1, 0])
     prompts = evaluate.render_prompts(tokenizer, rows)
     assert min(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]) > (
         model.config.sliding_window
     )
-    assert evaluate.generate(model, tokenizer, prompts, 3, 6) == [
-        plain_greedy(model, tokenizer, p, 6) for p in prompts
-    ]
+    answers = evaluate.generate(model, tokenizer, prompts, 4, 6, scenes=scenes(rows))
+    assert answers == [plain_greedy(model, tokenizer, p, 6) for p in prompts]
 
 
 def scene_rows(systems: list[str], users: list[str], shown: list[int]) -> list[dict]:

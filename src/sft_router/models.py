@@ -135,56 +135,63 @@ def left_padded(id_lists: list[list[int]], pad_id: int, device):
     return input_ids, mask
 
 
-def right_aligned(states, cuts: list[int]):
-    """Row r holds the first cuts[r] positions of `states` ([1, heads, prefix, dim]) at its end, zeros before."""
-    rows = states.new_zeros((len(cuts), *states.shape[1:]))
-    for row, cut in enumerate(cuts):
-        if cut:
-            rows[row, :, states.shape[2] - cut :] = states[0, :, :cut]
-    return rows
+def right_aligned(states, cut: int, slots: int):
+    """The first `cut` positions of `states` ([1, heads, positions, dim]) at the end of `slots` slots, zeros before."""
+    import torch
+
+    pad = states.new_zeros((1, states.shape[1], slots - cut, states.shape[3]))
+    return torch.cat([pad, states[:, :, :cut]], dim=2)
 
 
-def batch_cache(prefix_cache, id_lists: list[list[int]], prefix_length: int):
-    """The prefix's cache for one left-padded batch (left_padded), as if the batch had prefilled its first
-    `prefix_length` slots itself: a shorter prompt's pads take its first slots, so it holds fewer prefix positions
-    and evaluates the rest of the prefix with its request. No pad ever sits between two tokens, so a sliding-window
-    layer, which counts its window in cache slots, counts positions: exact at any prompt length."""
+def batch_cache(id_lists: list[list[int]], prefixes: list[list[int]], caches: list):
+    """The cache of one left-padded batch (left_padded) as if it had prefilled its first slots itself, each row's
+    from its own prefix's cache (rows of several scenes share a batch). The slots end where the longest remainder
+    (prompt past its prefix) begins; a row takes as many of its prefix positions as end there and evaluates the rest
+    with its request. Pads come only before a row's tokens, never between two, so a sliding-window layer, which
+    counts its window in cache slots, counts positions: exact at any prompt length. None when nothing is cached."""
+    import torch
     from transformers import DynamicCache
 
     width = max(map(len, id_lists))
-    cuts = [max(0, len(ids) - (width - prefix_length)) for ids in id_lists]
+    slots = width - max(len(ids) - len(prefix) for ids, prefix in zip(id_lists, prefixes))
+    if slots == 0:
+        return None
+    cuts = [max(0, len(ids) - (width - slots)) for ids in id_lists]
+    template = next(cache for cache in caches if cache is not None)  # a row without one (cut 0) gets zeros
     cache = DynamicCache()
-    for index, layer in enumerate(prefix_cache.layers):
-        cache.update(right_aligned(layer.keys, cuts), right_aligned(layer.values, cuts), index)
+    for index in range(len(template.layers)):
+        layers = [(template if row_cache is None else row_cache).layers[index] for row_cache in caches]
+        keys = [right_aligned(layer.keys, cut, slots) for layer, cut in zip(layers, cuts)]
+        values = [right_aligned(layer.values, cut, slots) for layer, cut in zip(layers, cuts)]
+        cache.update(torch.cat(keys), torch.cat(values), index)
     return cache
 
 
 def prefix_groups(scenes: list[list[int]]) -> list[list[int]]:
     """Prompt indices that share one prefix cache: each scene of two or more prompts, then all prompts alone in their
     scene together (alone, a prompt's prefix would be all of it and save nothing; together they share the static
-    instructions and fill batches)."""
+    instructions)."""
     alone = [index for scene in scenes if len(scene) == 1 for index in scene]
     return [scene for scene in scenes if len(scene) > 1] + ([alone] if alone else [])
 
 
-def plan_batches(id_lists, scenes, batch_size: int, reuse_prefix: bool = True) -> list[tuple[list[int], list[int]]]:
-    """(indices, prefix) per batch, group after group (prefix_groups), longest prompts first within a group so that
-    little is padding; the prefix is the group's common prefix, or none without `reuse_prefix` or a second prompt to
-    share it."""
-    plan = []
-    for group in prefix_groups(scenes):
-        prefix = common_prefix([id_lists[i] for i in group]) if reuse_prefix and len(group) > 1 else []
-        order = sorted(group, key=lambda i: -len(id_lists[i]))
-        plan += [(order[start : start + batch_size], prefix) for start in range(0, len(order), batch_size)]
-    return plan
+def plan_batches(id_lists, scenes, batch_size: int, reuse_prefix: bool = True):
+    """The prefix of each group (prefix_groups: its common prefix, or none without `reuse_prefix` or a second prompt
+    to share it), and the batches: (group, prompt index) pairs, group after group, longest prompts first within a
+    group; a batch fills up across groups, so scenes smaller than a batch still fill it."""
+    groups = prefix_groups(scenes)
+    prefixes = [common_prefix([id_lists[i] for i in group]) if reuse_prefix and len(group) > 1 else []
+                for group in groups]  # fmt: skip
+    order = [(g, i) for g, group in enumerate(groups) for i in sorted(group, key=lambda i: -len(id_lists[i]))]
+    return prefixes, [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def generate_batch(model, tokenizer, id_lists, prefix: list[int], prefix_cache, max_new_tokens: int) -> list[str]:
-    """Greedy completions of one batch, from the prefix's cache (if any); specials stripped."""
+def generate_batch(model, tokenizer, id_lists, prefixes: list[list[int]], caches: list, max_new_tokens: int):
+    """Greedy completions of one batch, from each row's prefix cache (None: no prefix); specials stripped."""
     import torch
 
     input_ids, mask = left_padded(id_lists, tokenizer.pad_token_id, model.device)
-    past = batch_cache(prefix_cache, id_lists, len(prefix)) if prefix else None
+    past = batch_cache(id_lists, prefixes, caches) if any(cache is not None for cache in caches) else None
     with torch.inference_mode():
         generated = model.generate(input_ids=input_ids, attention_mask=mask, cache=past,
                                    max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
@@ -206,8 +213,8 @@ def generate(
     """Greedy completions in the prompts' order, `batch_size` prompts at a time; specials stripped.
 
     `scenes` groups the indices of prompts that share a system prompt (prompts.scenes; default: all one group).
-    Each group's longest common token prefix is prefilled once and its cache copied into each of its batches, so a
-    batch computes only its requests (see prefix_groups, batch_cache). `reuse_prefix=False` prefills every prompt
+    Each group's longest common token prefix is prefilled once and every row of it starts from that cache, so a
+    batch computes only its requests (see prefix_groups, plan_batches, batch_cache). `reuse_prefix=False` prefills every prompt
     whole: the same answers, the reference the tests and the bench compare with.
     """
     from tqdm.auto import tqdm
@@ -215,13 +222,15 @@ def generate(
     if not prompts:
         return []
     id_lists = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    plan = plan_batches(id_lists, scenes or [list(range(len(prompts)))], batch_size, reuse_prefix)
+    prefixes, batches = plan_batches(id_lists, scenes or [list(range(len(prompts)))], batch_size, reuse_prefix)
     outputs: list[str] = [""] * len(prompts)
-    prefix, cache = None, None
-    for indices, batch_prefix in tqdm(plan, desc=desc, unit="batch"):
-        if batch_prefix and batch_prefix != prefix:  # a group's batches come together: one cache at a time
-            prefix, cache = batch_prefix, prefill_prefix(model, batch_prefix)
-        texts = generate_batch(model, tokenizer, [id_lists[i] for i in indices], batch_prefix, cache, max_new_tokens)
-        for index, text in zip(indices, texts):
+    caches: dict[int, object] = {}
+    for batch in tqdm(batches, desc=desc, unit="batch"):
+        # Groups come one after another: keep the caches of this batch's groups only, each prefilled once.
+        groups = [g for g in dict.fromkeys(g for g, _ in batch) if prefixes[g]]
+        caches = {g: caches[g] if g in caches else prefill_prefix(model, prefixes[g]) for g in groups}
+        texts = generate_batch(model, tokenizer, [id_lists[i] for _, i in batch], [prefixes[g] for g, _ in batch],
+                               [caches.get(g) for g, _ in batch], max_new_tokens)  # fmt: skip
+        for (_, index), text in zip(batch, texts):
             outputs[index] = text
     return outputs
