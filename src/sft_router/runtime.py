@@ -153,8 +153,10 @@ def load_gguf(path: Path, n_ctx: int = 4096, logits_all: bool = False, n_threads
     llama_cpp = require_runtime()
     if not Path(path).is_file():
         raise UsageError(f"no GGUF at {path}: run `make gguf` first")
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, **GGUF_SETTINGS, n_threads=n_threads or os.cpu_count(),
-                           logits_all=logits_all, swa_full=True, seed=0, verbose=False, **settings)  # fmt: skip
+    threads = n_threads or os.cpu_count()  # prompts too: Llama's n_threads_batch would default to every core
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, **GGUF_SETTINGS, n_threads=threads,
+                           n_threads_batch=threads, logits_all=logits_all, swa_full=True, seed=0, verbose=False,
+                           **settings)  # fmt: skip
 
 
 def prompt_ids(llm, rendered_prompt: str) -> list[int]:
