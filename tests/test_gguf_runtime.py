@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import counting_evals
 
 from sft_router.gguf import check_gguf, convert_to_gguf, describe_gguf
 from sft_router.prompts import STOP_TOKEN
@@ -156,9 +157,8 @@ def test_reusing_the_cached_system_prefix_changes_no_answer(runtime, tiny_run, p
 
     llm = load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
     fresh = [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=False) for p in prompts[:REUSE_PROMPTS]]
-    evaluated, evaluate = [], llm.eval
-    llm.eval = lambda tokens: (evaluated.append(len(tokens)), evaluate(tokens))  # count, then run the real eval
-    assert [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=True) for p in prompts[:REUSE_PROMPTS]] == fresh
+    with counting_evals(llm) as evaluated:
+        assert [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=True) for p in prompts[:REUSE_PROMPTS]] == fresh
     prompt_evals = [n for n in evaluated if n > 1]  # the first eval of each request; later ones are 1 token
     ids = [prompt_ids(llm, p) for p in prompts[:REUSE_PROMPTS]]
     shared = [next(i for i, (a, b) in enumerate(zip(x, y)) if a != b) for x, y in zip(ids, ids[1:])]
@@ -199,13 +199,6 @@ def scene_rows(tiny_run):
     return [{"prompt": [rows[i % 3]["prompt"][0], rows[i]["prompt"][1]]} for i in range(9)]
 
 
-def counting_evals(llm) -> list[int]:
-    """Tokens of each llm.eval call from now on (the real eval still runs)."""
-    evaluated, evaluate = [], llm.eval
-    llm.eval = lambda tokens: (evaluated.append(len(tokens)), evaluate(tokens))
-    return evaluated
-
-
 @pytest.mark.parametrize("constrained", [False, True], ids=["free", "grammar"])
 def test_scene_order_evaluates_each_prefix_once_and_changes_no_answer(
     runtime, tiny_run, merged, scene_rows, constrained
@@ -223,8 +216,8 @@ def test_scene_order_evaluates_each_prefix_once_and_changes_no_answer(
                 else None for row in scene_rows]  # fmt: skip
     fresh = [complete(llm, p, MAX_NEW_TOKENS, grammar, reuse_prefix=False) for p, grammar in zip(prompts, grammars)]
     llm.reset()
-    evaluated = counting_evals(llm)
-    assert gguf_outputs(llm, prompts, scene_rows, MAX_NEW_TOKENS, constrained, "scenes") == fresh  # in row order
+    with counting_evals(llm) as evaluated:
+        assert gguf_outputs(llm, prompts, scene_rows, MAX_NEW_TOKENS, constrained, "scenes") == fresh  # in row order
     order = [i for scene in scenes(scene_rows) for i in scene]
     assert order == [0, 3, 6, 1, 4, 7, 2, 5, 8]
     ids = [prompt_ids(llm, prompts[i]) for i in order]

@@ -13,7 +13,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import ROOT, TINY, llama_runtime_or_reason
+from conftest import ROOT, TINY, counting_evals, llama_runtime_or_reason
 from test_chat_template import openai_tools
 
 
@@ -187,12 +187,8 @@ def test_requests_with_the_same_tools_reuse_the_prefix_and_answer_as_fresh_decod
     conversations = [[system, {"role": "user", "content": row["prompt"][1]["content"]}] for row in rows[:3]]
     prompts = [render_chat(llm.metadata["tokenizer.chat_template"], messages, tools) for messages in conversations]
     fresh = [openai_message(complete(llm, prompt, most, reuse_prefix=False))[0] for prompt in prompts]
-    evaluated, evaluate = [], llm.eval
-    llm.eval = lambda tokens: (evaluated.append(len(tokens)), evaluate(tokens))  # count, then run the real eval
-    try:
+    with counting_evals(llm) as evaluated:
         answers = [route_chat(llama=llm, messages=m, tools=tools, max_tokens=most) for m in conversations]
-    finally:
-        llm.eval = evaluate
     assert [message_fields(a["choices"][0]["message"]) for a in answers] == [message_fields(m) for m in fresh]
     ids = [prompt_ids(llm, prompt) for prompt in prompts]
     shared = [len(os.path.commonprefix([a, b])) for a, b in zip(ids, ids[1:])]
