@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -90,3 +91,14 @@ def copy_recipe(src: str, dest: Path, replace: dict[str, str]) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(text)
     return dest
+
+
+@contextlib.contextmanager
+def counting_evals(llm):
+    """Tokens of each llm.eval call (a llama.cpp Llama) inside the block; the real eval still runs."""
+    evaluated, evaluate = [], llm.eval
+    llm.eval = lambda tokens: (evaluated.append(len(tokens)), evaluate(tokens))
+    try:
+        yield evaluated
+    finally:
+        llm.eval = evaluate

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sft_router import evaluate, models
-from sft_router.prompts import stop_token_ids
+from sft_router.prompts import scenes, stop_token_ids
 from sft_router.scoring import score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,18 +139,73 @@ def test_shared_prefix_cache_gives_the_same_answers_as_plain_generation(tiny_mod
 
 
 def test_prompts_longer_than_the_sliding_window_give_plain_generations(tiny_model):
-    """Past Gemma 3's sliding window the prefix cache is not used (pads would shrink the window): still exact."""
+    """Past Gemma 3's sliding window (which counts cache slots) the prefix caches still give plain greedy answers,
+    batches spanning two scenes of different prefix lengths: a row's pads come before its tokens, never between."""
     model, tokenizer = tiny_model
-    system = "You route requests. Tools: " + "get_calendar_events set_timer send_message " * 60
-    users = ["你好", "帮我查一下今天的日程安排，谢谢，顺便看看明天", "set a timer"]
-    rows = [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": u}]} for u in users]
-    prompts = evaluate.render_prompts(tokenizer, rows)
-    assert min(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]) > models.sliding_window(
-        model
-    )
-    assert evaluate.generate(model, tokenizer, prompts, 3, 6) == [
-        plain_greedy(model, tokenizer, p, 6) for p in prompts
+    tools = "get_calendar_events set_timer send_message "
+    systems = ["You route requests. Tools: " + tools * 60, "You route requests. Tools: " + tools * 50 + "play_music"]
+    users = [
+        "你好",
+        "帮我查一下今天的日程安排，谢谢，顺便看看明天",
+        "set a timer",
+        "play jazz",
+        "明天下午三点提醒我开会",
     ]
+    rows = scene_rows(systems, users, [0, 1, 0, 1, 0])
+    prompts = evaluate.render_prompts(tokenizer, rows)
+    assert min(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]) > (
+        model.config.sliding_window
+    )
+    answers = evaluate.generate(model, tokenizer, prompts, 4, 6, scenes=scenes(rows))
+    assert answers == [plain_greedy(model, tokenizer, p, 6) for p in prompts]
+
+
+def scene_rows(systems: list[str], users: list[str], shown: list[int]) -> list[dict]:
+    """Rows of interleaved scenes: row i shows system prompt shown[i] and asks users[i]."""
+    return [{"prompt": [{"role": "system", "content": systems[k]}, {"role": "user", "content": user}]}
+            for k, user in zip(shown, users)]  # fmt: skip
+
+
+def test_scenes_group_rows_by_system_prompt_in_first_appearance_order():
+    rows = scene_rows(["a", "b", "c"], ["1", "2", "3", "4", "5"], [0, 1, 0, 2, 1])
+    rows.append({"prompt": [{"role": "user", "content": "no system prompt"}]})
+    assert scenes(rows) == [[0, 2], [1, 4], [3], [5]]
+
+
+def test_each_scene_prefills_its_prompt_prefix_once_and_answers_as_plain_generation(tiny_model, monkeypatch):
+    """Two scenes of three requests, interleaved, and a request alone in its scene: each scene's prefix (its system
+    prompt and tools) is prefilled once, though its requests fill two batches; the lone request is batched with the
+    other prompts alone in their scene. Every answer equals plain greedy decoding, in the rows' order."""
+    model, tokenizer = tiny_model
+    systems = ["You route requests. Tools: " + "get_calendar_events set_timer " * 6,
+               "You route requests. Tools: " + "send_message play_music open_app " * 5, "You reply."]  # fmt: skip
+    users = [
+        "你好",
+        "帮我查一下今天的日程安排，谢谢",
+        "set a timer",
+        "明天下午三点提醒我开会",
+        "play jazz",
+        "hi",
+        "thanks",
+    ]
+    rows = scene_rows(systems, users, [0, 1, 0, 2, 1, 0, 1])
+    prompts = evaluate.render_prompts(tokenizer, rows)
+    prefilled, prefill = [], models.prefill_prefix
+    monkeypatch.setattr(models, "prefill_prefix", lambda m, ids: prefilled.append(ids) or prefill(m, ids))
+    forwarded = []  # input positions of every forward pass: prefills and decoding steps
+    hook = model.register_forward_pre_hook(
+        lambda _, args, kw: forwarded.append(kw["input_ids"].shape[1]), with_kwargs=True
+    )
+    answers = evaluate.generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=8, scenes=scenes(rows))
+    hook.remove()
+    assert answers == [plain_greedy(model, tokenizer, p, 8) for p in prompts] and len(set(answers)) > 1
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    assert prefilled == [models.common_prefix([ids[i] for i in scene]) for scene in ([0, 2, 5], [1, 4, 6])]
+    system_tokens = len(tokenizer(systems[1], add_special_tokens=False)["input_ids"])
+    assert min(map(len, prefilled)) > system_tokens  # the whole system prompt and its tools, computed once
+    *requests, lone = sorted(n for n in forwarded if n > 1 and n not in map(len, prefilled))  # each batch's first pass
+    assert lone == len(ids[3]) and max(requests) < 40 < system_tokens  # only requests, and the lone prompt whole
+    assert evaluate.generate(model, tokenizer, prompts, 2, 8, scenes=scenes(rows), reuse_prefix=False) == answers
 
 
 def test_shared_prefix_length():
@@ -225,3 +280,17 @@ def test_make_eval_scores_the_handwritten_split_in_its_own_folder(tiny_run):
     assert [r["id"] for r in records] == [f"hw-{i:03d}" for i in range(1, 25)]
     page = (eval_dir / "comparison.md").read_text()
     assert "## Split `handwritten`: 24 rows" in page and "| `handwritten` | 24 |" in page
+
+
+def test_the_finetuned_model_is_scored_as_its_gguf_on_every_split_and_agrees_on_test(tiny_run):
+    eval_dir = tiny_run / "runs/tiny/eval"
+    if not (eval_dir / "gguf").is_dir():
+        pytest.skip("the GGUF was not scored here (no llama.cpp runtime): finetuned covers every split")
+    manifest = json.loads((eval_dir / "manifest.json").read_text())
+    assert set(manifest["split_metrics"]["handwritten"]) == {"baseline", "gguf", "gguf_grammar", "lookup"}
+    assert not (eval_dir / "handwritten/finetuned").exists() and (eval_dir / "handwritten/gguf/metrics.json").is_file()
+    gguf, finetuned = ([json.loads(line)["output"] for line in (eval_dir / name / "predictions.jsonl").open()]
+                       for name in ("gguf", "finetuned"))  # fmt: skip
+    same = sum(a == b for a, b in zip(gguf, finetuned))
+    assert manifest["gguf_agreement"] == {"identical": same, "rows": 24, "rate": same / 24}
+    assert f"where {same} of 24 answers" in (eval_dir / "comparison.md").read_text()

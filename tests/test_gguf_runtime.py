@@ -13,6 +13,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from conftest import counting_evals
 
 from sft_router.gguf import check_gguf, convert_to_gguf, describe_gguf
 from sft_router.router_format import STOP_TOKEN
@@ -156,9 +157,8 @@ def test_reusing_the_cached_system_prefix_changes_no_answer(runtime, tiny_run, p
 
     llm = load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
     fresh = [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=False) for p in prompts[:REUSE_PROMPTS]]
-    evaluated, evaluate = [], llm.eval
-    llm.eval = lambda tokens: (evaluated.append(len(tokens)), evaluate(tokens))  # count, then run the real eval
-    assert [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=True) for p in prompts[:REUSE_PROMPTS]] == fresh
+    with counting_evals(llm) as evaluated:
+        assert [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=True) for p in prompts[:REUSE_PROMPTS]] == fresh
     prompt_evals = [n for n in evaluated if n > 1]  # the first eval of each request; later ones are 1 token
     ids = [prompt_ids(llm, p) for p in prompts[:REUSE_PROMPTS]]
     shared = [next(i for i, (a, b) in enumerate(zip(x, y)) if a != b) for x, y in zip(ids, ids[1:])]
@@ -189,3 +189,64 @@ def test_gguf_answers_as_the_finetuned_model_on_the_test_split(runtime, tiny_run
     assert sum(a == b for a, b in zip(gguf, tf)) >= 0.5 * len(tf)
     shared = [len(os.path.commonprefix([a, b])) / max(len(a), len(b), 1) for a, b in zip(gguf, tf)]
     assert sum(shared) / len(shared) >= 0.7
+
+
+@pytest.fixture(scope="session")
+def scene_rows(tiny_run):
+    """Three scenes of three requests, interleaved: the test rows' first three system prompts, nine of their
+    requests."""
+    rows = [json.loads(line) for line in (tiny_run / "runs/tiny/dataset/test.jsonl").read_text().splitlines()]
+    return [{"prompt": [rows[i % 3]["prompt"][0], rows[i]["prompt"][1]]} for i in range(9)]
+
+
+@pytest.mark.parametrize("constrained", [False, True], ids=["free", "grammar"])
+def test_scene_order_evaluates_each_prefix_once_and_changes_no_answer(
+    runtime, tiny_run, merged, scene_rows, constrained
+):
+    from llama_cpp import LlamaGrammar
+
+    from sft_router.gguf_eval import gguf_outputs
+    from sft_router.grammar import build_grammar
+    from sft_router.prompts import render_prompts, scenes
+    from sft_router.runtime import complete, load_gguf, prompt_ids
+
+    llm = load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
+    prompts = render_prompts(merged[1], scene_rows)
+    grammars = [LlamaGrammar.from_string(build_grammar(row["prompt"][0]["content"]), verbose=False) if constrained
+                else None for row in scene_rows]  # fmt: skip
+    fresh = [complete(llm, p, MAX_NEW_TOKENS, grammar, reuse_prefix=False) for p, grammar in zip(prompts, grammars)]
+    llm.reset()
+    with counting_evals(llm) as evaluated:
+        assert gguf_outputs(llm, prompts, scene_rows, MAX_NEW_TOKENS, constrained, "scenes") == fresh  # in row order
+    order = [i for scene in scenes(scene_rows) for i in scene]
+    assert order == [0, 3, 6, 1, 4, 7, 2, 5, 8]
+    ids = [prompt_ids(llm, prompts[i]) for i in order]
+    shared = [0] + [len(os.path.commonprefix([a, b])) for a, b in zip(ids, ids[1:])]
+    prompt_evals = [n for n in evaluated if n > 1]  # the first eval of each request; later ones are 1 token
+    assert prompt_evals == [len(x) - n for x, n in zip(ids, shared)]
+    system = [len(prompt_ids(llm, f"<bos><start_of_turn>user\n{row['prompt'][0]['content']}")) for row in scene_rows]
+    assert all(shared[k] >= system[order[k]] for k in (1, 2, 4, 5, 7, 8))  # a scene's tools are evaluated once
+
+
+def test_swa_full_keeps_the_window_a_reused_prefix_needs(runtime, tiny_run, prompts):
+    """Why load_gguf sets swa_full. Llama.generate trims the cache to the prefix the next prompt shares and evaluates
+    the rest, never asking whether the sliding-window layers still hold the window before that point. Without
+    swa_full their cache is a ring of about window + n_ubatch cells that a long context wraps; shrunk here (a 16-token
+    window, 32-token ubatches: 256 cells) so that one tiny prompt wraps it: after the longest prompt, another one
+    (sharing the static instructions only) is to reuse its prefix."""
+    from sft_router.runtime import complete, prompt_ids
+
+    longest = max(prompts, key=len)
+    other = next(p for p in prompts if p != longest)
+
+    def kept_from(swa_full: bool) -> tuple[int, int]:
+        llm = runtime.Llama(model_path=str(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf"), n_ctx=4096, n_batch=32,
+                            n_ubatch=32, swa_full=swa_full, kv_overrides={"gemma3.attention.sliding_window": 16},
+                            seed=0, verbose=False)  # fmt: skip
+        complete(llm, longest, 4)
+        shared = len(os.path.commonprefix([prompt_ids(llm, longest), prompt_ids(llm, other)]))
+        return runtime.llama_memory_seq_pos_min(runtime.llama_get_memory(llm._ctx.ctx), 0), shared
+
+    oldest, shared = kept_from(swa_full=False)
+    assert oldest > shared - 16  # the window before the reused prefix's end is gone: reuse would be silently wrong
+    assert kept_from(swa_full=True)[0] == 0  # every position kept

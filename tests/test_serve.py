@@ -13,7 +13,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import ROOT, TINY, llama_runtime_or_reason
+from conftest import ROOT, TINY, counting_evals, llama_runtime_or_reason
 from test_chat_template import openai_tools
 
 
@@ -167,3 +167,49 @@ def test_tool_choice_sets_the_decoding_grammar():
     assert named.startswith("root ::= call\n") and "lamp_off" in named and "lamp_on" not in named
     with pytest.raises(ValueError, match="lamp_up"):
         decoding_grammar(system, tools, {"type": "function", "function": {"name": "lamp_up"}})
+
+
+def message_fields(message: dict) -> tuple:
+    """What an answer says, without the random call id."""
+    calls = [(call["function"]["name"], call["function"]["arguments"]) for call in message.get("tool_calls") or []]
+    return message["content"], calls
+
+
+def test_requests_with_the_same_tools_reuse_the_prefix_and_answer_as_fresh_decoding(llm, served):
+    """An agent's requests: one system prompt and toolset, a new message each. route_chat evaluates only what a
+    request does not share with the last one, and every answer equals decoding its prompt from an empty cache."""
+    from sft_router.runtime import complete, prompt_ids
+    from sft_router.serve import openai_message, render_chat, route_chat
+
+    _, recipe, rows, ws = served
+    system = {"role": "system", "content": (ws / recipe.data.system_prompt).read_text()}
+    tools, most = openai_tools(recipe, rows[0]["tools"]), recipe.eval.eval_max_new_tokens
+    conversations = [[system, {"role": "user", "content": row["prompt"][1]["content"]}] for row in rows[:3]]
+    prompts = [render_chat(llm.metadata["tokenizer.chat_template"], messages, tools) for messages in conversations]
+    fresh = [openai_message(complete(llm, prompt, most, reuse_prefix=False))[0] for prompt in prompts]
+    with counting_evals(llm) as evaluated:
+        answers = [route_chat(llama=llm, messages=m, tools=tools, max_tokens=most) for m in conversations]
+    assert [message_fields(a["choices"][0]["message"]) for a in answers] == [message_fields(m) for m in fresh]
+    ids = [prompt_ids(llm, prompt) for prompt in prompts]
+    shared = [len(os.path.commonprefix([a, b])) for a, b in zip(ids, ids[1:])]
+    assert [n for n in evaluated if n > 1][1:] == [len(x) - n for x, n in zip(ids[1:], shared)]
+    head = prompts[1][: prompts[1].index(conversations[1][1]["content"])]  # everything before the message
+    assert min(shared) >= len(prompt_ids(llm, head)) - 1  # the system prompt and its tools came from the cache
+
+
+def test_the_served_model_keeps_its_whole_sliding_window_cache(served, monkeypatch):
+    """llama-cpp-python's server settings have no swa_full; make serve's model is loaded as make eval's is."""
+    import llama_cpp.server.app as server
+    from llama_cpp.server.model import LlamaProxy
+
+    from sft_router.serve import CHAT_FORMAT, ServeCommand, create_app
+
+    _, recipe, _, ws = served
+    monkeypatch.chdir(ws)
+    create_app(recipe, ServeCommand())
+    model = server._llama_proxy()
+    try:
+        assert model.context_params.swa_full and model.chat_format == CHAT_FORMAT and model.n_ctx() == 4096
+    finally:
+        server._llama_proxy.free()
+    assert server.LlamaProxy is LlamaProxy  # stood in for only while the app was built

@@ -45,6 +45,7 @@ import sys
 import types
 from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
 
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.router_format import load_system_prompt, render_system_prompt
@@ -196,30 +197,39 @@ def selected_cases(recipe) -> dict[str, list[dict]]:
     return {category: load_cases(category, recipe.eval.bfcl_limit) for category in chosen}
 
 
-def rendered_prompts(tokenizer, cases: dict[str, list[dict]], system_template: str) -> dict[str, list[str]]:
-    from sft_router.prompts import render_prompts
+class CategoryPrompts(NamedTuple):
+    """One category's rendered prompts and its scenes (cases showing the same functions, decoded together)."""
 
-    return {category: render_prompts(tokenizer, [{"prompt": case_prompt(case, system_template)} for case in rows])
-            for category, rows in cases.items()}  # fmt: skip
+    texts: list[str]
+    scenes: list[list[int]]
 
 
-def transformers_answers(model, tokenizer, prompts: dict[str, list[str]], recipe, desc: str) -> dict[str, list[str]]:
+def category_prompts(tokenizer, cases: list[dict], system_template: str) -> CategoryPrompts:
+    from sft_router.prompts import render_prompts, scenes
+
+    rows = [{"prompt": case_prompt(case, system_template)} for case in cases]
+    return CategoryPrompts(render_prompts(tokenizer, rows), scenes(rows))
+
+
+def rendered_prompts(tokenizer, cases: dict[str, list[dict]], system_template: str) -> dict[str, CategoryPrompts]:
+    return {category: category_prompts(tokenizer, rows, system_template) for category, rows in cases.items()}
+
+
+def transformers_answers(model, tokenizer, prompts: dict[str, CategoryPrompts], recipe, desc: str):
     from sft_router.models import generate
 
     size, most = recipe.eval.eval_batch_size, recipe.eval.bfcl_max_new_tokens
-    return {category: generate(model, tokenizer, texts, size, most, f"bfcl {desc} {category}")
-            for category, texts in prompts.items()}  # fmt: skip
+    return {category: generate(model, tokenizer, texts, size, most, f"bfcl {desc} {category}", scenes=groups)
+            for category, (texts, groups) in prompts.items()}  # fmt: skip
 
 
-def gguf_answers(path: Path, prompts: dict[str, list[str]], recipe) -> dict[str, list[str]]:
-    from tqdm.auto import tqdm
-
-    from sft_router.runtime import complete, load_gguf
+def gguf_answers(path: Path, prompts: dict[str, CategoryPrompts], recipe) -> dict[str, list[str]]:
+    from sft_router.runtime import complete_by_scene, load_gguf
 
     llm = load_gguf(path)
     most = recipe.eval.bfcl_max_new_tokens
-    return {category: [complete(llm, text, most) for text in tqdm(texts, desc=f"bfcl gguf {category}", unit="case")]
-            for category, texts in prompts.items()}  # fmt: skip
+    return {category: complete_by_scene(llm, texts, groups, most, desc=f"bfcl gguf {category}")
+            for category, (texts, groups) in prompts.items()}  # fmt: skip
 
 
 def finetuned_gguf(recipe) -> Path | None:
@@ -236,7 +246,7 @@ def finetuned_gguf(recipe) -> Path | None:
     return path if path.is_file() else None
 
 
-def variant_answers(recipe, tokenizer, prompts: dict[str, list[str]]):
+def variant_answers(recipe, tokenizer, prompts: dict[str, CategoryPrompts]):
     """(variant, runtime, answers) for the base model, then the fine-tuned one (its GGUF where that is faster)."""
     from sft_router.models import load_finetuned_generation_model, load_generation_model
 

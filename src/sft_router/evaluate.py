@@ -1,13 +1,18 @@
-"""Score the base model, the fine-tuned adapter and the no-model lookup on every evaluated split, side by side.
+"""Score the base model, the fine-tuned model and the no-model lookup on every evaluated split, side by side.
 
 The recipe's `eval_splits` names the splits (`test` first; see sft_router.eval_data). The test split's variants
 (baseline, finetuned, the GGUF's and `lookup`, see sft_router.lookup) write runs/<name>/eval/<variant>/
 {metrics.json,predictions.jsonl}, where the cards and results tables read them; every other split writes
-runs/<name>/eval/<split>/<variant>/. Then runs/<name>/eval/comparison.md (per split: a table of every variant
-with bootstrap intervals, per-tool F1 and confusion tables) and comparison.png (a bar chart of the test split).
-When the recipe sets `bfcl_categories`, BFCL v4 is scored too (sft_router.bfcl, into runs/<name>/eval/bfcl/) and
-its table joins comparison.md. Generation (sft_router.models.generate) is batched greedy decoding with left padding
-and the KV cache, stopping at <end_of_turn>; `eval_batch_size` and `eval_max_new_tokens` come from the recipe.
+runs/<name>/eval/<split>/<variant>/. The fine-tuned model is scored on every split as users run it, its GGUF under
+llama.cpp (`gguf`, `gguf_grammar`, see sft_router.gguf_eval); `finetuned`, the same model under transformers, on the
+test split only, where the share of answers identical to the GGUF's is the agreement figure (`gguf_agreement` in the
+manifest, a note in comparison.md); without a scored GGUF, `finetuned` covers every split. Then
+runs/<name>/eval/comparison.md (per split: a table of every variant with bootstrap intervals, per-tool F1 and
+confusion tables) and comparison.png (a bar chart of the test split). When the recipe sets `bfcl_categories`, BFCL v4
+is scored too (sft_router.bfcl, into runs/<name>/eval/bfcl/) and its table joins comparison.md. Generation
+(sft_router.models.generate) is batched greedy decoding with the KV cache, stopping at <end_of_turn>, scene by scene
+(rows sharing one system prompt): a scene's prompt prefix is prefilled once; `eval_batch_size` and
+`eval_max_new_tokens` come from the recipe.
 
 Usage: python -m sft_router.evaluate --config recipes/tiny/router.yaml
        python -m sft_router.evaluate --predictions PRED.jsonl --references REF.jsonl   (prints metrics JSON)
@@ -24,7 +29,7 @@ from pathlib import Path
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.eval_data import HEADLINE_SPLIT, load_eval_splits
 from sft_router.models import generate, load_finetuned_generation_model, load_generation_model
-from sft_router.prompts import new_tokens_needed, render_prompts
+from sft_router.prompts import new_tokens_needed, render_prompts, scenes
 from sft_router.run import stage_output
 from sft_router.scoring import label_order, metric_definitions, score, write_variant
 
@@ -54,7 +59,7 @@ LOOKUP_NOTE = ("`lookup` is no model: the nearest train messages (character n-gr
 def evaluate_model(model, tokenizer, rows, recipe, out: Path, desc: str) -> dict:
     prompts = render_prompts(tokenizer, rows)
     max_new_tokens = new_tokens_needed(tokenizer, rows, recipe.eval.eval_max_new_tokens)
-    outputs = generate(model, tokenizer, prompts, recipe.eval.eval_batch_size, max_new_tokens, desc)
+    outputs = generate(model, tokenizer, prompts, recipe.eval.eval_batch_size, max_new_tokens, desc, scenes(rows))
     return write_variant(out, rows, outputs)
 
 
@@ -71,10 +76,51 @@ def model_variants(recipe, adapter: Path):
     yield "finetuned", load_finetuned_generation_model(recipe, model, adapter)
 
 
+def transformers_splits(name: str, splits: dict[str, list[dict]], gguf_scored: bool) -> list[str]:
+    """The splits a transformers variant scores. Where the GGUF is scored, it is the fine-tuned model on every split
+    (what users run), and transformers scores the fine-tuned model on the test split only: the agreement figure."""
+    return [HEADLINE_SPLIT] if name == "finetuned" and gguf_scored else list(splits)
+
+
+def agreement(out: Path) -> dict | None:
+    """How many test answers the GGUF (free decoding) and transformers' fine-tuned model give identically."""
+    files = [out / name / "predictions.jsonl" for name in ("gguf", "finetuned")]
+    if not all(path.is_file() for path in files):
+        return None
+    gguf, finetuned = (read_jsonl_texts(str(path), ("output",)) for path in files)
+    same = sum(a == b for a, b in zip(gguf, finetuned))
+    return {"identical": same, "rows": len(gguf), "rate": same / max(len(gguf), 1)}
+
+
+def agreement_note(figure: dict) -> str:
+    return (
+        "`gguf` is the fine-tuned model as users run it (its GGUF under llama.cpp), scored on every split; "
+        f"`finetuned` (transformers) is scored on `{HEADLINE_SPLIT}`, where {figure['identical']} of "
+        f"{figure['rows']} answers ({figure['rate']:.0%}) are identical to the GGUF's."
+    )
+
+
+def score_variants(recipe, tokenizer, splits: dict[str, list[dict]], out: Path, lookup) -> dict[str, dict[str, dict]]:
+    """Metrics by split, then by variant: the transformers models, the GGUF's two variants, then the lookup."""
+    from sft_router.gguf_eval import eval_gguf_file, evaluate_gguf  # the GGUF under llama.cpp, free and constrained
+
+    results: dict[str, dict[str, dict]] = {split: {} for split in splits}
+    dirs = {split: split_dir(out, split) for split in splits}
+    gguf_scored = eval_gguf_file(recipe) is not None
+    for name, model in model_variants(recipe, recipe.stage_dir("adapter")):
+        for split in transformers_splits(name, splits, gguf_scored):
+            results[split][name] = evaluate_model(model, tokenizer, splits[split], recipe, dirs[split] / name,
+                                                  f"{name} ({split})")  # fmt: skip
+    for split, variants in evaluate_gguf(recipe, tokenizer, splits, dirs).items():
+        results[split].update(variants)
+    for split, rows in splits.items():
+        results[split]["lookup"] = write_variant(dirs[split] / "lookup", rows, lookup.route_rows(rows))
+    return results
+
+
 def run_eval(recipe) -> dict[str, dict[str, dict]]:
     """Metrics by split, then by variant; the lookup is scored last, beside the models."""
     from sft_router.bfcl import run_bfcl, selected_cases  # BFCL v4 with its checker, when the recipe asks
-    from sft_router.gguf_eval import evaluate_gguf  # the Q8_0 GGUF under llama.cpp, free and grammar-constrained
     from sft_router.lookup import build_lookup
     from sft_router.models import load_tokenizer
 
@@ -86,21 +132,16 @@ def run_eval(recipe) -> dict[str, dict[str, dict]]:
     bfcl_cases = selected_cases(recipe) if recipe.eval.bfcl_categories else {}  # a bad category fails before decoding
     lookup = build_lookup(recipe)
     tokenizer = load_tokenizer(recipe)
-    results: dict[str, dict[str, dict]] = {split: {} for split in splits}
     rows_per_split = {split: len(rows) for split, rows in splits.items()}
     with stage_output(recipe, "eval", test_rows=len(splits[HEADLINE_SPLIT]), split_rows=rows_per_split) as (
         out,
         facts,
     ):
-        for name, model in model_variants(recipe, adapter):
-            for split, rows in splits.items():
-                results[split][name] = evaluate_model(model, tokenizer, rows, recipe, split_dir(out, split) / name,
-                                                      f"{name} ({split})")  # fmt: skip
-        for split, rows in splits.items():
-            results[split].update(evaluate_gguf(recipe, tokenizer, rows, split_dir(out, split)))
-            results[split]["lookup"] = write_variant(split_dir(out, split) / "lookup", rows, lookup.route_rows(rows))
+        results = score_variants(recipe, tokenizer, splits, out, lookup)
+        facts["gguf_agreement"] = agreement(out)
         bfcl = run_bfcl(recipe, tokenizer, out / "bfcl", bfcl_cases) if bfcl_cases else {}
-        write_comparison(out, results, notes, bfcl)
+        page_notes = notes + ([agreement_note(facts["gguf_agreement"])] if facts["gguf_agreement"] else [])
+        write_comparison(out, results, page_notes, bfcl)
         facts["metrics"] = {name: headline(metrics) for name, metrics in results[HEADLINE_SPLIT].items()}
         facts["bfcl"] = {name: metrics["categories"] for name, metrics in bfcl.items()}
         facts["split_metrics"] = {split: {name: headline(metrics) for name, metrics in variants.items()}

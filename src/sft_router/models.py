@@ -1,6 +1,6 @@
 """Model and tokenizer loading shared by the stages: the recipe's base (or trained) weights, its tokenizer with the
 recipe's chat template, the tokenizer files llama.cpp's converter needs, and batched greedy generation
-(shared by `make eval` and `make bfcl`).
+(shared by `make eval` and `make bfcl`), a scene's prompt prefix prefilled once.
 
 Usage: from sft_router.models import load_tokenizer, load_base_model, load_trained_model, generate
 """
@@ -99,7 +99,7 @@ def added_tokens_decoder(folder: Path) -> dict:
 
 
 def shared_prefix_length(id_lists: list[list[int]]) -> int:
-    """Tokens every prompt starts with (<bos>, the turn header and the system prompt's instructions)."""
+    """Tokens every prompt starts with (<bos>, the turn header, the system prompt and, within a scene, its tools)."""
     first = id_lists[0] if id_lists else []
     length = len(first)
     for ids in id_lists[1:]:
@@ -107,69 +107,130 @@ def shared_prefix_length(id_lists: list[list[int]]) -> int:
     return length
 
 
+def common_prefix(id_lists: list[list[int]]) -> list[int]:
+    """The longest common token prefix, one token of every prompt kept out: generation needs one new position."""
+    length = min(shared_prefix_length(id_lists), min(map(len, id_lists)) - 1)
+    return id_lists[0][: max(0, length)]
+
+
 def prefill_prefix(model, prefix: list[int]):
-    """The KV cache of the shared prefix, computed once: every batch starts from a copy of it."""
+    """The KV cache of a shared prefix, computed once. Built without the model's config, so that its sliding-window
+    layers keep every position too: a batch may take the prefix cut short (see batch_cache)."""
     import torch
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache()
     with torch.inference_mode():
-        model(input_ids=torch.tensor([prefix], device=model.device), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.tensor([prefix], device=model.device), cache=cache, use_cache=True)
     return cache
 
 
-def batch_inputs(id_lists: list[list[int]], prefix: list[int], pad_id: int, device):
-    """Prefix, then each prompt's own suffix left padded against it: pads sit between the two, masked out, so
-    positions (from the mask's running count) continue the prefix exactly as in an unpadded prompt."""
+def left_padded(id_lists: list[list[int]], pad_id: int, device):
+    """The batch's input ids and attention mask, each prompt left padded to the longest."""
     import torch
 
-    suffixes = [ids[len(prefix) :] for ids in id_lists]
-    width = max(len(s) for s in suffixes)
-    input_ids = torch.tensor([prefix + [pad_id] * (width - len(s)) + s for s in suffixes], device=device)
-    mask = torch.tensor([[1] * len(prefix) + [0] * (width - len(s)) + [1] * len(s) for s in suffixes], device=device)
+    width = max(map(len, id_lists))
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in id_lists], device=device)
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in id_lists], device=device)
     return input_ids, mask
 
 
-def sliding_window(model) -> float:
-    """Gemma 3's local-attention window in tokens (infinite for a model without one)."""
-    config = getattr(model.config, "text_config", None) or model.config
-    return getattr(config, "sliding_window", None) or float("inf")
+def right_aligned(states, cut: int, slots: int):
+    """The first `cut` positions of `states` ([1, heads, positions, dim]) at the end of `slots` slots, zeros before."""
+    import torch
+
+    pad = states.new_zeros((1, states.shape[1], slots - cut, states.shape[3]))
+    return torch.cat([pad, states[:, :, :cut]], dim=2)
 
 
-def generate(model, tokenizer, prompts: list[str], batch_size: int, max_new_tokens: int, desc: str = "generate"):
+def batch_cache(id_lists: list[list[int]], prefixes: list[list[int]], caches: list):
+    """The cache of one left-padded batch (left_padded) as if it had prefilled its first slots itself, each row's
+    from its own prefix's cache (rows of several scenes share a batch). The slots end where the longest remainder
+    (prompt past its prefix) begins; a row takes as many of its prefix positions as end there and evaluates the rest
+    with its request. Pads come only before a row's tokens, never between two, so a sliding-window layer, which
+    counts its window in cache slots, counts positions: exact at any prompt length. None when nothing is cached."""
+    import torch
+    from transformers import DynamicCache
+
+    width = max(map(len, id_lists))
+    slots = width - max(len(ids) - len(prefix) for ids, prefix in zip(id_lists, prefixes))
+    if slots == 0:
+        return None
+    cuts = [max(0, len(ids) - (width - slots)) for ids in id_lists]
+    template = next(cache for cache in caches if cache is not None)  # a row without one (cut 0) gets zeros
+    cache = DynamicCache()
+    for index in range(len(template.layers)):
+        layers = [(template if row_cache is None else row_cache).layers[index] for row_cache in caches]
+        keys = [right_aligned(layer.keys, cut, slots) for layer, cut in zip(layers, cuts)]
+        values = [right_aligned(layer.values, cut, slots) for layer, cut in zip(layers, cuts)]
+        cache.update(torch.cat(keys), torch.cat(values), index)
+    return cache
+
+
+def prefix_groups(scenes: list[list[int]]) -> list[list[int]]:
+    """Prompt indices that share one prefix cache: each scene of two or more prompts, then all prompts alone in their
+    scene together (alone, a prompt's prefix would be all of it and save nothing; together they share the static
+    instructions)."""
+    alone = [index for scene in scenes if len(scene) == 1 for index in scene]
+    return [scene for scene in scenes if len(scene) > 1] + ([alone] if alone else [])
+
+
+def plan_batches(id_lists, scenes, batch_size: int, reuse_prefix: bool = True):
+    """The prefix of each group (prefix_groups: its common prefix, or none without `reuse_prefix` or a second prompt
+    to share it), and the batches: (group, prompt index) pairs, group after group, longest prompts first within a
+    group; a batch fills up across groups, so scenes smaller than a batch still fill it."""
+    groups = prefix_groups(scenes)
+    prefixes = [common_prefix([id_lists[i] for i in group]) if reuse_prefix and len(group) > 1 else []
+                for group in groups]  # fmt: skip
+    order = [(g, i) for g, group in enumerate(groups) for i in sorted(group, key=lambda i: -len(id_lists[i]))]
+    return prefixes, [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def generate_batch(model, tokenizer, id_lists, prefixes: list[list[int]], caches: list, max_new_tokens: int):
+    """Greedy completions of one batch, from each row's prefix cache (None: no prefix); specials stripped."""
+    import torch
+
+    input_ids, mask = left_padded(id_lists, tokenizer.pad_token_id, model.device)
+    past = batch_cache(id_lists, prefixes, caches) if any(cache is not None for cache in caches) else None
+    with torch.inference_mode():
+        generated = model.generate(input_ids=input_ids, attention_mask=mask, cache=past,
+                                   max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                   eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    texts = tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)
+    return [text.strip() for text in texts]
+
+
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    batch_size: int,
+    max_new_tokens: int,
+    desc: str = "generate",
+    scenes: list[list[int]] | None = None,
+    reuse_prefix: bool = True,
+) -> list[str]:
     """Greedy completions in the prompts' order, `batch_size` prompts at a time; specials stripped.
 
-    The prefix all prompts share is prefilled once and its cache copied into every batch, so a batch computes
-    only its own tools and message (when every prompt fits the sliding window, see below); batches hold prompts of
-    similar length (sorted), so little is padding.
+    `scenes` groups the indices of prompts that share a system prompt (prompts.scenes; default: all one group).
+    Each group's longest common token prefix is prefilled once and every row of it starts from that cache, so a
+    batch computes only its requests (see prefix_groups, plan_batches, batch_cache). `reuse_prefix=False` prefills every prompt
+    whole: the same answers, the reference the tests and the bench compare with.
     """
-    import copy
-
-    import torch
     from tqdm.auto import tqdm
 
+    if not prompts:
+        return []
     id_lists = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    # Keep one token of every prompt outside the prefix: generation needs at least one new input position.
-    prefix = id_lists[0][: max(0, min(shared_prefix_length(id_lists), min(map(len, id_lists)) - 1))]
-    if max(map(len, id_lists)) > sliding_window(model):
-        # Pads between prefix and suffix take cache slots, and a sliding-window layer counts its window in slots:
-        # past the window a padded row would see fewer real tokens than unpadded. Plain left padding then.
-        prefix = []
-    cache = prefill_prefix(model, prefix) if prefix else None
-    order = sorted(range(len(prompts)), key=lambda i: -len(id_lists[i]))
+    prefixes, batches = plan_batches(id_lists, scenes or [list(range(len(prompts)))], batch_size, reuse_prefix)
     outputs: list[str] = [""] * len(prompts)
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
-        indices = order[start : start + batch_size]
-        input_ids, mask = batch_inputs([id_lists[i] for i in indices], prefix, tokenizer.pad_token_id, model.device)
-        past = None
-        if cache is not None:
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(indices))
-        with torch.inference_mode():
-            generated = model.generate(input_ids=input_ids, attention_mask=mask, past_key_values=past,
-                                       max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                       eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-        texts = tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)
-        for index, text in zip(indices, texts):
-            outputs[index] = text.strip()
+    caches: dict[int, object] = {}
+    for batch in tqdm(batches, desc=desc, unit="batch"):
+        # Groups come one after another: keep the caches of this batch's groups only, each prefilled once.
+        groups = [g for g in dict.fromkeys(g for g, _ in batch) if prefixes[g]]
+        caches = {g: caches[g] if g in caches else prefill_prefix(model, prefixes[g]) for g in groups}
+        texts = generate_batch(model, tokenizer, [id_lists[i] for _, i in batch], [prefixes[g] for g, _ in batch],
+                               [caches.get(g) for g, _ in batch], max_new_tokens)  # fmt: skip
+        for (_, index), text in zip(batch, texts):
+            outputs[index] = text
     return outputs

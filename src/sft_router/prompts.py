@@ -1,7 +1,8 @@
-"""Prompt rendering and stop tokens: the one chat template every stage renders with, and where generation stops
-(the router format's STOP_TOKEN, as token ids).
+"""Prompt rendering and stop tokens: the one chat template every stage renders with, where generation stops (the
+router format's STOP_TOKEN, as token ids), and the scenes rows fall into (rows sharing one system prompt, so one tool
+list, whose prompts share that prefix).
 
-Usage: from sft_router.prompts import render_prompts, stop_token_ids
+Usage: from sft_router.prompts import render_prompts, scenes, stop_token_ids
 """
 
 from __future__ import annotations
@@ -16,6 +17,22 @@ def stop_token_ids(tokenizer) -> list[int]:
 
 def render_prompts(tokenizer, rows) -> list[str]:
     return [tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True) for row in rows]
+
+
+def system_prompt(row) -> str:
+    """A row's system prompt with its tool list ("" for a row without one)."""
+    first = row["prompt"][0]
+    return first["content"] if first["role"] == "system" else ""
+
+
+def scenes(rows) -> list[list[int]]:
+    """Row indices grouped by system prompt, scenes in the order they first appear, rows in theirs. A scene's
+    prompts are byte-identical up to the request, so decoding them one after another reuses that prefix. Read from
+    the prompts themselves, not a `scene` column: the same on data written before scenes existed."""
+    grouped: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        grouped.setdefault(system_prompt(row), []).append(index)
+    return list(grouped.values())
 
 
 # Tokens past the longest target: enough to see an answer that runs on (trailing text) and score it as wrong.

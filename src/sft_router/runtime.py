@@ -142,14 +142,21 @@ def require_runtime():
 GGUF_SETTINGS = {"n_batch": 1024, "n_ubatch": 1024, "flash_attn": True}
 
 
-def load_gguf(path: Path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int | None = None):
-    """A llama.cpp model for greedy routing. swa_full keeps every position of the sliding-window layers in the
-    cache, which is what lets a later prompt reuse the cached system-prompt prefix (else llama.cpp re-evaluates)."""
+def load_gguf(path: Path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int | None = None, **settings):
+    """A llama.cpp model for greedy routing (`settings`: more Llama arguments, e.g. the server's chat_format).
+
+    swa_full: Llama.generate reuses the longest prefix the next prompt shares with the cached one by removing the
+    cache past it (llama_memory_seq_rm) and never checks what Gemma 3's sliding-window layers still hold. Without
+    swa_full their cache is a ring of about window + n_ubatch cells that the last prompt's tail overwrote, so a
+    reused prefix would silently lose its window (tests/test_gguf_runtime.py shows the answers change); with it,
+    every position is kept and reuse is exact."""
     llama_cpp = require_runtime()
     if not Path(path).is_file():
         raise UsageError(f"no GGUF at {path}: run `make gguf` first")
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, **GGUF_SETTINGS, n_threads=n_threads or os.cpu_count(),
-                           logits_all=logits_all, swa_full=True, seed=0, verbose=False)  # fmt: skip
+    threads = n_threads or os.cpu_count()  # prompts too: Llama's n_threads_batch would default to every core
+    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, **GGUF_SETTINGS, n_threads=threads,
+                           n_threads_batch=threads, logits_all=logits_all, swa_full=True, seed=0, verbose=False,
+                           **settings)  # fmt: skip
 
 
 def prompt_ids(llm, rendered_prompt: str) -> list[int]:
@@ -175,6 +182,23 @@ def complete(llm, rendered_prompt: str, max_new_tokens: int, grammar=None, reuse
     """The model's answer text, special tokens dropped, as `make eval` decodes transformers' output."""
     new_ids = greedy_ids(llm, prompt_ids(llm, rendered_prompt), max_new_tokens, grammar, reuse_prefix)
     return llm.detokenize(new_ids, special=False).decode("utf-8", errors="replace").strip()
+
+
+def complete_by_scene(
+    llm, prompts: list[str], scenes: list[list[int]], max_new_tokens: int, grammars=None, desc: str = "llama.cpp"
+) -> list[str]:
+    """Answers in the prompts' order, decoded scene after scene (`scenes`: prompt indices, see prompts.scenes), so
+    that each prompt follows one that shares its system prompt and tools: llama.cpp then evaluates only the request
+    (Llama.generate keeps what the last prompt shares with the next). `grammars`: one per scene, or None."""
+    from tqdm.auto import tqdm
+
+    outputs = [""] * len(prompts)
+    with tqdm(total=len(prompts), desc=desc, unit="prompt") as progress:
+        for scene, grammar in zip(scenes, grammars or [None] * len(scenes)):
+            for index in scene:
+                outputs[index] = complete(llm, prompts[index], max_new_tokens, grammar)
+                progress.update()
+    return outputs
 
 
 def stop_token_id(llm) -> int:

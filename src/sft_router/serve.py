@@ -4,10 +4,11 @@ turns the router's answer into OpenAI's shape: a JSON call becomes `tool_calls`,
 The handler renders the conversation with the GGUF's own chat template (the training template) and the request's
 `tools`, in the router's training format, so `tools=[...]` of the `openai` client lands in the system prompt where
 `{tools}` stands (the published `system_prompt_template.txt`); a system prompt that already lists the tools works
-too. Decoding is greedy, as `make eval` scores it, whatever sampling the request asks for; `tool_choice="required"`
-constrains decoding to a call of a listed tool, a named function to a call of it, "none" to a reply
-(sft_router.grammar). A streamed request
-gets the finished answer in chunks: whether it is a call is known only once the JSON is complete.
+too. Decoding is greedy, as `make eval` scores it, whatever sampling the request asks for, and starts from the KV
+state of the last request: an agent repeats its system prompt and tools, so only the new messages are evaluated.
+`tool_choice="required"` constrains decoding to a call of a listed tool, a named function to a call of it, "none" to
+a reply (sft_router.grammar). A streamed request gets the finished answer in chunks: whether it is a call is known
+only once the JSON is complete.
 
 Usage: python -m sft_router.serve --config recipes/tiny/router.yaml [--port 8000]   (make serve)
        then: curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{...}'
@@ -112,8 +113,9 @@ def route_chat(*, llama, messages, tools=None, tool_choice=None, stream=False, m
     ids = prompt_ids(llama, prompt)
     grammar_text = decoding_grammar(first_user_turn(prompt), tools, tool_choice)  # the grammar reads its tools
     grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
-    # Each request from a fresh cache: the server's model keeps no full sliding-window cache to trim a prefix from.
-    new_ids = greedy_ids(llama, ids, max_tokens or MAX_NEW_TOKENS, grammar=grammar, reuse_prefix=False)
+    # From the KV state of the last request: an agent sends the same system prompt and tools every time, so only
+    # the new messages are evaluated (the served model keeps its whole sliding-window cache, see create_app).
+    new_ids = greedy_ids(llama, ids, max_tokens or MAX_NEW_TOKENS, grammar=grammar)
     answer = llama.detokenize(new_ids, special=False).decode("utf-8", errors="replace").strip()
     message, finish = openai_message(answer)
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model or llama.model_path}
@@ -143,20 +145,39 @@ def register_handler() -> None:
     LlamaChatCompletionHandlerRegistry().register_chat_completion_handler(CHAT_FORMAT, route_chat, overwrite=True)
 
 
+def router_proxy():
+    """llama-cpp-python's model proxy, loading the GGUF as `make eval` does (runtime.load_gguf): its ModelSettings
+    have no `swa_full`, which prefix reuse across requests needs."""
+    from llama_cpp.server.model import LlamaProxy
+
+    from sft_router.runtime import load_gguf
+
+    class RouterProxy(LlamaProxy):
+        @staticmethod
+        def load_llama_from_model_settings(settings):
+            return load_gguf(settings.model, n_ctx=settings.n_ctx, n_threads=settings.n_threads,
+                             chat_format=settings.chat_format)  # fmt: skip
+
+    return RouterProxy
+
+
 def create_app(recipe, command: ServeCommand):
     """The llama-cpp-python FastAPI app serving the recipe's GGUF with the router's chat handler."""
-    from llama_cpp.server.app import create_app as llama_app
-    from llama_cpp.server.settings import ModelSettings, ServerSettings
+    from unittest import mock
 
-    from sft_router.runtime import GGUF_SETTINGS
+    import llama_cpp.server.app as server
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
 
     path = gguf_path(recipe, recipe.export.gguf_outtypes[0])
     if not path.is_file():
         raise UsageError(f"no GGUF at {path}: run `make gguf RECIPE={recipe.path}` first")
     register_handler()
     model = ModelSettings(model=str(path), model_alias=recipe.name, chat_format=CHAT_FORMAT, n_ctx=command.n_ctx,
-                          **GGUF_SETTINGS, n_threads=os.cpu_count(), verbose=False)  # fmt: skip
-    return llama_app(server_settings=ServerSettings(host=command.host, port=command.port), model_settings=[model])
+                          n_threads=os.cpu_count(), verbose=False)  # fmt: skip
+    # The app builds its proxy (and loads the model) inside create_app, by the module's name LlamaProxy.
+    with mock.patch.object(server, "LlamaProxy", router_proxy()):
+        return server.create_app(server_settings=ServerSettings(host=command.host, port=command.port),
+                                 model_settings=[model])  # fmt: skip
 
 
 @one_line_errors
