@@ -12,6 +12,7 @@ import pytest
 
 from sft_router import evaluate, models
 from sft_router.prompts import scenes, stop_token_ids
+from sft_router.router_format import shared_prefix_length
 from sft_router.scoring import score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +134,7 @@ def test_shared_prefix_cache_gives_the_same_answers_as_plain_generation(tiny_mod
     rows = [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": u}]} for u in users]
     prompts = evaluate.render_prompts(tokenizer, rows)
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    assert models.shared_prefix_length(ids) > 20  # the system prompt is shared, the messages are not
+    assert shared_prefix_length(ids) > 20  # the system prompt is shared, the messages are not
     batched = evaluate.generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=8)
     assert batched == [plain_greedy(model, tokenizer, p, 8) for p in prompts] and len(set(batched)) > 1
 
@@ -209,8 +210,8 @@ def test_each_scene_prefills_its_prompt_prefix_once_and_answers_as_plain_generat
 
 
 def test_shared_prefix_length():
-    assert models.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
-    assert models.shared_prefix_length([[1, 2], [1, 2, 3]]) == 2 and models.shared_prefix_length([[7]]) == 1
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert shared_prefix_length([[1, 2], [1, 2, 3]]) == 2 and shared_prefix_length([[7]]) == 1
 
 
 def hand_results() -> dict[str, dict]:

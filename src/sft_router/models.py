@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from sft_router.prompts import stop_token_ids
+from sft_router.router_format import shared_prefix_length
 
 
 def load_tokenizer(recipe, source: str | None = None):
@@ -96,15 +97,6 @@ def added_tokens_decoder(folder: Path) -> dict:
     config = json.loads((folder / "tokenizer_config.json").read_text())
     decoder = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
     return {**decoder, **config.get("added_tokens_decoder", {})}
-
-
-def shared_prefix_length(id_lists: list[list[int]]) -> int:
-    """Tokens every prompt starts with (<bos>, the turn header, the system prompt and, within a scene, its tools)."""
-    first = id_lists[0] if id_lists else []
-    length = len(first)
-    for ids in id_lists[1:]:
-        length = next((i for i, (a, b) in enumerate(zip(first[:length], ids)) if a != b), min(length, len(ids)))
-    return length
 
 
 def common_prefix(id_lists: list[list[int]]) -> list[int]:

@@ -83,6 +83,16 @@ def first_user_turn(rendered: str) -> str:
     return rendered.split(USER_TURN, 1)[-1].split(END_OF_TURN, 1)[0]
 
 
+def shared_prefix_length(id_lists: list[list[int]]) -> int:
+    """Tokens every list starts with: of rendered prompts, <bos>, the turn header, the system prompt and, within a
+    scene, its tools. Compared as token ids, so a request keeps exactly its own tokens at the boundary."""
+    first = id_lists[0] if id_lists else []
+    length = len(first)
+    for ids in id_lists[1:]:
+        length = next((i for i, (a, b) in enumerate(zip(first[:length], ids)) if a != b), min(length, len(ids)))
+    return length
+
+
 def split_prompt(rendered: str, system: str) -> tuple[str, str]:
     """(prefix, request) of a rendered prompt whose system prompt is `system`: the prefix runs through the system
     prompt and the whitespace after it, what every request of a scene shares; the request is the rest (the user's

@@ -27,18 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
+from sft_router.router_format import shared_prefix_length
+
 # Model types whose attention takes a per-layer-type mask mapping and reads position_ids (transformers 5).
 PACKABLE_MODEL_TYPES = ("gemma3_text", "gemma3")
 PREFIX, PAD = -1, -2  # segment ids of the shared prefix and of padding; a remainder's id is its row's index
-
-
-def shared_prefix_length(id_lists: list[list[int]]) -> int:
-    """Tokens every list starts with."""
-    first = id_lists[0] if id_lists else []
-    length = len(first)
-    for ids in id_lists[1:]:
-        length = next((i for i, (a, b) in enumerate(zip(first[:length], ids)) if a != b), min(length, len(ids)))
-    return length
 
 
 def first_label(labels: list[int]) -> int:
