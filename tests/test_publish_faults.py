@@ -13,7 +13,7 @@ from test_publish import NS, TOKEN, online  # noqa: F401 - the fixture
 
 from sft_router import data, publish
 
-SMALL = ["--num_train", "8", "--num_validation", "2", "--num_test", "4"]
+SMALL = ["--num_train", "8", "--num_validation", "2", "--num_test", "4", "--num_test_unseen", "8"]
 
 
 @pytest.fixture

@@ -3,10 +3,11 @@
 Each row is a TRL conversational prompt-completion pair: the system prompt listing the shown tools
 (the seed's format) and the user message, then the target, either one JSON tool call or a reply, labelled by the
 rules written at the top of the catalog. Rows come in scenes (sft_router.scenes): `scene_size` requests of mixed
-kinds against one system prompt and tool list, the rows of a scene together and named by their `scene` column. Train, validation and test use disjoint paraphrase families (the last
-family of each tool is test, the one before it validation) and disjoint no-call items; a third of each value pool
-beyond its most common entries never appears in train; the catalog's `unseen_tools` are left out of train,
-validation and test and make up the `test_unseen` split; a share of train rows calls procedurally generated tools.
+kinds against one system prompt and tool list, a scene's rows together and named by their `scene` column. Train,
+validation and test use disjoint paraphrase families (the last family of each tool is test, the one before it
+validation) and disjoint no-call items; a third of each value pool beyond its most common entries never appears in
+train; the catalog's `unseen_tools` are left out of train, validation and test and make up the `test_unseen` split;
+a share of train rows calls procedurally generated tools.
 Messages get seeded noise (typos, fillers, politeness, curt forms, context, mixed languages, numbers as words,
 corrections) at the recipe's rates. Every row is checked (schema, tool in prompt, replies, no leak) before
 anything is written, and the same recipe and seed give the same bytes.

@@ -59,8 +59,8 @@ def plan_kinds(count: int, args, split: str, rng) -> list[str]:
 
 
 def spread(kinds: list[str], quotas: list[int]) -> list[list[str]]:
-    """`kinds`, grouped by kind, spread over scenes of the given quotas: each scene takes evenly spaced ones, so that
-    it holds every kind's share (equal quotas deal them round-robin); fewer kinds than places fill the first."""
+    """`kinds` spread over scenes of the given quotas, each scene taking evenly spaced ones, so that a run of one kind
+    is shared out in proportion (equal quotas deal them round-robin); fewer kinds than places fill the first."""
     places = sorted(((index + 0.5) / quota, scene) for scene, quota in enumerate(quotas) for index in range(quota))
     scenes: list[list[str]] = [[] for _ in quotas]
     for kind, (_, scene) in zip(kinds, places):
