@@ -196,7 +196,8 @@ def scene_rows(tiny_run):
     """Three scenes of three requests, interleaved: the test rows' first three system prompts, nine of their
     requests."""
     rows = [json.loads(line) for line in (tiny_run / "runs/tiny/dataset/test.jsonl").read_text().splitlines()]
-    return [{"prompt": [rows[i % 3]["prompt"][0], rows[i]["prompt"][1]]} for i in range(9)]
+    systems = list(dict.fromkeys(json.dumps(row["prompt"][0]) for row in rows))[:3]  # three scenes' prompts
+    return [{"prompt": [json.loads(systems[i % 3]), rows[i]["prompt"][1]]} for i in range(9)]
 
 
 @pytest.mark.parametrize("constrained", [False, True], ids=["free", "grammar"])
