@@ -18,6 +18,14 @@ AMD EPYC 9R14, 2 shared cores, 2 threads; `--scene-size 8`): see the closing not
 compute is so small that prompt evaluation dominates even more than with real weights, so its ratios are no
 prediction for Gemma 3 270M; the lead measures real weights with the same command on the demo recipe.
 
+Real weights, one run (AMD EPYC, 2 cores, nothing else running, 2026-12-02), the demo's Q8_0 GGUF after
+`make demo`, 96 test rows in 12 scenes, answers capped at 50 tokens:
+  python bench/eval_throughput.py --config recipes/gemma-3-270m-demo/router.yaml --rows 96 --threads 2 --skip-transformers
+      fresh 1.88 rows/s; row order 2.89 (1.54x, 86/96 answers identical); scene order 2.84 (1.51x, 86/96)
+  The demo's prompts are short (~250 tokens) and its ~40-token answers dominate, so reuse saves at most the prompt
+  share. 10 of 96 answers changed under reuse on real weights: llama.cpp evaluates a reused request in other batches
+  than a fresh prompt, and the demo model's weakly learnt arguments are near-ties; not yet explained further.
+
 Usage: PYTHONPATH=src .venv/bin/python bench/eval_throughput.py --config recipes/tiny/router.yaml
        [--rows 24] [--scene-size 8] [--threads 2] [--skip-transformers] [--gguf FILE]
 """

@@ -12,6 +12,10 @@ Measured here on the TINY recipe only (random 6-layer Gemma 3, Q8_0, ~900-token 
 cores, 2 threads, 24 requests): see the closing note of issue 19; the real-weights figures (demo and published
 recipes, with `--gguf`) are the lead's to measure.
 
+Real weights, one run (AMD EPYC, 2 cores, nothing else running, 2026-12-02), the demo's Q8_0 GGUF, 24 requests:
+  python bench/route_latency.py --config recipes/gemma-3-270m-demo/router.yaml --requests 24 --threads 2
+      fresh p50 413.6 ms (p95 672.2); reuse p50 265.4 ms (p95 325.7): 1.6x; 22/24 answers identical
+
 Usage: PYTHONPATH=src .venv/bin/python bench/route_latency.py --config recipes/tiny/router.yaml
        [--requests 24] [--threads 2] [--gguf FILE]   (after `make gguf`; other weights with --gguf)
 """
