@@ -8,12 +8,15 @@ import signal
 import time
 
 import pytest
-from conftest import TINY
+from conftest import HUB, TINY
 from test_publish import NS, TOKEN, online  # noqa: F401 - the fixture
 
 from sft_router import data, publish
 
 SMALL = ["--num_train", "8", "--num_validation", "2", "--num_test", "4", "--num_test_unseen", "8"]
+# More drops than one push can attempt: each split's parquet file is tried 6 times (5 retries), and the uploads run
+# in parallel, so with fewer drops than attempts one of them may get through, depending on the threads' order.
+DROPS = 100
 
 
 @pytest.fixture
@@ -24,7 +27,8 @@ def dataset_run(workspace, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.setenv("HUB_NAMESPACE", NS)
     monkeypatch.setattr(huggingface_hub.utils._http.time, "sleep", lambda seconds: None)  # retries without waiting
-    return workspace
+    yield workspace
+    HUB.state.faults.clear()  # a failed test leaves no fault for the next one
 
 
 def push(repo: str, capsys) -> tuple[int, list[str], str]:
@@ -47,7 +51,7 @@ def files(hub, repo: str) -> set[str]:
 
 
 def test_a_dropped_upload_is_one_line_and_leaves_no_repo(dataset_run, hub, online, capsys):  # noqa: F811
-    hub.state.faults["lfs_upload"] = [drop] * 20  # every retry of the upload too
+    hub.state.faults["lfs_upload"] = [drop] * DROPS  # every retry of the upload too
     code, errors, _ = push("dropped", capsys)
     assert code == 2 and len(errors) == 1, errors
     assert errors[0].startswith(f"error: cannot reach the Hub at {hub.url}") and errors[0].endswith("then rerun")
@@ -62,7 +66,9 @@ def test_when_the_cleanup_fails_too_the_line_says_so_and_a_rerun_completes_the_r
     online,  # noqa: F811
     capsys,
 ):
-    hub.state.faults.update(lfs_upload=[drop] * 20, delete_repo=[drop] * 20)  # the network is gone for the cleanup
+    hub.state.faults.update(
+        lfs_upload=[drop] * DROPS, delete_repo=[drop] * DROPS
+    )  # the network is gone for the cleanup
     code, errors, _ = push("card-less", capsys)
     assert code == 2 and len(errors) == 1, errors
     assert f"{NS}/card-less was created but not filled and could not be deleted: rerun to complete it" in errors[0]
