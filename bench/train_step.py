@@ -84,17 +84,10 @@ def bench_recipe(args):
 
 
 def timed_rows(recipe, count: int) -> list[dict]:
-    """The first `count` train rows in scene order (the sampler's grouping), whole scenes as far as they fit."""
+    """The first `count` train rows: whole scenes, which the generator writes adjacent, as far as they fit."""
     from sft_router.data import build_splits
 
-    rows = build_splits(recipe)["train"]
-    if "scene" not in rows[0]:  # data from before scenes: one tool list a row, nothing to share
-        return rows[:count]
-    by_scene: dict[str, list[dict]] = {}
-    for row in rows:
-        by_scene.setdefault(row["scene"], []).append(row)
-    ordered = [row for scene in by_scene.values() for row in scene]
-    return ordered[:count]
+    return build_splits(recipe)["train"][:count]
 
 
 def trl_head_trainer():

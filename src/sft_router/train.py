@@ -15,6 +15,7 @@ Usage: python -m sft_router.train --config recipes/tiny/router.yaml
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -95,11 +96,11 @@ def _chunk_loss(hidden, weight, bias, labels, softcap):
     return F.cross_entropy(logits, labels, reduction="sum"), (logits.argmax(-1) == labels).sum()
 
 
-_FROZEN_HEAD_LOSS = None
 # False: every chunk checkpointed, frozen head or not (the path before scenes; bench/train_step.py times both)
 GRADIENT_IN_FORWARD = True
 
 
+@functools.cache
 def frozen_head_loss():
     """Cross-entropy through a frozen LM head (LoRA) whose gradient is computed in the forward pass.
 
@@ -108,9 +109,6 @@ def frozen_head_loss():
     result for backward. Two matmuls with the 262k-row head instead of three (a checkpointed chunk recomputes its
     logits in backward), and the chunk's logits are freed before the next chunk, as with checkpointing.
     """
-    global _FROZEN_HEAD_LOSS
-    if _FROZEN_HEAD_LOSS is not None:
-        return _FROZEN_HEAD_LOSS
     import torch
 
     class FrozenHeadLoss(torch.autograd.Function):
@@ -133,7 +131,6 @@ def frozen_head_loss():
             (grad_hidden,) = ctx.saved_tensors
             return grad_hidden * grad_loss, None, None, None, None
 
-    _FROZEN_HEAD_LOSS = FrozenHeadLoss
     return FrozenHeadLoss
 
 
@@ -242,7 +239,9 @@ def with_scenes(dataset):
         return None
     if SCENE in dataset.column_names:
         return dataset.select_columns(["prompt", "completion", SCENE])
-    scenes = [prompt[0]["content"] if prompt[0]["role"] == "system" else "" for prompt in dataset["prompt"]]
+    from sft_router.prompts import system_prompt
+
+    scenes = [system_prompt({"prompt": prompt}) for prompt in dataset["prompt"]]
     return dataset.select_columns(["prompt", "completion"]).add_column(SCENE, scenes)
 
 
