@@ -192,7 +192,7 @@ def test_scene_size_one_gives_a_tool_list_per_row_in_the_same_mix(workspace):
         kinds = [Counter(row["kind"] for row in splits[split]) for splits in (rows, scened)]
         assert kinds[0] == kinds[1], split
     sizes = Counter(len(row["tools"]) for row in rows["test"])
-    assert set(sizes) == {1, 2, 3}  # 1 to max_distractors + 1 tools, one list a row
+    assert set(sizes) == {2, 3}  # min_tools to max_distractors + 1 tools, one list a row
 
 
 def test_a_scene_whose_rows_differ_or_part_fails_the_check(workspace):
@@ -390,7 +390,7 @@ def test_published_data_is_varied_hard_and_holds_unseen_tools_out(published_rows
     assert sum(any(v not in train_values for v in json.loads(r["values"]).values()) for r in calls) >= 0.3 * len(calls)
     near = [r for r in calls if set(catalog.confusable_with(r["tool_name"])) & set(r["tools"])]
     assert len(near) >= len(calls) / 2
-    assert {len(row["tools"]) for row in test} == set(range(1, 13))
+    assert {len(row["tools"]) for row in test} == set(range(2, 13))  # min_tools to max_distractors + 1
     train_users = {row["user"] for row in published_rows["train"]}
     test_only = [r for r in test if r["kind"] in ("chat", "out_of_scope") and r["family"] not in
                  {t["family"] for t in published_rows["train"]}]  # fmt: skip
@@ -493,3 +493,88 @@ def test_noise_leaves_values_as_written():
         assert value in text and len(applied) >= 4, (text, applied)
     assert number_words("下午3点", "zh") == "下午三点" and number_words("7:45 pm", "en") == "seven forty-five pm"
     assert number_words("12月24号", "zh") == "十二月二十四号" and number_words("Dec 24", "en") == "Dec 24"
+
+
+def test_hours_said_in_words_keep_a_space_and_the_check_catches_glued_ones(published_rows):
+    from sft_router.noise import number_words
+
+    assert number_words("Turn off the 9am alarm", "en") == "Turn off the nine am alarm"
+    assert number_words("10pm", "en") == "ten pm" and number_words("8 o'clock", "en") == "eight o'clock"
+    validator = data.RowValidator(data.load_catalog(CATALOG))
+    row = next(r for r in published_rows["test"] if r["tool_name"] == "set_alarm" and r["lang"] == "en")
+    for time, user in (("nineam", "wake me at nineam"), ("9:30", "wake me at 9:31")):
+        arguments = {"time": time}
+        bad = {**row, "user": user, "arguments": json.dumps(arguments), "completion": [
+            {"role": "assistant", "content": render_call("set_alarm", arguments)}]}  # fmt: skip
+        with pytest.raises(UsageError, match="no entry of the 'time' pool|not in the message as typed"):
+            validator.check(bad)
+    for time in ("nine am", "9:03"):  # said in words; one letter swapped, as typed ("9:30" in the pool)
+        arguments = {"time": time}
+        validator.check({**row, "user": f"wake me at {time}", "arguments": json.dumps(arguments), "completion": [
+            {"role": "assistant", "content": render_call("set_alarm", arguments)}]})  # fmt: skip
+
+
+def test_generated_values_are_pool_entries_words_or_slips_and_slips_are_copied(published_rows):
+    catalog = data.load_catalog(CATALOG)
+    noise = data.NoiseRules(catalog.noise, {})
+    slipped = 0
+    for row in published_rows["train"] + published_rows["test"]:
+        if row["tool_name"] not in catalog.tools or row["family"] == "procedural":
+            continue
+        tool = catalog.tools[row["tool_name"]]
+        for slot, value in json.loads(row["arguments"]).items():
+            pool = [data.entry_text_value(e, slot)[1] for e in catalog.pool(tool, slot, row["lang"])]
+            if (
+                isinstance(value, str)
+                and value not in pool
+                and any(noise.is_slip(value, v, row["lang"]) for v in pool)
+            ):
+                slipped += 1
+                assert value in row["user"]  # rule 1: the call copies the slip as typed
+    assert slipped >= 10
+
+
+def test_a_message_takes_at_most_one_affix_and_english_is_typed_in_lower_case():
+    import random
+
+    from sft_router.noise import AFFIXES, RULES, NoiseRules
+
+    noise = NoiseRules(data.load_catalog(CATALOG).noise, {rule: 1.0 for rule in RULES})
+    rng = random.Random(3)
+    for _ in range(50):
+        segments = [["Please remind me to ", False], ["Call Mom", True], [" tomorrow.", False]]
+        text, applied = noise.apply(segments, "en", rng, data.NOISE_REQUEST)
+        assert len(set(applied) & set(AFFIXES)) == 1
+        assert "Call Mom" in text and not text.endswith(".") and text.replace("Call Mom", "") == text.replace(
+            "Call Mom", "").lower()  # fmt: skip
+
+
+@pytest.mark.parametrize("recipe", ["recipes/tiny/router.yaml", "recipes/gemma-3-270m-demo/router.yaml",
+                                    "recipes/gemma-3-270m-it/router.yaml"])  # fmt: skip
+def test_every_recipe_shows_several_tools_in_most_prompts(recipe):
+    (parsed,) = parse_recipe(["--config", recipe, "--num_train", "400", "--num_test", "200"])
+    for name, rows in data.build_splits(parsed).items():
+        sizes = Counter(len(row["tools"]) for row in rows)
+        assert sizes[1] < 0.2 * len(rows), (name, sizes)
+        assert sum(sizes[n] for n in range(2, 6)) > 0.5 * len(rows), (name, sizes)
+    assert max(sizes) <= parsed.data.max_distractors + 1
+
+
+def test_a_general_feature_question_lists_every_shown_tools_feature(published_rows):
+    catalog = data.load_catalog(CATALOG)
+    general = [r for r in published_rows["train"] + published_rows["test"] if r["kind"] == "how_to"
+               and r["completion"][0]["content"].startswith(("我可以帮你处理这些", "I can help with these"))]  # fmt: skip
+    assert general
+    for row in general:
+        reply = row["completion"][0]["content"]
+        shown = [catalog.tools[name] for name in row["tools"] if name in catalog.tools]
+        assert shown and all(tool["feature"][row["lang"]] in reply for tool in shown), (row["tools"], reply)
+
+
+def test_a_second_request_follows_a_call_for_another_tool(published_rows):
+    catalog = data.load_catalog(CATALOG)
+    seconds = {entry[lang]: entry["tool"] for entry in catalog.noise["second_request"] for lang in ("zh", "en")}
+    calls = [(row, tool) for row in published_rows["train"] if row["kind"] in ("call", "image_call")
+             for text, tool in seconds.items() if row["user"].endswith(text)]  # fmt: skip
+    assert len(calls) >= 10
+    assert all(row["tool_name"] != tool for row, tool in calls)  # the call serves the first request (rule 9)

@@ -335,6 +335,7 @@ def render_dataset_card(recipe):
         language_table=dataset_language_table(manifest),
         tools_table=dataset_tools_table(manifest, catalog),
         variety_table=dataset_variety_table(manifest),
+        mix_table=dataset_mix_table(manifest),
         scene_size=manifest["scene_size"],
         scenes_table=dataset_scenes_table(manifest),
         pools_table=dataset_pools_table(manifest),
@@ -382,6 +383,24 @@ def dataset_variety_table(manifest: dict) -> str:
         lines.append(f"| {split} | {mix['distinct_templates']} | {_share(mix['distinct_messages'], rows)} | "
                      f"{_share(mix['call_rows_with_unseen_values'], calls)} | "
                      f"{_share(mix['calls_with_confusable_distractor'], calls)} | {span} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def dataset_mix_table(manifest: dict) -> str:
+    """Per split: how many prompts show one tool, two to five, or more, and the call arguments of each kind."""
+    from sft_router.catalog import ARGUMENT_TYPES
+
+    lines = ["| split | prompts with 1 tool | 2-5 tools | 6+ tools | call arguments: " + ", ".join(ARGUMENT_TYPES) + " |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for split, rows in manifest["rows"].items():
+        mix = manifest["mix"][split]
+        sizes = {int(size): count for size, count in mix["tool_list_sizes"].items()}
+        buckets = [sum(c for s, c in sizes.items() if s == 1), sum(c for s, c in sizes.items() if 2 <= s <= 5),
+                   sum(c for s, c in sizes.items() if s > 5)]  # fmt: skip
+        kinds = mix.get("argument_types", {})
+        total = sum(kinds.values())
+        arguments = ", ".join(f"{kinds.get(kind, 0) / total:.0%}" if total else "0" for kind in ARGUMENT_TYPES)
+        lines.append(f"| {split} | " + " | ".join(_share(count, rows) for count in buckets) + f" | {arguments} |")
     return "\n".join(lines)
 
 

@@ -15,6 +15,15 @@ import jsonschema
 
 from sft_router.errors import UsageError, read_yaml
 
+ARGUMENT_TYPES = (
+    "string",
+    "enum",
+    "integer",
+    "number",
+    "boolean",
+    "array",
+    "object",
+)  # enum: a string from the schema's enum
 SPLITS = ("train", "validation", "test", "test_unseen")  # test_unseen: only the catalog's `unseen_tools` are called
 
 
@@ -128,7 +137,7 @@ CATALOG_SCHEMA = {
                 "verbs": {"type": "object"},
             },
         },
-        "noise": {"type": "object", "additionalProperties": {"type": "object"}},
+        "noise": {"type": "object", "additionalProperties": {"type": ["object", "array"]}},
     },
 }
 

@@ -40,6 +40,11 @@ class DataArguments:
         default=4,
         metadata={"help": "Most tools a prompt shows beside a called one: a scene lists 1 to this + 1 tools."},
     )
+    min_tools: int = field(
+        default=2,
+        metadata={"help": "Fewest tools a prompt shows (agents carry several): a scene shows min_tools to five, a "
+                  "quarter of scenes more, up to max_distractors + 1."},
+    )  # fmt: skip
     scene_size: int = field(
         default=8,
         metadata={"help": "Requests per scene: rows that share one system prompt and tool list, adjacent in their "
@@ -65,6 +70,18 @@ class DataArguments:
     noise_mixed: float = field(default=0.08, metadata={"help": "Rate of mixed Chinese/English wording."})
     noise_number_words: float = field(
         default=0.15, metadata={"help": "Rate at which a copied time or date with digits is said in words."}
+    )
+    noise_informal: float = field(
+        default=0.15, metadata={"help": "Rate of informal spellings (please -> pls, you -> u, 什么 -> 啥)."}
+    )
+    noise_lowercase: float = field(
+        default=0.9, metadata={"help": "Rate at which an English message is typed in lower case, no full stop."}
+    )
+    noise_value_typo: float = field(
+        default=0.05, metadata={"help": "Rate of a slip inside a value, copied into the call as typed (rule 1)."}
+    )
+    noise_second_request: float = field(
+        default=0.05, metadata={"help": "Rate of a second request after a call's (rule 9: the call serves the first)."}
     )
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import jsonschema
 
 from sft_router.catalog import (
+    ARGUMENT_TYPES,
     CALL_KINDS,
     KINDS,
     LANG_DRAW,
@@ -47,7 +48,7 @@ from sft_router.catalog import (
 )
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
-from sft_router.noise import RULES, NoiseRules, number_words
+from sft_router.noise import END_PUNCTUATION, RULES, NoiseRules, number_words
 from sft_router.procedural import ProceduralTools, join_words
 from sft_router.router_format import load_system_prompt, render_call, render_tool, tools_in_prompt
 from sft_router.run import stage_output
@@ -59,8 +60,8 @@ EVAL_UNSEEN_DRAW = 0.6  # an evaluation row draws a slot's value from the held-o
 HOW_TO_SHOWN = 0.6  # a how-to question asks about a shown tool's feature this often, else about one not shown
 CORRECTION = {"zh": ["，不对，", "，不是，是", "，说错了，", "，哦不，"],
               "en": [", no wait, ", ", sorry, I mean ", ", no, ", " - actually "]}  # fmt: skip
-NOISE_REQUEST = ("typo", "mixed", "curt", "polite", "filler", "context")
-NOISE_TALK = ("typo", "polite")
+NOISE_REQUEST = ("typo", "mixed", "curt", "polite", "filler", "context", "informal", "lowercase")
+NOISE_TALK = ("typo", "polite", "informal", "lowercase")
 GRAM, NEAR_DUPLICATE = 5, 0.8  # an evaluation message this close to a train message is a leak
 
 
@@ -77,7 +78,9 @@ def held_out(entry, index: int, seed: int) -> bool:
 
 
 def family_split(index: int, count: int) -> str:
-    return "test" if index == count - 1 else "validation" if index == count - 2 else "train"
+    """The last families of a tool are test (one in five, at least one), the one before them validation."""
+    tests = max(1, count // 5)
+    return "test" if index >= count - tests else "validation" if index == count - tests - 1 else "train"
 
 
 @dataclass
@@ -150,12 +153,7 @@ class Generator:
             if slot is None:
                 continue
             text, value, entry = self._draw(tool, slot, lang, records, set(map(str, values.values())))
-            schema = tool["parameters"]["properties"][slot]
-            if schema.get("type") == "string" and "enum" not in schema and self.noise.fires("number_words", self.rng):
-                said = number_words(text, lang)
-                if said != text:
-                    text, value = said, number_words(value, lang)
-                    self.applied["number_words"] += 1
+            text, value = self._as_typed(tool["parameters"]["properties"][slot], text, value, lang)
             if slot == corrected:
                 wrong = self._wrong(tool, slot, lang, entry)
                 if wrong is not None:
@@ -165,6 +163,22 @@ class Generator:
             shown[slot], values[slot] = text, value
         order = list((tool.get("parameters") or {}).get("properties", {}))  # schema order: one target per request
         return segments, shown, {slot: values[slot] for slot in sorted(values, key=order.index)}
+
+    def _as_typed(self, schema: dict, text: str, value, lang: str) -> tuple[str, object]:
+        """A value as the user may type it: a copied time or date said in words, or a slip inside it. A copied
+        value's argument takes the same words (rule 1: as typed); a mapped one ("25 minuts" -> 25) keeps its value."""
+        copied = schema.get("type") == "string" and "enum" not in schema
+        if copied and self.noise.fires("number_words", self.rng):
+            said = number_words(text, lang)
+            if said != text:
+                self.applied["number_words"] += 1
+                return said, number_words(value, lang)
+        if (copied and text == value or not copied) and self.noise.fires("value_typo", self.rng):
+            slipped = self.noise.slip(text, lang, self.rng)
+            if slipped != text:
+                self.applied["value_typo"] += 1
+                return slipped, slipped if copied else value
+        return text, value
 
     def _draw(self, tool: dict, slot: str, lang: str, records: dict, taken: set):
         pool_name = self.catalog.pool_name(tool, slot)
@@ -204,9 +218,21 @@ class Generator:
 
     def call(self, scene: Scene, tool: dict, image: bool = False) -> dict:
         said = self.utterance(tool, correct=self.rng.random() < self.args.correction_rate)
-        text = f"{self.catalog.image_marker}{said.text}" if image else said.text
+        text = self._second_request(said, tool)
+        text = f"{self.catalog.image_marker}{text}" if image else text
         completion = render_call(tool["name"], said.arguments)
         return self._row("image_call" if image else "call", said, text, scene, completion, tool["name"])
+
+    def _second_request(self, said: Utterance, tool: dict) -> str:
+        """Rule 9: another request after this one, at the recipe's rate, for some other tool; the call still serves the
+        first (the agent's next turn sends the rest)."""
+        others = [r for r in self.catalog.noise.get("second_request", []) if r["tool"] != tool["name"]]
+        if not others or not self.noise.fires("second_request", self.rng):
+            return said.text
+        self.applied["second_request"] += 1
+        said.noise.append("second_request")
+        joiner = "，" if said.lang == "zh" else ", "
+        return said.text.rstrip(END_PUNCTUATION) + joiner + self.rng.choice(others)[said.lang]
 
     def procedural_call(self, scene: Scene, tool: dict) -> dict:
         """A call to a tool made up for this scene, beside its near-misses and catalog tools (train only)."""
@@ -246,14 +272,15 @@ class Generator:
 
     def chat_reply(self, item: dict, lang: str, tools: list[dict]) -> str:
         """Rule 11: an offer only when its tool is shown; `{features}` lists what the shown tools do."""
-        reply = item[f"reply_{lang}"]
-        if "{features}" in reply:
-            features = list(dict.fromkeys(t["feature"][lang] for t in tools if "feature" in t))
-            listed = self.catalog.replies["features"][lang].format(features=_join(features, lang))
-            reply = reply.replace("{features}", listed)
+        reply = item[f"reply_{lang}"].replace("{features}", self.features_reply(tools, lang))
         if item.get("offer") and item["offer"] in {t["name"] for t in tools}:
             reply += item[f"offer_{lang}"]
         return reply
+
+    def features_reply(self, tools: list[dict], lang: str) -> str:
+        """The `features` reply listing what the shown tools do, each feature once (rule 11)."""
+        features = list(dict.fromkeys(t["feature"][lang] for t in tools if "feature" in t))
+        return self.catalog.replies["features"][lang].format(features=_join(features, lang))
 
     def clarify(self, scene: Scene) -> dict:
         """Rule 6/7: a request to a shown tool missing a required argument; the reply asks for the first one missing."""
@@ -272,6 +299,9 @@ class Generator:
         index = self._next("how_to", self._item_indices(len(items)))
         lang = self.rng.choice(LANG_DRAW)
         shown = [tool for tool in scene.tools if self.catalog.tools.get(tool["name"]) is tool]
+        if "{feature}" not in items[index][lang]:  # a general question ("what features do you have?"): all of them
+            said = self._said({}, f"how_to_{index}", items[index][lang], lang)
+            return self._row("how_to", said, said.text, scene, self.features_reply(scene.tools, lang))
         features = {tool["feature"][lang] for tool in shown}
         hidden = [tool for tool in self.targets if tool["feature"][lang] not in features]
         if shown and (not hidden or self.rng.random() < HOW_TO_SHOWN):
@@ -349,6 +379,7 @@ class RowValidator:
         self.catalog = catalog
         self.rendered = {name: render_tool(tool) for name, tool in catalog.tools.items()}
         self.tool_of_family = catalog.tool_of_family()
+        self.noise = NoiseRules(catalog.noise, {})
         self.features = {lang: self._features(lang) for lang in LANGS}
         self._validators: dict[str, jsonschema.Draft202012Validator] = {}
 
@@ -412,6 +443,31 @@ class RowValidator:
             raise UsageError(f"{where}: two arguments of {row['arguments']} repeat one value (rule 14); fix the pools")
         if row["completion"][0]["content"] != render_call(name, arguments):
             raise UsageError(f"{where}: completion does not match its target call to '{name}'; fix the generator")
+        if name in self.catalog.tools and row["family"] in self.tool_of_family:
+            self._check_values(row, self.catalog.tools[name], arguments, where)
+
+    def _check_values(self, row: dict, tool: dict, arguments: dict, where: str) -> None:
+        """Rule 1 on a catalog call: a copied value stands in the message as it is in the call, and is an entry of
+        its pool, that entry said in words, or that entry with one slip (as typed); a mapped value is a pool value."""
+        properties = tool["parameters"]["properties"]
+        for slot, value in arguments.items():
+            pool = [entry_text_value(e, slot)[1] for e in self.catalog.pool(tool, slot, row["lang"])]
+            copied = properties[slot].get("type") == "string" and "enum" not in properties[slot]
+            if copied and value not in row["user"]:
+                raise UsageError(
+                    f"{where}: argument {slot}={value!r} is not in the message as typed; fix the generator"
+                )
+            said = {number_words(str(v), row["lang"]) for v in pool} if copied else set()
+            if (
+                pool
+                and value not in pool
+                and value not in said
+                and not (copied and any(self.noise.is_slip(value, str(v), row["lang"]) for v in pool))
+            ):
+                raise UsageError(
+                    f"{where}: argument {slot}={value!r} is no entry of the '{self.catalog.pool_name(tool, slot)}' "
+                    "pool, nor one said in words or typed with a slip; fix the generator or the pool"
+                )
 
 
 def check_rows(splits: dict[str, list[dict]], catalog: Catalog) -> None:
@@ -519,6 +575,8 @@ def _check_mix(args) -> None:
     for name in ("num_train", "num_validation", "num_test", "num_test_unseen", "max_distractors"):
         if getattr(args, name) < 0:
             raise UsageError(f"{name} is {getattr(args, name)}; set it to 0 or more")
+    if args.min_tools < 1:
+        raise UsageError(f"min_tools is {args.min_tools}; set it to 1 or more")
     if args.scene_size < 1:
         raise UsageError(f"scene_size is {args.scene_size}; set it to 1 or more (1: a tool list per row)")
 
@@ -563,7 +621,7 @@ def content_hash(splits: dict[str, list[dict]]) -> str:
 
 def split_mix(rows: list[dict], catalog: Catalog, train_values: set[str]) -> dict:
     """What one split holds: counts per kind, language and tool, the no-call share, rows with unseen values,
-    distinct templates and messages, tool-list sizes, how many prompts show a confusable distractor, and its scenes
+    distinct templates and messages, tool-list sizes, argument kinds, how many prompts show a confusable distractor, and its scenes
     (how many, and how many scenes have each number of rows)."""
     kinds = Counter(row["kind"] for row in rows)
     tools = Counter(row["tool_name"] for row in rows if row["tool_name"])
@@ -586,10 +644,34 @@ def split_mix(rows: list[dict], catalog: Catalog, train_values: set[str]) -> dic
         "distinct_templates": len({row["template"] for row in rows}),
         "distinct_messages": len({row["user"] for row in rows}),
         "tool_list_sizes": {str(size): sizes[size] for size in sorted(sizes)},
+        "argument_types": argument_types(rows),
         "scenes": len(scenes),
         "rows_per_scene": {str(size): count for size, count in sorted(Counter(scenes.values()).items())},
         "longest_prompt_chars": max((sum(len(m["content"]) for m in row["prompt"]) for row in rows), default=0),
     }
+
+
+def argument_type(value, schema: dict) -> str:
+    """The kind of one argument value: its JSON type, with a string drawn from an enum counted as `enum`."""
+    if isinstance(value, str):
+        return "enum" if "enum" in schema else "string"
+    kinds = {bool: "boolean", int: "integer", float: "number", list: "array", dict: "object"}
+    return kinds.get(type(value), "string")
+
+
+def argument_types(rows: list[dict]) -> dict[str, int]:
+    """How many call arguments of the rows are of each kind, read against the schemas their prompts show."""
+    counts: Counter = Counter()
+    shown: dict[str, dict] = {}
+    for row in rows:
+        if not row["tool_name"]:
+            continue
+        system = row["prompt"][0]["content"]
+        if system not in shown:
+            shown[system] = {t["tool_name"]: t["arguments"].get("properties", {}) for t in tools_in_prompt(system)}
+        schemas = shown[system][row["tool_name"]]
+        counts.update(argument_type(v, schemas.get(k, {})) for k, v in json.loads(row["arguments"]).items())
+    return {kind: counts[kind] for kind in ARGUMENT_TYPES}
 
 
 def pool_sizes(catalog: Catalog) -> dict[str, dict[str, int]]:

@@ -1,10 +1,12 @@
 """Seeded noise for generated user messages: typos (Chinese homophone and pinyin-input slips, English letter slips),
-fillers and particles, politeness, curt forms, extra context, mixed Chinese/English and numbers as words.
+fillers and particles, politeness, curt forms, extra context, mixed Chinese/English, informal spellings (pls, u,
+咋样), English typed in lower case, and numbers as words.
 
 A message is a list of segments, each `[text, is_value]`. Noise touches only the words around the values (a value
-is copied into the call, so it stays exactly as the user wrote it), except numbers as words, which rewrites a
-copied time or date phrase and the argument with it. Each rule fires with its own rate from the recipe; the
-word tables live in the catalog's `noise` section.
+is copied into the call, so it stays exactly as the user wrote it), except numbers as words and slips inside a value
+(`slip`), which the generator applies to the value and its argument together (rule 1: copied as typed). At most one
+affix (politeness, a filler or context) is added to a message, as people rarely pile them up. Each rule fires with its
+own rate from the recipe; the word tables live in the catalog's `noise` section.
 
 Usage: from sft_router.noise import NoiseRules; NoiseRules(tables, rates).apply(segments, lang, rng)
 """
@@ -13,7 +15,10 @@ from __future__ import annotations
 
 import re
 
-RULES = ("typo", "filler", "polite", "curt", "context", "mixed", "number_words")
+RULES = ("typo", "filler", "polite", "curt", "context", "mixed", "number_words", "informal", "lowercase", "value_typo",
+         "second_request")  # fmt: skip
+AFFIXES = ("polite", "filler", "context")  # at most one a message
+PREFIX_SHARE = 0.35  # an affix leads the message this often; typed messages mostly trail one (", thanks")
 END_PUNCTUATION = "？?。.！!"
 EN_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
               "twelve"]  # fmt: skip
@@ -38,16 +43,17 @@ def zh_number(n: int) -> str:
 
 
 EN_CLOCK = re.compile(r"\b(1[0-2]|0?[1-9]):([0-5]\d)\b")
-EN_HOUR = re.compile(r"\b(1[0-2]|[1-9])(?=\s?(?:am|pm|o'clock)\b)")
+EN_HOUR = re.compile(r"\b(1[0-2]|[1-9])\s?(?=(?:am|pm|o'clock)\b)")
 ZH_COUNT = re.compile(r"(?<![\d:：])([1-9]|[12]\d|3[01])(?=点|月|号|日|分钟|个|天|周)")
 
 
 def number_words(text: str, lang: str) -> str:
-    """Digits said as words: '7:45 pm' -> 'seven forty-five pm', '下午3点' -> '下午三点'; other text unchanged."""
+    """Digits said as words: '7:45 pm' -> 'seven forty-five pm', '9am' -> 'nine am', '下午3点' -> '下午三点'; other
+    text unchanged."""
     if lang == "zh":
         return ZH_COUNT.sub(lambda m: zh_number(int(m.group(1))), text)
     text = EN_CLOCK.sub(lambda m: f"{en_number(int(m.group(1)))} {_en_minutes(int(m.group(2)))}", text)
-    return EN_HOUR.sub(lambda m: en_number(int(m.group(1))), text)
+    return EN_HOUR.sub(lambda m: en_number(int(m.group(1))) + " ", text)
 
 
 def _en_minutes(minutes: int) -> str:
@@ -64,38 +70,96 @@ class NoiseRules:
         return rng.random() < self.rates.get(rule, 0.0)
 
     def apply(self, segments: list[list], lang: str, rng, rules: tuple[str, ...]) -> tuple[str, list[str]]:
-        """The noisy message and the rules that changed it; `rules` in a fixed order keeps the stream reproducible."""
+        """The noisy message and the rules that changed it; `rules` in a fixed order keeps the stream reproducible.
+        Once one affix rule has fired, the others are passed over."""
         applied = []
         for rule in rules:
-            if self.fires(rule, rng) and getattr(self, f"_{rule}")(segments, lang, rng):
-                applied.append(rule)
+            fired = self.fires(rule, rng)
+            if fired and not (rule in AFFIXES and set(AFFIXES) & set(applied)):
+                if getattr(self, f"_{rule}")(segments, lang, rng):
+                    applied.append(rule)
         return "".join(text for text, _ in segments).strip(), applied
+
+    def slip_sites(self, text: str, lang: str) -> list:
+        """Where `text` can take a slip: the Chinese words of the `slips` table in it, or its English words of four
+        letters or more."""
+        if lang == "zh":
+            return [word for word in self.tables.get("slips", {}).get("zh", {}) if word in text]
+        return list(re.finditer(r"[A-Za-z]{4,}", text))
+
+    def slip(self, text: str, lang: str, rng) -> str:
+        """`text` with one slip: a Chinese homophone or pinyin-input slip from the table, or in English a letter
+        swapped, dropped or doubled; `text` itself when it has nowhere to take one."""
+        sites = self.slip_sites(text, lang)
+        if not sites:
+            return text
+        if lang == "zh":
+            word = rng.choice(sites)
+            return text.replace(word, rng.choice(self.tables["slips"]["zh"][word]), 1)
+        match = rng.choice(sites)
+        word, at = match.group(), rng.randrange(1, len(match.group()) - 2)
+        slipped = rng.choice([word[:at] + word[at + 1] + word[at] + word[at + 2 :],  # swapped letters
+                              word[:at] + word[at + 1 :],  # a letter dropped
+                              word[:at] + word[at] + word[at:]])  # fmt: skip  # a letter doubled
+        return text[: match.start()] + slipped + text[match.end() :]
+
+    def is_slip(self, typed: str, written: str, lang: str) -> bool:
+        """Whether `typed` is `written` with one slip of the kinds `slip` makes."""
+        if lang == "zh":
+            table = self.tables.get("slips", {}).get("zh", {})
+            return any(written.replace(w, s, 1) == typed for w in table if w in written for s in table[w])
+        if len(typed) == len(written):
+            at = [i for i, (a, b) in enumerate(zip(typed, written)) if a != b]
+            return (
+                len(at) == 2
+                and at[1] == at[0] + 1
+                and typed[at[0]] == written[at[1]]
+                and typed[at[1]] == written[at[0]]
+            )
+        shorter, longer = sorted((typed, written), key=len)
+        return len(longer) == len(shorter) + 1 and any(
+            longer[:i] + longer[i + 1 :] == shorter for i in range(len(longer))
+        )
 
     def _words(self, segments, lang: str, table: str) -> list[tuple[int, str]]:
         words = self.tables.get(table, {}).get(lang, {})
         return [(i, w) for i, (text, is_value) in enumerate(segments) if not is_value for w in words if w in text]
 
     def _typo(self, segments, lang: str, rng) -> bool:
-        if lang == "zh":
-            found = self._words(segments, "zh", "slips")
-            if not found:
-                return False
-            index, word = rng.choice(found)
-            slip = rng.choice(self.tables["slips"]["zh"][word])
-            segments[index][0] = segments[index][0].replace(word, slip, 1)
-            return True
-        literal = [(i, m) for i, (text, is_value) in enumerate(segments) if not is_value
-                   for m in re.finditer(r"[A-Za-z]{4,}", text)]  # fmt: skip
-        if not literal:
+        words = [i for i, (text, is_value) in enumerate(segments) if not is_value and self.slip_sites(text, lang)]
+        if not words:
             return False
-        index, match = rng.choice(literal)
-        word, at = match.group(), rng.randrange(1, len(match.group()) - 2)
-        slipped = rng.choice([word[:at] + word[at + 1] + word[at] + word[at + 2 :],  # swapped letters
-                              word[:at] + word[at + 1 :],  # a letter dropped
-                              word[:at] + word[at] + word[at:]])  # fmt: skip  # a letter doubled
-        text = segments[index][0]
-        segments[index][0] = text[: match.start()] + slipped + text[match.end() :]
+        index = rng.choice(words)
+        segments[index][0] = self.slip(segments[index][0], lang, rng)
         return True
+
+    def _informal(self, segments, lang: str, rng) -> bool:
+        """One word of the `informal` table as people type it (please -> pls, you -> u, 什么 -> 啥), everywhere it
+        stands in the words around the values."""
+        table = self.tables.get("informal", {}).get(lang, {})
+        edge = r"\b" if lang == "en" else ""
+        bound = lambda w: re.compile(edge + re.escape(w) + edge, re.IGNORECASE)  # noqa: E731
+        found = [w for w in table if any(not v and bound(w).search(t) for t, v in segments)]
+        if not found:
+            return False
+        word = rng.choice(found)
+        said = rng.choice(table[word])
+        for segment in segments:
+            if not segment[1]:
+                segment[0] = bound(word).sub(said, segment[0])
+        return True
+
+    def _lowercase(self, segments, lang: str, rng) -> bool:
+        """English typed in lower case, "I" included, without a closing full stop; the values stay as written."""
+        if lang != "en":
+            return False
+        before = [text for text, _ in segments]
+        for segment in segments:
+            if not segment[1]:
+                segment[0] = segment[0].lower()
+        if not segments[-1][1]:
+            segments[-1][0] = segments[-1][0].rstrip(".")
+        return before != [text for text, _ in segments]
 
     def _mixed(self, segments, lang: str, rng) -> bool:
         found = self._words(segments, lang, "mixed")
@@ -128,11 +192,10 @@ class NoiseRules:
         return self._affix(segments, lang, rng, "filler")
 
     def _context(self, segments, lang: str, rng) -> bool:
-        self._prefix(segments, lang, rng.choice(self.tables["context"][lang]))
-        return True
+        return self._affix(segments, lang, rng, "context")
 
     def _affix(self, segments, lang: str, rng, table: str) -> bool:
-        if rng.random() < 0.5:
+        if rng.random() < PREFIX_SHARE:
             self._prefix(segments, lang, rng.choice(self.tables[table]["prefix"][lang]))
             return True
         suffix = rng.choice(self.tables[table]["suffix"][lang])

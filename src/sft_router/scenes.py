@@ -7,7 +7,7 @@ list is drawn before its requests, so that every request fits it: the catalog to
 rounds of the split's tools, so that every tool is called in the split; most often confusable with one another; a
 tool with clarify templates first when a request leaves an argument out), tools made up for its procedural calls
 with their near-misses, then distractors, most often declared confusable with a called tool. A scene shows 1 to
-max_distractors + 1 tools, a catalog tool stays out when a request asks for one that is not shown, and in
+max_distractors + 1 tools (min_tools to five in most), a catalog tool stays out when a request asks for one that is not shown, and in
 test_unseen the unseen tools are shown beside seen ones.
 
 Usage: lists = ToolLists(catalog, args, split, rng, procedural)
@@ -29,6 +29,7 @@ CONFUSABLE_SHARE = 0.8  # a scene with room for it shows a tool confusable with 
 # chat, out-of-scope, image and how-to questions: they are the decisions a router gets wrong.
 NO_CALL_MIX = ("missing_tool", "clarify", "chat", "out_of_scope", "missing_tool", "clarify", "image", "how_to")
 PROCEDURAL = "procedural"  # a planned call to a tool made up for its scene (train only)
+TYPICAL_MOST, LONG_LISTS = 5, 0.25  # a scene shows up to five tools, a quarter of them more where the recipe allows
 CATALOG_ONLY = {"image_call", "clarify"}  # requests only a catalog tool can serve (a made-up tool has no clarify)
 
 
@@ -74,6 +75,16 @@ def deal(kinds: list[str], size: int) -> list[list[str]]:
     return spread(kinds, [len(range(scene, len(kinds), count)) for scene in range(count)])
 
 
+def tool_count(least: int, most: int, rng) -> int:
+    """How many tools a scene shows: `least` to five in most scenes, as agents mostly carry a handful; up to `most`
+    in LONG_LISTS of them."""
+    least = min(least, most)
+    handful = min(most, max(least, TYPICAL_MOST))
+    if most > handful and rng.random() < LONG_LISTS:
+        return rng.randint(handful + 1, most)
+    return rng.randint(least, handful)
+
+
 def scene_plans(count: int, args, split: str, rng) -> list[tuple[int, list[str]]]:
     """(tool count, planned kinds) of each scene of a split: about `scene_size` rows each, 1 to max_distractors + 1
     tools, image calls and replies spread so that every scene holds their share, calls in the places left. The
@@ -86,7 +97,7 @@ def scene_plans(count: int, args, split: str, rng) -> list[tuple[int, list[str]]
         made_up, rest = [k for k in kinds if k == PROCEDURAL], [k for k in kinds if k != PROCEDURAL]
         return [(1, scene) for scene in deal(made_up, args.scene_size) + deal(rest, args.scene_size)]
     sizes = [len(scene) for scene in deal(kinds, args.scene_size)]
-    tools = [rng.randint(1, most) for _ in sizes]
+    tools = [tool_count(args.min_tools, most, rng) for _ in sizes]
     scenes = spread([kind for kind in kinds if kind not in ("call", PROCEDURAL)], sizes)
     made_up = kinds.count(PROCEDURAL)
     hosts = sorted(range(len(sizes)), key=lambda scene: tools[scene] == 1 and bool(CATALOG_ONLY & set(scenes[scene])))
