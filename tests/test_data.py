@@ -318,6 +318,10 @@ def test_tool_missing_from_its_prompt_fails_the_build_naming_it(workspace, monke
         (lambda c: c["tools"][1]["families"][1].update(zh=["{date}有会吗"]), "template '{date}有会吗' is in tool "
          "'get_calendar_events' family 'c1' and tool 'get_calendar_events' family 'c2'"),
         (lambda c: c["tools"][0]["parameters"].update(type="objekt"), "`parameters` is not a valid JSON schema"),
+        (lambda c: c["tools"][0].update(image={"zh": ["把这个计时{duration_minutes}"] * 5, "en": ["Time this"] * 5}),
+         "image template 'Time this': required argument duration_minutes is never stated"),
+        (lambda c: c["tools"][0].update(image={"zh": ["这个计时{duration_minutes}"], "en": ["Time this"]}),
+         "`image.zh` has 1 templates; add at least 5"),
     ],
 )  # fmt: skip
 def test_broken_catalog_fails_naming_file_tool_and_template(workspace, change, message):
@@ -429,6 +433,20 @@ def test_clarify_rows_ask_for_the_first_missing_argument_of_a_shown_tool(publish
         missing = data.missing_required(tool, row["template"])
         assert tool["name"] in row["tools"] and not row["tool_name"]
         assert row["completion"][0]["content"] == tool["ask"][missing[0]][row["lang"]]
+
+
+def test_image_calls_use_the_tools_image_templates_of_their_split(published_rows):
+    catalog = data.load_catalog(CATALOG)
+    with_image = {name for name, tool in catalog.tools.items() if tool.get("image")}
+    rows = {split: [r for r in rows if r["kind"] == "image_call" and r["tool_name"] in with_image]
+            for split, rows in published_rows.items()}  # fmt: skip
+    assert rows["train"] and rows["test"]
+    for split, image_rows in rows.items():
+        for row in image_rows:  # "send this to Mom: ..." asks about the image; its index decides its split
+            templates = catalog.tools[row["tool_name"]]["image"][row["lang"]]
+            assert row["family"] == f"image_{row['tool_name']}" and row["template"] in templates, row["id"]
+            expected = "test" if split == "test_unseen" else split
+            assert data.item_split(templates.index(row["template"])) == expected, row["id"]
 
 
 def test_corrections_keep_the_corrected_value(published_rows):

@@ -96,6 +96,7 @@ CATALOG_SCHEMA = {
                     "how": BY_LANG,
                     "ask": {"type": ["object", "null"], "additionalProperties": BY_LANG},
                     "clarify": {"type": ["object", "null"], "properties": {lang: TEXTS for lang in LANGS}},
+                    "image": {"type": ["object", "null"], "properties": {lang: TEXTS for lang in LANGS}},
                     "families": {
                         "type": "array",
                         "items": {
@@ -273,6 +274,7 @@ def _check_tool(catalog: Catalog, tool: dict) -> None:
             for template in family[lang]:
                 _check_template(catalog, tool, template, lang, f"{where}, template '{template}'", pools_checked)
     _check_clarify(catalog, tool, where, pools_checked)
+    _check_image(catalog, tool, where, pools_checked)
 
 
 def missing_required(tool: dict, template: str) -> list[str]:
@@ -288,13 +290,7 @@ def _check_clarify(catalog: Catalog, tool: dict, where: str, pools_checked: set)
     if not clarify:
         return
     for lang in LANGS:
-        templates = clarify.get(lang) or []
-        if len(templates) < ITEM_SPLIT_EVERY:
-            raise UsageError(
-                f"{where}: `clarify.{lang}` has {len(templates)} templates; add at least {ITEM_SPLIT_EVERY} "
-                "so that validation and test get their own"
-            )
-        for template in templates:
+        for template in _split_templates(tool, "clarify", lang, where):
             at = f"{where}, clarify template '{template}'"
             missing = missing_required(tool, template)
             if not missing:
@@ -303,6 +299,26 @@ def _check_clarify(catalog: Catalog, tool: dict, where: str, pools_checked: set)
             if not question.get(lang):
                 raise UsageError(f"{at}: no `ask.{missing[0]}.{lang}` question; add the question that asks for it")
             _check_template(catalog, tool, template, lang, at, pools_checked, clarify=True)
+
+
+def _check_image(catalog: Catalog, tool: dict, where: str, pools_checked: set) -> None:
+    """Requests that use an attached image ("send this to {recipient}: {content}"): full calls, split like clarify."""
+    if not tool.get("image"):
+        return
+    for lang in LANGS:
+        for template in _split_templates(tool, "image", lang, where):
+            _check_template(catalog, tool, template, lang, f"{where}, image template '{template}'", pools_checked)
+
+
+def _split_templates(tool: dict, key: str, lang: str, where: str) -> list[str]:
+    """A tool's `clarify` or `image` templates in one language, enough for item_split to give every split its own."""
+    templates = (tool.get(key) or {}).get(lang) or []
+    if len(templates) < ITEM_SPLIT_EVERY:
+        raise UsageError(
+            f"{where}: `{key}.{lang}` has {len(templates)} templates; add at least {ITEM_SPLIT_EVERY} "
+            "so that validation and test get their own"
+        )
+    return templates
 
 
 def _check_template(
@@ -444,6 +460,8 @@ def english_templates(catalog: Catalog, tool: dict):
             yield f"family '{family['id']}' template", template, False
     for template in (tool.get("clarify") or {}).get("en", []):
         yield "clarify template", template, True
+    for template in (tool.get("image") or {}).get("en", []):
+        yield "image template", template, False
 
 
 ARTICLE_PAIR = re.compile(r"\b(a|an|the)\s+(a|an|the|my|your|his|her|our|their)\b", re.IGNORECASE)

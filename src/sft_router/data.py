@@ -217,7 +217,14 @@ class Generator:
         return self._said(tool, family["id"], self.rng.choice(family[lang]), lang, correct)
 
     def call(self, scene: Scene, tool: dict, image: bool = False) -> dict:
-        said = self.utterance(tool, correct=self.rng.random() < self.args.correction_rate)
+        """A request to `tool`; with an image, one of the tool's `image` templates (a request that uses the image,
+        "send this to Mom: ...") where it has them, else a plain request behind the image marker."""
+        correct = self.rng.random() < self.args.correction_rate
+        if image and tool.get("image"):
+            lang, template = self._split_template(tool["image"])
+            said = self._said(tool, f"image_{tool['name']}", template, lang, correct)
+        else:
+            said = self.utterance(tool, correct=correct)
         text = self._second_request(said, tool)
         text = f"{self.catalog.image_marker}{text}" if image else text
         completion = render_call(tool["name"], said.arguments)
@@ -285,12 +292,15 @@ class Generator:
     def clarify(self, scene: Scene) -> dict:
         """Rule 6/7: a request to a shown tool missing a required argument; the reply asks for the first one missing."""
         tool = self.rng.choice([t for t in scene.tools if t.get("clarify")])
-        lang = self.rng.choice(LANG_DRAW)
-        templates = [t for i, t in enumerate(tool["clarify"][lang]) if item_split(i) == self.item_split]
-        template = self.rng.choice(templates)
+        lang, template = self._split_template(tool["clarify"])
         said = self._said(tool, f"clarify_{tool['name']}", template, lang)
         reply = tool["ask"][missing_required(tool, template)[0]][lang]
         return self._row("clarify", said, said.text, scene, reply)
+
+    def _split_template(self, templates: dict[str, list[str]]) -> tuple[str, str]:
+        """A language and one of its templates that belong to this split (item_split: by index, like no-call items)."""
+        lang = self.rng.choice(LANG_DRAW)
+        return lang, self.rng.choice([t for i, t in enumerate(templates[lang]) if item_split(i) == self.item_split])
 
     def how_to(self, scene: Scene) -> dict:
         """Rule 10: a question about a feature; how to ask for it when a shown tool has it, else (a feature no shown

@@ -18,7 +18,7 @@ import re
 RULES = ("typo", "filler", "polite", "curt", "context", "mixed", "number_words", "informal", "lowercase", "value_typo",
          "second_request")  # fmt: skip
 AFFIXES = ("polite", "filler", "context")  # at most one a message
-PREFIX_SHARE = 0.35  # an affix leads the message this often; typed messages mostly trail one (", thanks")
+PREFIX_SHARE = 0.2  # an affix leads the message this often; typed messages mostly trail one (", thanks")
 END_PUNCTUATION = "？?。.！!"
 EN_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
               "twelve"]  # fmt: skip
