@@ -596,3 +596,14 @@ def test_a_second_request_follows_a_call_for_another_tool(published_rows):
              for text, tool in seconds.items() if row["user"].endswith(text)]  # fmt: skip
     assert len(calls) >= 10
     assert all(row["tool_name"] != tool for row, tool in calls)  # the call serves the first request (rule 9)
+
+
+def test_procedural_tools_take_only_the_parameters_that_fit_their_object(published_rows):
+    catalog = data.load_catalog(CATALOG)
+    fits = {obj["en"]: set(obj["params"]) for obj in catalog.procedural["objects"]}
+    rows = [row for row in published_rows["train"] if row["family"] == "procedural"]
+    assert len(rows) > 100
+    for row in rows:
+        tool = next(t for t in tools_in_prompt(row["prompt"][0]["content"]) if t["tool_name"] == row["tool_name"])
+        obj = next(o for o in catalog.procedural["objects"] if row["tool_name"].endswith("_" + o["name"]))
+        assert set(tool["arguments"]["properties"]) <= fits[obj["en"]], (row["tool_name"], tool["arguments"])

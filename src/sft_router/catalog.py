@@ -446,6 +446,10 @@ def _check_generated(catalog: Catalog) -> None:
         unknown = [verb for verb in obj.get("verbs", []) if verb not in spec["verbs"]]
         if unknown or not all(obj.get(k) for k in ("name", "zh", "en", "desc", "verbs")):
             raise UsageError(f"{catalog.path}: procedural object {obj} needs name, zh, en, desc and known verbs")
+        names = {param.get("name") for param in spec["params"]}
+        if not set(obj.get("params", names)) <= names:
+            raise UsageError(f"{catalog.path}: procedural object '{obj['name']}' lists unknown parameters "
+                             f"{sorted(set(obj['params']) - names)}; use names from `procedural.params`")  # fmt: skip
     for param in spec["params"]:
         needs = ("name", "type", "description", *LANGS) + (("values",) if param.get("type") in ("string", "array")
                                                           and "enum" not in param else ())  # fmt: skip

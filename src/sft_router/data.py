@@ -244,11 +244,14 @@ class Generator:
     def procedural_call(self, scene: Scene, tool: dict) -> dict:
         """A call to a tool made up for this scene, beside its near-misses and catalog tools (train only)."""
         lang = self.rng.choice(LANG_DRAW)
-        text, shown, arguments = self.procedural.utterance(self.rng, tool, lang)
-        slip = english_lint(text) if lang == "en" else None
+        segments, shown, arguments = self.procedural.utterance(self.rng, tool, lang)
+        written = "".join(text for text, _ in segments)
+        slip = english_lint(written) if lang == "en" else None
         if slip:
-            raise UsageError(f"procedural tool '{tool['name']}': message '{text}' reads {slip}; fix `procedural`")
-        said = Utterance(tool, lang, "procedural", text, text, shown, arguments)
+            raise UsageError(f"procedural tool '{tool['name']}': message '{written}' reads {slip}; fix `procedural`")
+        text, applied = self.noise.apply(segments, lang, self.rng, NOISE_REQUEST)
+        self.applied.update(applied)
+        said = Utterance(tool, lang, "procedural", written, text, shown, arguments, applied)
         return self._row("call", said, text, scene, render_call(tool["name"], arguments), tool["name"])
 
     def no_call(self, kind: str, scene: Scene) -> dict:

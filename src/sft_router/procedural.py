@@ -1,16 +1,18 @@
 """Procedurally generated tools, so the router learns to read a tool's schema rather than memorise the catalog's.
 
 A tool is an action on an object (`track_package`, `book_table`) with one to four typed parameters drawn from the
-catalog's `procedural` section (string, integer, number, boolean, enum, array); its message states the required
-values and some optional ones, and the call carries exactly those, typed as the schema says.
+ones the catalog's `procedural` section lists for that object (string, integer, number, boolean, enum, array); its
+message states the required values and some optional ones, and the call carries exactly those, typed as the schema
+says. The message comes as segments, so the generator's noise rules touch the words around the values only.
 
-Usage: from sft_router.procedural import ProceduralTools; tool, said = ProceduralTools(spec).draw(rng, lang)
+Usage: tools = ProceduralTools(spec); tool = tools.tool(rng); segments, shown, arguments = tools.utterance(rng, tool, lang)
 """
 
 from __future__ import annotations
 
 JOIN = {"zh": ("、", "和"), "en": (", ", " and ")}
 SEPARATOR = {"zh": "，", "en": ", "}
+RUN_ON = {"in", "for", "under", "with", "tagged", "at", "by"}  # an English phrase opening with one needs no comma
 
 
 def join_words(words: list[str], lang: str) -> str:
@@ -21,12 +23,14 @@ def join_words(words: list[str], lang: str) -> str:
 class ProceduralTools:
     def __init__(self, spec: dict):
         self.spec = spec
+        self.names = [param["name"] for param in spec["params"]]
 
     def tool(self, rng, obj: dict | None = None, verb: str | None = None) -> dict:
         """A tool: the object's action with a random parameter set (schema, description, and how to say each)."""
         obj = obj or rng.choice(self.spec["objects"])
         verb = verb or rng.choice(obj["verbs"])
-        params = rng.sample(self.spec["params"], rng.randint(1, min(4, len(self.spec["params"]))))
+        fitting = [param for param in self.spec["params"] if param["name"] in obj.get("params", self.names)]
+        params = rng.sample(fitting, rng.randint(1, min(4, len(fitting))))
         required = [p["name"] for p in params[: rng.randint(1, min(2, len(params)))]]
         properties = {p["name"]: self._schema(p, p["name"] in required) for p in params}
         action = self.spec["verbs"][verb]
@@ -58,24 +62,37 @@ class ProceduralTools:
         verbs = [v for v in tool["object"]["verbs"] if v != tool["verb"]]
         return [self.tool(rng, tool["object"], verb) for verb in rng.sample(verbs, min(count, len(verbs)))]
 
-    def utterance(self, rng, tool: dict, lang: str) -> tuple[str, dict, dict]:
-        """(message, values as said, arguments): every required value and each optional one half the time."""
+    def utterance(self, rng, tool: dict, lang: str) -> tuple[list[list], dict, dict]:
+        """(message segments `[text, is_value]`, values as said, arguments): every required value and each optional
+        one half the time. English phrases that open with a preposition run on ("book a table for 4 people in
+        Paris"), the others follow a comma, the last sometimes after "and"."""
         required = tool["parameters"]["required"]
         stated = [p for p in tool["params"] if p["name"] in required or rng.random() < 0.5]
         rng.shuffle(stated)
-        phrases, shown, arguments = [], {}, {}
-        for param in stated:
-            text, value = self._value(rng, param, lang)
-            phrases.append(param[lang].replace("{v}", text) if isinstance(param[lang], str) else param[lang][text])
-            shown[param["name"]], arguments[param["name"]] = text, value
         lead = rng.choice(self.spec["leads"][lang])
         action = self.spec["verbs"][tool["verb"]][lang]
         head = f"{lead}{action}{tool['object'][lang]}" if lang == "zh" else f"{lead}{action} {tool['object'][lang]}"
         if lang == "en" and lead:
             head = lead + head[len(lead) :][0].lower() + head[len(lead) + 1 :]
+        segments, shown, arguments = [[head, False]], {}, {}
+        for number, param in enumerate(stated):
+            text, value = self._value(rng, param, lang)
+            phrase = param[lang] if isinstance(param[lang], str) else param[lang][text]
+            before, _, after = phrase.partition("{v}") if isinstance(param[lang], str) else (phrase, "", "")
+            joiner = self._joiner(rng, before, lang, last=number == len(stated) - 1 and number > 0)
+            segments += [[joiner + before, False]] + ([[text, True], [after, False]] if "{v}" in phrase else [])
+            shown[param["name"]], arguments[param["name"]] = text, value
         order = list(tool["parameters"]["properties"])
         arguments = {name: arguments[name] for name in sorted(arguments, key=order.index)}
-        return SEPARATOR[lang].join([head, *phrases]), shown, arguments
+        return [segment for segment in segments if segment[0]], shown, arguments
+
+    @staticmethod
+    def _joiner(rng, phrase: str, lang: str, last: bool) -> str:
+        if lang == "zh":
+            return SEPARATOR["zh"]
+        if phrase.split(" ", 1)[0] in RUN_ON:
+            return " "
+        return rng.choice([", and ", " and "]) if last and rng.random() < 0.5 else SEPARATOR["en"]
 
     def _value(self, rng, param: dict, lang: str) -> tuple[str, object]:
         kind = param["type"]
