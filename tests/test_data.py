@@ -260,7 +260,10 @@ def test_planted_leak_is_found_and_fails(workspace):
     (recipe,) = parse_recipe(["--config", TINY, *SMALL])
     splits = data.build_splits(recipe)
     assert data.check_leaks(splits) == []
-    planted = next(row for row in splits["test"] if row["kind"] == "call")
+    pairs = Counter((row["template"], row["values"]) for row in splits["test"])
+    planted = next(
+        row for row in splits["test"] if row["kind"] == "call" and pairs[row["template"], row["values"]] == 1
+    )
     splits["train"].append(dict(planted))
     assert data.check_leaks(splits) == [f"test user message '{planted['user']}' is in train"]
     splits["train"][-1] = {**planted, "user": "<start_of_image>" + planted["user"]}  # same (template, values)
