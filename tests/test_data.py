@@ -260,7 +260,10 @@ def test_planted_leak_is_found_and_fails(workspace):
     (recipe,) = parse_recipe(["--config", TINY, *SMALL])
     splits = data.build_splits(recipe)
     assert data.check_leaks(splits) == []
-    planted = next(row for row in splits["test"] if row["kind"] == "call")
+    pairs = Counter((row["template"], row["values"]) for row in splits["test"])
+    planted = next(
+        row for row in splits["test"] if row["kind"] == "call" and pairs[row["template"], row["values"]] == 1
+    )
     splits["train"].append(dict(planted))
     assert data.check_leaks(splits) == [f"test user message '{planted['user']}' is in train"]
     splits["train"][-1] = {**planted, "user": "<start_of_image>" + planted["user"]}  # same (template, values)
@@ -456,6 +459,22 @@ def test_corrections_keep_the_corrected_value(published_rows):
     for row in corrected:  # "7点，不对，7点半": the call carries the value said after the marker
         said = json.loads(row["values"]).values()
         assert any(m + v in row["user"] for m in markers for v in said), row["user"]
+
+
+def test_a_timer_label_comes_with_its_own_length_and_mapped_lengths_stay_in_train(published_rows):
+    catalog = data.load_catalog(CATALOG)
+    tool = catalog.tools["set_timer"]  # a record pool: 煮鸡蛋 with 八分钟, never with 150 minutes
+    records = {(e["label"], data.entry_text_value(e, "duration_minutes")[1])
+               for lang in data.LANGS for e in catalog.pool(tool, "label", lang)}  # fmt: skip
+    rows = [r for rows in published_rows.values() for r in rows
+            if r["tool_name"] == "set_timer" and "label" in json.loads(r["arguments"])]  # fmt: skip
+    assert len(rows) > 20
+    for row in rows:
+        arguments = json.loads(row["arguments"])
+        assert (arguments["label"], arguments["duration_minutes"]) in records, row["user"]
+    pool = catalog.pool(tool, "duration_minutes", "zh")
+    mapped = [index for index, entry in enumerate(pool) if data.maps_wording(entry)]  # 八分钟 -> 8 inside a record
+    assert len(mapped) > 10 and not any(data.held_out(pool[i], i, seed) for i in mapped for seed in range(5))
 
 
 def test_english_lint_flags_articles_doubled_words_and_to_home():

@@ -65,13 +65,19 @@ NOISE_TALK = ("typo", "polite", "informal", "lowercase")
 GRAM, NEAR_DUPLICATE = 5, 0.8  # an evaluation message this close to a train message is a leak
 
 
+def maps_wording(entry) -> bool:
+    """Whether an entry, or a field of a record ({label, duration_minutes: {text: 八分钟, value: 8}}), says a value
+    its text does not contain (十分钟 -> 10, every day -> daily)."""
+    if isinstance(entry, dict) and "text" in entry:
+        return str(entry["value"]) not in entry["text"]
+    return isinstance(entry, dict) and any(maps_wording(part) for part in entry.values())
+
+
 def held_out(entry, index: int, seed: int) -> bool:
     """Beyond a pool's KEEP_IN_TRAIN most common entries, one in two is kept out of train, so evaluation has
-    values the model never saw. A mapped entry whose value cannot be copied from its text (十分钟 -> 10, every day ->
-    daily) is never held out: the model must see the mapping; "25 minutes" -> 25 can be copied."""
-    if index < KEEP_IN_TRAIN:
-        return False
-    if isinstance(entry, dict) and "text" in entry and str(entry["value"]) not in entry["text"]:
+    values the model never saw; a record is held out whole (a timer's label with its length). An entry that maps its
+    wording (maps_wording) is never held out: the model must see the mapping; "25 minutes" -> 25 can be copied."""
+    if index < KEEP_IN_TRAIN or maps_wording(entry):
         return False
     digest = hashlib.sha256(f"{seed}:{json.dumps(entry, ensure_ascii=False)}".encode()).digest()
     return digest[0] % HELD_OUT_OF[1] < HELD_OUT_OF[0]
@@ -192,9 +198,11 @@ class Generator:
         return text, value, entry
 
     def _wrong(self, tool: dict, slot: str, lang: str, right) -> str | None:
+        """The value said before a correction: another entry's, for a record another record's field (the corrected
+        value is the drawn record's, so it still agrees with the record's other slots)."""
         pool = self.catalog.pool(tool, slot, lang)
         others = [e for e in pool if entry_text_value(e, slot)[1] != entry_text_value(right, slot)[1]]
-        if not others or (isinstance(right, dict) and "text" not in right):
+        if not others:
             return None
         return entry_text_value(self.rng.choice(others), slot)[0]
 
