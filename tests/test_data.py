@@ -544,7 +544,7 @@ def test_hours_said_in_words_keep_a_space_and_the_check_catches_glued_ones(publi
         arguments = {"time": time}
         bad = {**row, "user": user, "arguments": json.dumps(arguments), "completion": [
             {"role": "assistant", "content": render_call("set_alarm", arguments)}]}  # fmt: skip
-        with pytest.raises(UsageError, match="is no entry of the '\w+' pool|not in the message as typed"):
+        with pytest.raises(UsageError, match=r"is no entry of the '\w+' pool|not in the message as typed"):
             validator.check(bad)
     catalog = data.load_catalog(CATALOG)
     written = next(
