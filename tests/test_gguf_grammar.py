@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from sft_router.grammar import build_grammar, literal
+from sft_router.grammar import build_grammar, integer_range
 from sft_router.router_format import tools_in_prompt
 
 
@@ -61,8 +61,19 @@ def test_tools_are_read_back_from_every_test_prompt(test_rows):
         assert [t["tool_name"] for t in tools_in_prompt(row["prompt"][0]["content"])] == row["tools"]
 
 
-def test_grammar_admits_every_test_target(llm, test_rows):
-    for row in test_rows:
+@pytest.fixture(scope="session")
+def recipe_rows():
+    """Every row of the tiny recipe's generated dataset, all splits: rows the data helpers add later come along."""
+    from sft_router.config import parse_recipe
+    from sft_router.data import build_splits
+
+    return [row for rows in build_splits(parse_recipe(["--config", "recipes/tiny/router.yaml"])[0]).values()
+            for row in rows]  # fmt: skip
+
+
+def test_grammar_admits_every_target_of_the_tiny_recipe(llm, recipe_rows):
+    assert sum(bool(row["tool_name"]) for row in recipe_rows) > 50
+    for row in recipe_rows:
         target = row["completion"][0]["content"]
         assert admits(llm, build_grammar(row["prompt"][0]["content"]), target), (row["id"], target)
 
@@ -83,22 +94,100 @@ def test_grammar_rejects_calls_outside_the_prompts_tools_and_schemas(llm, test_r
     )
 
 
-def test_required_keys_enums_and_key_order(llm):
-    schema = {"type": "object", "required": ["time"], "properties": {
-        "time": {"type": "string"}, "repeat": {"type": "string", "enum": ["once", "daily"]}, "n": {"type": "integer"}}}  # fmt: skip
-    prompt = "tools: " + json.dumps({"tool_name": "set_alarm", "tool_description": "d", "arguments": schema})
-    grammar = build_grammar(prompt)
-
-    def call(arguments):
-        return json.dumps({"tool_name": "set_alarm", "arguments": arguments}, ensure_ascii=False)
-
-    assert admits(llm, grammar, call({"repeat": "daily", "n": 3, "time": "七点"}))
-    assert admits(llm, grammar, call({"time": "7"}))
-    assert not admits(llm, grammar, call({"repeat": "daily"}))  # required `time` missing
-    assert not admits(llm, grammar, call({"time": "7", "repeat": "weekly"}))  # not in the enum
-    assert not admits(llm, grammar, call({"time": "7", "n": "3"}))  # integer expected
-    assert not admits(llm, grammar, call({"time": "7", "time ": "8"}))
+ALARM = {"type": "object", "required": ["time", "options"], "properties": {
+    "time": {"type": "string"}, "level": {"type": "integer", "minimum": 0, "maximum": 100},
+    "repeat": {"type": "string", "enum": ["每天", "once", "好😀", 'say "hi" \\ \n']}, "loud": {"type": "boolean"},
+    "options": {"type": "object", "required": ["volume"], "properties": {
+        "volume": {"type": "number", "minimum": 1, "maximum": 5}, "label": {"type": "string"}}},
+    "tags": {"type": "array", "items": {"type": "string"}},
+    "weights": {"type": "array", "items": {"type": "number"}}}}  # fmt: skip
 
 
-def test_literal_escapes_quotes_backslashes_and_control_characters():
-    assert literal('a"b\\c\n') == '"a\\"b\\\\c\\x0A"'
+def tool_prompt(*schemas: dict) -> str:
+    """A prompt listing one tool per schema, named tool0, tool1, ... as render_tool would show them."""
+    return "tools: " + " ".join(json.dumps({"tool_name": f"tool{i}", "tool_description": "d", "arguments": schema},
+                                           ensure_ascii=False) for i, schema in enumerate(schemas))  # fmt: skip
+
+
+def call(arguments: dict, name: str = "tool0") -> str:
+    return json.dumps({"tool_name": name, "arguments": arguments}, ensure_ascii=False)
+
+
+def test_schema_valid_calls_are_admitted_in_properties_order_with_utf8_text(llm):
+    grammar = build_grammar(tool_prompt(ALARM))
+    full = {"time": "七点", "level": 100, "repeat": "每天", "loud": True, "options": {"volume": 2.5, "label": "早"},
+            "tags": ["起床", "work"], "weights": [1, -0.5, 1e-05]}  # fmt: skip
+    assert admits(llm, grammar, call(full))
+    assert admits(llm, grammar, call({"time": "7", "options": {"volume": 1}}))  # the required keys alone
+    for value in ("好😀", 'say "hi" \\ \n'):  # json.dumps writes the emoji as is, the quote and newline escaped
+        assert admits(llm, grammar, call({"time": "7", "repeat": value, "options": {"volume": 1}, "tags": []}))
+    assert not admits(llm, grammar, call({"time": "7", "options": {"volume": 1}, "level": 3}))  # properties order
+
+
+def test_schema_invalid_calls_are_rejected(llm):
+    grammar = build_grammar(tool_prompt(ALARM))
+    base = {"time": "7", "options": {"volume": 1}}
+    invalid = [
+        {"time": 7, "options": {"volume": 1}},  # wrong type
+        {**base, "level": "3"},
+        {"time": "7", "level": 3.5, "options": {"volume": 1}},  # integer expected
+        {"time": "7", "level": 101, "options": {"volume": 1}},  # above maximum
+        {"time": "7", "level": -1, "options": {"volume": 1}},  # below minimum
+        {"time": "7", "repeat": "daily", "options": {"volume": 1}},  # not in the enum
+        {"time": "7", "loud": "true", "options": {"volume": 1}},
+        {"options": {"volume": 1}},  # required `time` missing
+        {**base, "bogus": 1},  # unknown key
+        {"time": "7", "options": {"label": "x"}},  # the nested object's required `volume` missing
+        {"time": "7", "options": {"volume": 1, "extra": 2}},
+        {**base, "tags": ["a", 3]},  # array item of the wrong type
+        {**base, "weights": ["1"]},
+        {"time": "7", "repeat": 'say "hi" \\ ', "options": {"volume": 1}},
+    ]
+    for arguments in invalid:
+        assert not admits(llm, grammar, call(arguments)), arguments
+    assert not admits(llm, grammar, call(base, name="tool1"))
+
+
+def test_number_bounds_are_not_enforced(llm):
+    """llama.cpp's converter ignores minimum/maximum on numbers (integers are bounded by integer_range)."""
+    grammar = build_grammar(tool_prompt(ALARM))
+    assert admits(llm, grammar, call({"time": "7", "options": {"volume": 9.5}}))
+
+
+def test_degenerate_schemas(llm):
+    grammar = build_grammar(tool_prompt({"type": "object"}, {"type": "object", "properties": {
+        "a": {"type": "string"}, "b": {"description": "no type"}}}))  # fmt: skip
+    assert admits(llm, grammar, call({}))  # no properties: exactly {}
+    assert not admits(llm, grammar, call({"a": "x"}))
+    for arguments in ({}, {"a": "x"}, {"b": [1, {"c": None}]}, {"a": "x", "b": "y"}):  # all optional, any value
+        assert admits(llm, grammar, call(arguments, name="tool1")), arguments
+    assert not admits(llm, grammar, call({"c": 1}, name="tool1"))
+
+
+def test_refs_resolve_within_each_tool(llm):
+    """A pydantic-style schema, as a served request's tool may carry: `$ref` into the tool's own `$defs`."""
+    schema = {"$defs": {"Place": {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}},
+              "type": "object", "required": ["to"], "properties": {"to": {"$ref": "#/$defs/Place"}}}  # fmt: skip
+    grammar = build_grammar(tool_prompt(schema))
+    assert admits(llm, grammar, call({"to": {"city": "北京"}}))
+    assert not admits(llm, grammar, call({"to": {"town": "x"}}))
+
+
+def test_replies_and_calls_only(llm):
+    prompt = tool_prompt(ALARM)
+    assert admits(llm, build_grammar(prompt), "Sure, what time?")
+    assert not admits(llm, build_grammar(prompt), " leading blank")
+    assert not admits(llm, build_grammar(prompt, calls_only=True), "Sure, what time?")
+    assert admits(llm, build_grammar(prompt, calls_only=True), call({"time": "7", "options": {"volume": 1}}))
+    assert admits(llm, build_grammar(""), "Hello") and not admits(llm, build_grammar(""), call({}))
+
+
+@pytest.mark.parametrize(
+    "low, high", [(0, 100), (16, 30), (2, 12), (1, None), (-5, 12), (None, -3), (7, 7), (95, 1050)]
+)
+def test_integer_range_admits_exactly_the_integers_between_its_bounds(llm, low, high):
+    grammar = f"root ::= {integer_range(low, high)}\n"
+    for value in [*range(-40, 140), 999, 1000, 1050, 1051, 123456]:
+        inside = (low is None or value >= low) and (high is None or value <= high)
+        assert admits(llm, grammar, str(value)) == inside, value
+    assert not admits(llm, grammar, "07")

@@ -3,12 +3,30 @@
 The tools are read back from the system prompt itself (`router_format.tools_in_prompt`: the seed's
 `{"tool_name", "tool_description", "arguments": <JSON schema>}` entries), so the grammar constrains exactly what the
 model was shown.
-A call is the training format, `{"tool_name": "<name>", "arguments": {...}}` with json.dumps spacing;
-its arguments hold only the schema's properties, each at most once, in any order (targets follow the
-order of the user's words), with every required one present; values match the property's type and
-enum. Constraints GBNF cannot state cheaply (pattern, minimum, nested object schemas) fall back to
-the property's JSON type. A reply is text that starts with a visible character and contains no `{`,
-so no call, of a listed tool or any other, can hide in it.
+A call is the training format, `{"tool_name": "<name>", "arguments": {...}}`. Its rules come from llama.cpp's own
+JSON-schema converter (llama_cpp.llama_grammar.SchemaConverter, one schema with `anyOf` over the tools), which
+admits json.dumps spacing (`space` is an optional single blank), checks types, enums, nested objects with their own
+required keys and array items, and rejects keys a schema does not list (tests/test_gguf_grammar.py checks every row of
+the tiny recipe against its own prompt's grammar). Where the converter falls short, `RouterSchemaConverter` steps in,
+each case measured by a test:
+- key order: targets list arguments in `properties` order, but the converter writes an object's required keys
+  first, so `{"time", "level" (optional), "options" (required)}` was rejected; objects are written in `properties`
+  order, each optional key skippable;
+- integer `minimum`/`maximum` (and the exclusive forms): the converter ignores them (its TODO), so a `level`
+  of 250 passed a 0-100 schema; `integer_range` writes the digit ranges instead, as llama.cpp's C++ converter does;
+- enum, const and key literals: the converter leaves json.dumps' backslashes unescaped for GBNF, so an enum value
+  with a quote (`say "hi"`) did not parse and one with a backslash or newline was rejected; and GBNF reads each of
+  its \\u escapes as one code point, so an emoji's surrogate pair never matched (enum "好😀" was rejected). They are
+  written as UTF-8 text, GBNF-escaped;
+- a tool's arguments without `additionalProperties` get `false`, so a tool with no properties takes exactly `{}`
+  (the converter gives such a schema any object); nested property-less objects stay free;
+- a property schema with no type the converter knows (only a description, or "type": "float") is any JSON value
+  (the converter would assert).
+- numbers in json.dumps' forms: its 17 decimal digits (0.30000000000000004) and zero-padded exponent (1e-05) were
+  rejected (the converter allows 16 decimal digits and an exponent without leading zero); `NUMBER` admits both.
+Number `minimum`/`maximum` are not enforced (the converter ignores them and decimals have no cheap digit-range form).
+A reply is text that starts with a visible character and contains no `{`, so no call, of a listed tool or any other,
+can hide in it.
 
 Usage: grammar_text = build_grammar(row["prompt"][0]["content"])   # pass to llama_cpp.LlamaGrammar.from_string
 """
@@ -16,85 +34,154 @@ Usage: grammar_text = build_grammar(row["prompt"][0]["content"])   # pass to lla
 from __future__ import annotations
 
 import json
-from itertools import count
+import math
+
+from llama_cpp.llama_grammar import PRIMITIVE_RULES, BuiltinRule, SchemaConverter
 
 from sft_router.router_format import tools_in_prompt
 
-CALL_PREFIX = '{"tool_name": "'
 REPLY = r"reply ::= [^{ \t\r\n] [^{]*"
-JSON_RULES = r"""string ::= "\"" ( [^"\\\x7F\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" [0-9a-fA-F]{4} ) )* "\""
-integer ::= "-"? ( "0" | [1-9] [0-9]* )
-number ::= integer ( "." [0-9]+ )? ( [eE] [-+]? [0-9]+ )?
-boolean ::= "true" | "false"
-null ::= "null"
-value ::= object | array | string | number | boolean | null
-object ::= "{" ( string ": " value ( ", " string ": " value )* )? "}"
-array ::= "[" ( value ( ", " value )* )? "]"
-""".strip()
-JSON_TYPES = ("string", "integer", "number", "boolean", "null", "array", "object")  # each is a rule of JSON_RULES
+STRUCTURE_KEYS = {"type", "$ref", "oneOf", "anyOf", "allOf", "const", "enum", "properties", "additionalProperties",
+                  "items", "prefixItems", "pattern", "format"}  # fmt: skip
+NUMBER = BuiltinRule('("-"? integral-part) ("." [0-9]{1,17})? ([eE] [-+]? [0-9]{1,3})? space', ["integral-part"])
+BOUND_KEYS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
 
 
-def literal(text: str) -> str:
+def same_length_digits(low: str, high: str) -> str:
+    """GBNF for the digit strings of one length from `low` to `high` (low <= high), leading digit by leading digit."""
+    if low == high:
+        return f'"{low}"'
+    rest = len(low) - 1
+    if rest == 0:
+        return f"[{low}-{high}]"
+    if low[0] == high[0]:
+        return f'"{low[0]}" ({same_length_digits(low[1:], high[1:])})'
+    if low[1:] == "0" * rest and high[1:] == "9" * rest:
+        return f"[{low[0]}-{high[0]}] [0-9]{{{rest}}}"
+    parts = [f'"{low[0]}" ({same_length_digits(low[1:], "9" * rest)})']
+    if int(low[0]) + 1 <= int(high[0]) - 1:
+        parts.append(f"[{int(low[0]) + 1}-{int(high[0]) - 1}] [0-9]{{{rest}}}")
+    parts.append(f'"{high[0]}" ({same_length_digits("0" * rest, high[1:])})')
+    return " | ".join(parts)
+
+
+def natural_range(low: int, high: int | None) -> list[str]:
+    """GBNF alternatives for the integers from `low` (>= 0) to `high` (None: unbounded), written without leading 0s."""
+    parts, shortest = [], len(str(low))
+    for length in range(shortest, len(str(high)) + 1 if high is not None else shortest + 1):
+        first = max(low, 10 ** (length - 1) if length > 1 else 0)
+        last = 10**length - 1 if high is None else min(high, 10**length - 1)
+        if first <= last:
+            parts.append(same_length_digits(str(first), str(last)))
+    if high is None:
+        parts.append(f"[1-9] [0-9]{{{shortest},}}")
+    return parts
+
+
+def integer_range(low: int | None, high: int | None) -> str:
+    """A GBNF expression admitting exactly the integers in [low, high] as json.dumps writes them (None: unbounded)."""
+    parts = []
+    if low is None or low < 0:
+        magnitude_low = 1 if high is None or high >= 0 else -high
+        parts += [f'"-" ({p})' for p in natural_range(magnitude_low, None if low is None else -low)]
+    if high is None or high >= 0:
+        parts += natural_range(max(low or 0, 0), high)
+    if not parts:
+        raise ValueError(f"integer schema has minimum {low} above maximum {high}: fix the tool's schema")
+    return "(" + " | ".join(parts) + ")"
+
+
+def integer_bounds(schema: dict) -> tuple[int | None, int | None]:
+    """The smallest and largest integer a schema's minimum/maximum (inclusive or exclusive) allow."""
+    low = high = None
+    if isinstance(schema.get("minimum"), (int, float)):
+        low = math.ceil(schema["minimum"])
+    if isinstance(schema.get("exclusiveMinimum"), (int, float)) and not isinstance(schema["exclusiveMinimum"], bool):
+        low = max(x for x in (low, math.floor(schema["exclusiveMinimum"]) + 1) if x is not None)
+    if isinstance(schema.get("maximum"), (int, float)):
+        high = math.floor(schema["maximum"])
+    if isinstance(schema.get("exclusiveMaximum"), (int, float)) and not isinstance(schema["exclusiveMaximum"], bool):
+        high = min(x for x in (high, math.ceil(schema["exclusiveMaximum"]) - 1) if x is not None)
+    return low, high
+
+
+class RouterSchemaConverter(SchemaConverter):
+    """llama.cpp's converter with the fixes the module docstring lists (integer bounds, UTF-8 literals, any value)."""
+
+    def __init__(self):
+        super().__init__(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+
+    def visit(self, schema, name):
+        if not isinstance(schema, dict) or not STRUCTURE_KEYS & schema.keys() or unknown_type(schema):
+            return self._add_primitive("value", PRIMITIVE_RULES["value"])
+        if schema.get("type") == "integer" and BOUND_KEYS & schema.keys() and not {"enum", "const"} & schema.keys():
+            return self._add_rule(name, integer_range(*integer_bounds(schema)) + " space")
+        return super().visit(schema, name)
+
+    def _add_primitive(self, name, rule):
+        return super()._add_primitive(name, NUMBER if name == "number" else rule)
+
+    def _build_object_rule(self, properties, required, name, additional_properties):
+        """Keys in `properties` order, optional ones skippable, nothing else; the converter's own rule writes required
+        keys first, which rejected a target whose optional key comes before a required one (test_gguf_grammar)."""
+        if additional_properties is True or isinstance(additional_properties, dict):
+            return super()._build_object_rule(properties, required, name, additional_properties)
+        kvs = [self.key_value_rule(key, schema, f"{name}{'-' if name else ''}{key}") for key, schema in properties]
+        needed = [key in required for key, _ in properties]
+        first_required = needed.index(True) if True in needed else None
+        tails = [f'"," space {kv}' if need else f'( "," space {kv} )?' for kv, need in zip(kvs, needed)]
+        stop = len(kvs) if first_required is None else first_required + 1  # the first key written comes by then
+        firsts = [" ".join([kvs[i], *tails[i + 1 :]]) for i in range(stop)]
+        body = f"( {' | '.join(firsts)} ){'?' if first_required is None else ''} " if firsts else ""
+        return f'"{{" space {body}"}}" space'
+
+    def key_value_rule(self, key: str, schema: dict, name: str) -> str:
+        value = self.visit(schema, name)
+        return self._add_rule(f"{name}-kv", f'{self._format_literal(json.dumps(key))} space ":" space {value}')
+
+    def _format_literal(self, literal):
+        """A GBNF literal for an enum, const or key's json.dumps text (or a single character), see the docstring."""
+        try:
+            value = json.loads(literal)
+        except ValueError:
+            value = None
+        if value is not None and json.dumps(value) == literal:
+            literal = json.dumps(value, ensure_ascii=False)
+        return gbnf_literal(literal)
+
+
+def gbnf_literal(text: str) -> str:
     """A GBNF string literal for `text` (quotes, backslashes and control characters escaped)."""
     escaped = "".join(f"\\x{ord(c):02X}" if ord(c) < 0x20 else c for c in text.replace("\\", "\\\\"))
     return '"' + escaped.replace('"', '\\"') + '"'
 
 
-def value_rule(schema: dict) -> str:
-    """The GBNF expression for one property's value."""
-    if "enum" in schema or "const" in schema:
-        options = schema.get("enum", [schema.get("const")])
-        return "( " + " | ".join(literal(json.dumps(v, ensure_ascii=False)) for v in options) + " )"
-    types = schema.get("type", "value")
-    types = [t for t in ([types] if isinstance(types, str) else types) if t in JSON_TYPES]
-    return "( " + " | ".join(types) + " )" if types else "value"
+def unknown_type(schema: dict) -> bool:
+    """Whether a schema names a type the converter has no rule for (it would assert): "float", "any", ..."""
+    return isinstance(schema.get("type"), str) and schema["type"] not in PRIMITIVE_RULES
 
 
-def arguments_rules(prefix: str, schema: dict) -> list[str]:
-    """Rules for an arguments object: every subset order of the properties that contains the required ones.
+def call_schema(tool: dict) -> dict:
+    """The JSON schema of one call of `tool`: its name as a constant, then its arguments (no other key)."""
+    arguments = tool["arguments"] if isinstance(tool["arguments"], dict) else {}
+    arguments = {"type": "object", "additionalProperties": False, **arguments}
+    return {"type": "object", "properties": {"tool_name": {"const": tool["tool_name"]}, "arguments": arguments},
+            "required": ["tool_name", "arguments"]}  # fmt: skip
 
-    One rule per set of keys already written (at most 2^n for n properties: a handful for tool schemas).
-    """
-    properties = list((schema.get("properties") or {}).items())
-    required = {i for i, (name, _) in enumerate(properties) if name in set(schema.get("required", []))}
-    rules = [f"{prefix}-kv{i} ::= {literal(json.dumps(name, ensure_ascii=False) + ': ')} {value_rule(prop)}"
-             for i, (name, prop) in enumerate(properties)]  # fmt: skip
 
-    def after(used: frozenset) -> str | None:
-        """The rule for what may follow once the keys in `used` are written (None: only the closing brace)."""
-        name = f"{prefix}-s" + "".join("1" if i in used else "0" for i in range(len(properties)))
-        if len(used) == len(properties) or name in seen:
-            return name if name in seen else None
-        seen.add(name)
-        options = [f'", " {prefix}-kv{i}' + (f" {rest}" if (rest := after(used | {i})) else "")
-                   for i in range(len(properties)) if i not in used]  # fmt: skip
-        rules.append(f"{name} ::= ( {' | '.join(options)} )" + ("?" if required <= used else ""))
-        return name
-
-    seen: set[str] = set()
-    first = [
-        f"{prefix}-kv{i}" + (f" {rest}" if (rest := after(frozenset({i}))) else "") for i in range(len(properties))
-    ]
-    body = " | ".join(f'"{{" {option} "}}"' for option in first)
-    if not required:
-        body = '"{}"' + (f" | {body}" if body else "")
-    rules.append(f"{prefix} ::= {body}")
-    return rules
+def call_rules(tools: list[dict]) -> str:
+    """GBNF rules whose `call` rule admits a call of any of `tools` (llama.cpp's converter, rules sorted by name)."""
+    converter, schemas = RouterSchemaConverter(), [call_schema(tool) for tool in tools]
+    for i, schema in enumerate(schemas):  # each tool's "#/$defs/..." refers to its own arguments schema
+        converter.resolve_refs(schema["properties"]["arguments"], f"tool{i}")
+    converter.visit({"anyOf": schemas}, "call")
+    return converter.format_grammar()
 
 
 def build_grammar(system_prompt: str, calls_only: bool = False) -> str:
     """GBNF text whose root admits a call of a tool listed in `system_prompt` or (unless `calls_only`) a reply."""
     tools = tools_in_prompt(system_prompt)
-    ids = count()
-    rules, calls = [], []
-    for tool in tools:
-        prefix = f"tool{next(ids)}"
-        head = literal(tool["tool_name"] + '", "arguments": ')
-        calls.append(f"{head} {prefix}-args")
-        rules += arguments_rules(f"{prefix}-args", tool["arguments"])
-    root = ("root ::= call" if calls_only and calls else "root ::= reply") + (
-        f'{"" if calls_only else " | call"}\ncall ::= {literal(CALL_PREFIX)} ( {" | ".join(calls)} ) "}}"'
-        if calls
-        else ""
-    )
-    return "\n".join([root, REPLY, *rules, JSON_RULES]) + "\n"
+    if not tools:
+        return f"root ::= reply\n{REPLY}\n"
+    root = "root ::= call" if calls_only else "root ::= reply | call"
+    return "\n".join([root, REPLY, call_rules(tools)]) + "\n"
