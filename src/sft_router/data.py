@@ -402,11 +402,10 @@ class Generator:
         calls to the shown ones, and (but in test_procedural, calls only) requests for one of the domain left out,
         answered with the missing-tool reply."""
         domains = self.functions.domains_for(self.split) if count else {}
+        irrelevant = 0 if self.split == HELD_OUT_SPLIT else round(count * IRRELEVANT)
         scenes = []
-        for size in (len(sizes) for sizes in deal([None] * count, self.args.scene_size)):
-            tools, names, asked = self.function_rows.scene(
-                size, domains, 0.0 if self.split == HELD_OUT_SPLIT else IRRELEVANT
-            )
+        for kinds in deal(["missing_tool"] * irrelevant + ["call"] * (count - irrelevant), self.args.scene_size):
+            tools, names, asked = self.function_rows.scene(kinds.count("call"), kinds.count("missing_tool"), domains)
             scene = Scene(tools, [], [], render_system_prompt(self.system_prompt, tools))
             scenes.append([self.function_row(scene, function, names.get(function["name"])) for function in asked])
         return scenes

@@ -29,10 +29,11 @@ from sft_router.router_format import router_tool
 
 FAMILY = "function:"  # a row's family: FAMILY + the real name of the function it asks for
 HELD_OUT_SPLIT = "test_procedural"
-IRRELEVANT_SHARE = 0.15  # of a scene's rows, requests for a function of the domain that it does not show
+IRRELEVANT_SHARE = 0.15  # of a split's function rows, requests for a function of the domain its scene leaves out
 OPTIONAL_STATED = 0.35  # a request states an optional parameter this often; else the call leaves it out
 SAID_IN_WORDS = 0.35  # a `minutes` or `count` value is said from the `said` table this often
 FEWEST, MOST = 2, 6  # functions a scene shows
+MIN_FUNCTIONS = 4  # of a domain: a scene shows some and leaves one out for its irrelevance requests
 SLOT = re.compile(r"\{(\w+)\}")
 TYPES = {"string": "string", "enum": "string", "integer": "integer", "minutes": "integer", "count": "integer",
          "number": "number", "fraction": "number", "numbers": "array", "boolean": "boolean", "object": "object"}  # fmt: skip
@@ -71,6 +72,9 @@ class FunctionSpec:
         self.functions = {f["name"]: f for fs in (*self.domains.values(), *self.held_out.values()) for f in fs}
         for name, function in self.functions.items():
             self._check(name, function)
+        thin = [domain for domain, fs in (*self.domains.items(), *self.held_out.items()) if len(fs) < MIN_FUNCTIONS]
+        if thin:
+            raise UsageError(f"{path}: domain '{thin[0]}' has fewer than {MIN_FUNCTIONS} functions; add some")
 
     def _check(self, name: str, function: dict) -> None:
         for param, spec in function["params"].items():
@@ -186,17 +190,16 @@ class FunctionRows:
             names += [name] if name not in names else []
         return names
 
-    def scene(self, size: int, domains: dict[str, list[dict]], share: float = IRRELEVANT_SHARE):
-        """(tool entries shown, real name -> shown name, planned requests): 2 to 6 functions of one domain; when the
-        domain has more, `share` of the requests ask for one left out (not in the names: irrelevance)."""
+    def scene(self, calls: int, irrelevant: int, domains: dict[str, list[dict]]):
+        """(tool entries shown, real name -> shown name, planned requests): 2 to 6 functions of one domain, `calls`
+        requests for them and `irrelevant` requests for functions of the domain left out (not in the names)."""
         functions = domains[self.rng.choice(sorted(domains))]
-        irrelevant = round(size * share) if len(functions) > FEWEST else 0
         most = min(self.most, len(functions) - (irrelevant > 0))
         shown = self.rng.sample(functions, self.rng.randint(FEWEST, most))
         names = self.masked(len(shown)) or [f["name"] for f in shown]
         absent = [f for f in functions if f not in shown]
-        asked = [self.rng.choice(absent) for _ in range(irrelevant if absent else 0)]
-        asked += [shown[i % len(shown)] for i in range(size - len(asked))]
+        asked = [self.rng.choice(absent) for _ in range(irrelevant)]
+        asked += [shown[i % len(shown)] for i in range(calls)]
         self.rng.shuffle(asked)
         tools = [self.spec.declaration(f, name) for f, name in zip(shown, names)]
         return tools, {f["name"]: name for f, name in zip(shown, names)}, asked
