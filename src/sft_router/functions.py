@@ -121,7 +121,9 @@ class FunctionRows:
     """Scenes of function requests drawn from one split's random stream."""
 
     def __init__(self, spec: FunctionSpec, rng, mask_rate: float, most: int = MOST):
-        self.spec, self.rng, self.mask_rate, self.most = spec, rng, mask_rate, max(FEWEST, min(MOST, most))
+        self.spec, self.rng, self.mask_rate = spec, rng, mask_rate
+        self.most = min(MOST, most)  # the recipe's tools a prompt (max_distractors + 1), 6 at most
+        self.fewest = min(FEWEST, self.most)
 
     def value(self, spec: dict) -> tuple[str, object]:
         """(text as said, value in the call) of one parameter, normalised as its description says."""
@@ -195,7 +197,7 @@ class FunctionRows:
         requests for them and `irrelevant` requests for functions of the domain left out (not in the names)."""
         functions = domains[self.rng.choice(sorted(domains))]
         most = min(self.most, len(functions) - (irrelevant > 0))
-        shown = self.rng.sample(functions, self.rng.randint(FEWEST, most))
+        shown = self.rng.sample(functions, self.rng.randint(min(self.fewest, most), most))
         names = self.masked(len(shown)) or [f["name"] for f in shown]
         absent = [f for f in functions if f not in shown]
         asked = [self.rng.choice(absent) for _ in range(irrelevant)]
