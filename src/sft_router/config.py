@@ -61,7 +61,10 @@ class DataArguments:
     )  # fmt: skip
     function_share: float = field(
         default=0.0,
-        metadata={"help": "Share of train, validation and test rows in scenes of the `functions` spec's functions."},
+        metadata={
+            "help": "Share of train, validation and test rows in scenes of the `functions` spec's functions; "
+            "the other rows keep the catalog's mix (no_call_share, procedural_share)."
+        },
     )
     function_mask_rate: float = field(
         default=0.0,

@@ -7,7 +7,9 @@ kinds against one system prompt and tool list, a scene's rows together and named
 validation and test use disjoint paraphrase families (the last family of each tool is test, the one before it
 validation) and disjoint no-call items; a third of each value pool beyond its most common entries never appears in
 train; the catalog's `unseen_tools` are left out of train, validation and test and make up the `test_unseen` split;
-a share of train rows calls procedurally generated tools.
+a share of train rows calls procedurally generated tools. `function_share` of train, validation and test rows are
+scenes of BFCL-style functions (sft_router.functions: typed arguments in English prose), the other rows keeping
+the catalog's mix; the `test_procedural` split calls only functions of domains no other split shows.
 Messages get seeded noise (typos, fillers, politeness, curt forms, context, mixed languages, numbers as words,
 corrections) at the recipe's rates. Every row is checked (schema, tool in prompt, replies, no leak) before
 anything is written, and the same recipe and seed give the same bytes.

@@ -207,9 +207,11 @@ class FunctionRows:
         return tools, {f["name"]: name for f, name in zip(shown, names)}, asked
 
 
-def check_irrelevance(spec: FunctionSpec, row: dict, where: str) -> None:
+def check_irrelevance(spec: FunctionSpec | None, row: dict, where: str) -> None:
     """An irrelevance row's prompt shows no function that serves its request: not the asked function's description."""
     name = row["family"].removeprefix(FAMILY)
+    if spec is None:
+        raise UsageError(f"{where}: a function row, but no `functions` spec to check it; pass the recipe's spec")
     if name not in spec.functions:
         raise UsageError(f"{where}: function '{name}' is not in {spec.path}; fix the generator")
     if spec.description(name) in row["prompt"][0]["content"]:
