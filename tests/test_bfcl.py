@@ -12,6 +12,7 @@ import tomllib
 
 import jsonschema
 import pytest
+import yaml
 from conftest import ROOT, TINY, make_workspace
 
 from sft_router import bfcl
@@ -262,3 +263,22 @@ def test_make_bfcl_scores_into_its_own_folder_and_prints_the_table(tiny_run, tmp
     assert (workspace / "runs/tiny/eval/bfcl/summary.json").is_file() and not list(
         (workspace / "runs/tiny/eval").glob(".*")
     )
+
+
+def test_a_planted_bfcl_function_in_the_functions_spec_is_found(monkeypatch, tmp_path):
+    """The function generator's rows are checked too: a BFCL name given to one of its functions is a hit in every
+    split that shows it."""
+    from sft_router.data import build_splits
+
+    monkeypatch.chdir(ROOT)
+    spec = yaml.safe_load((ROOT / "recipes/gemma-3-270m-it/functions.yaml").read_text())
+    names = iter(sorted({f["name"] for case in bfcl.load_cases("simple_python") for f in case["function"]
+                         if "." in f["name"]}))  # fmt: skip
+    for functions in spec["held_out_domains"].values():
+        for function in functions:
+            function["name"] = next(names)
+    (tmp_path / "functions.yaml").write_text(yaml.safe_dump(spec))
+    flags = ["--functions", str(tmp_path / "functions.yaml"), "--function_mask_rate", "0"]
+    (recipe,) = parse_recipe(["--config", TINY, *flags])
+    found = bfcl.contamination(build_splits(recipe))
+    assert found and all(hit.startswith("test_procedural row") and "BFCL function" in hit for hit in found)

@@ -334,7 +334,10 @@ def _download(repo_id: str, filename: str, cache_dir: Path) -> str:
 
 
 def _parquet_names() -> list[str]:
-    return [f"data/{split}-00000-of-00001.parquet" for split in ("train", "validation", "test", "test_unseen")]
+    return [
+        f"data/{split}-00000-of-00001.parquet"
+        for split in ("train", "validation", "test", "test_unseen", "test_procedural")
+    ]
 
 
 def _closed_port_url() -> str:

@@ -47,6 +47,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
 
+from sft_router import router_format
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.router_format import load_system_prompt, render_system_prompt
 from sft_router.scoring import BOOTSTRAP, attempted_call, bootstrap_interval, parse_lenient
@@ -125,20 +126,14 @@ def json_schema(schema: dict) -> dict:
     """A BFCL parameter schema with every `type` mapped to JSON schema by BFCL's own table (dict -> object ...)."""
     from bfcl_eval.constants.type_mappings import GORILLA_TO_OPENAPI
 
-    converted = dict(schema)
-    if isinstance(schema.get("type"), str):
-        converted["type"] = GORILLA_TO_OPENAPI.get(schema["type"], schema["type"])
-    if isinstance(schema.get("properties"), dict):
-        converted["properties"] = {key: json_schema(value) for key, value in schema["properties"].items()}
-    if isinstance(schema.get("items"), dict):
-        converted["items"] = json_schema(schema["items"])
-    return converted
+    return router_format.json_schema(schema, GORILLA_TO_OPENAPI)
 
 
 def router_tool(function: dict) -> dict:
     """A BFCL function doc as a catalog tool (what `router_format.render_tool` renders into the prompt)."""
-    return {"name": function["name"], "description": function["description"],
-            "parameters": json_schema(function["parameters"])}  # fmt: skip
+    from bfcl_eval.constants.type_mappings import GORILLA_TO_OPENAPI
+
+    return router_format.router_tool(function, GORILLA_TO_OPENAPI)
 
 
 def case_prompt(case: dict, system_template: str) -> list[dict]:

@@ -24,7 +24,8 @@ ARGUMENT_TYPES = (
     "array",
     "object",
 )  # enum: a string from the schema's enum
-SPLITS = ("train", "validation", "test", "test_unseen")  # test_unseen: only the catalog's `unseen_tools` are called
+# test_unseen: only the catalog's `unseen_tools` are called; test_procedural: only functions of held-out domains
+SPLITS = ("train", "validation", "test", "test_unseen", "test_procedural")
 
 
 LANGS = ("zh", "en")

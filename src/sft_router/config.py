@@ -54,6 +54,28 @@ class DataArguments:
     num_test_unseen: int = field(
         default=200, metadata={"help": "Rows in the test_unseen split: calls to the catalog's `unseen_tools` only."}
     )
+    functions: str | None = field(
+        default=None,
+        metadata={"help": "Spec of BFCL-style functions (YAML; sft_router.functions): typed arguments in English "
+                  "prose; its held-out domains make up the test_procedural split."},
+    )  # fmt: skip
+    function_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of train, validation and test rows in scenes of the `functions` spec's functions; "
+            "the other rows keep the catalog's mix (no_call_share, procedural_share)."
+        },
+    )
+    function_mask_rate: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of function scenes whose function names are masked as func_xx (read the description)."
+        },
+    )
+    num_test_procedural: int = field(
+        default=0,
+        metadata={"help": "Rows in the test_procedural split: functions of the spec's `held_out_domains` only."},
+    )
     procedural_share: float = field(
         default=0.2, metadata={"help": "Share of train rows that call a procedurally generated tool."}
     )
@@ -94,7 +116,8 @@ class EvalArguments:
     )
     eval_splits: list[str] = field(
         default_factory=lambda: ["test"],
-        metadata={"help": "Splits `make eval` scores, `test` first: generated ones (test, test_unseen, validation) "
+        metadata={"help": "Splits `make eval` scores, `test` first: generated ones (test, test_unseen, test_procedural, "
+                  "validation) "
                   "and `handwritten` (the `handwritten` file)."},
     )  # fmt: skip
     handwritten: str | None = field(

@@ -7,7 +7,9 @@ kinds against one system prompt and tool list, a scene's rows together and named
 validation and test use disjoint paraphrase families (the last family of each tool is test, the one before it
 validation) and disjoint no-call items; a third of each value pool beyond its most common entries never appears in
 train; the catalog's `unseen_tools` are left out of train, validation and test and make up the `test_unseen` split;
-a share of train rows calls procedurally generated tools.
+a share of train rows calls procedurally generated tools. `function_share` of train, validation and test rows are
+scenes of BFCL-style functions (sft_router.functions: typed arguments in English prose), the other rows keeping
+the catalog's mix; the `test_procedural` split calls only functions of domains no other split shows.
 Messages get seeded noise (typos, fillers, politeness, curt forms, context, mixed languages, numbers as words,
 corrections) at the recipe's rates. Every row is checked (schema, tool in prompt, replies, no leak) before
 anything is written, and the same recipe and seed give the same bytes.
@@ -48,11 +50,20 @@ from sft_router.catalog import (
 )
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
+from sft_router.functions import FAMILY as FUNCTION_FAMILY
+from sft_router.functions import HELD_OUT_SPLIT, FunctionRows, check_irrelevance, load_functions
+from sft_router.functions import IRRELEVANT_SHARE as IRRELEVANT
 from sft_router.noise import END_PUNCTUATION, RULES, NoiseRules, number_words
 from sft_router.procedural import ProceduralTools, join_words
-from sft_router.router_format import load_system_prompt, render_call, render_tool, tools_in_prompt
+from sft_router.router_format import (
+    load_system_prompt,
+    render_call,
+    render_system_prompt,
+    render_tool,
+    tools_in_prompt,
+)
 from sft_router.run import stage_output
-from sft_router.scenes import PROCEDURAL, Scene, ToolLists, scene_plans
+from sft_router.scenes import PROCEDURAL, Scene, ToolLists, deal, scene_plans
 
 KEEP_IN_TRAIN = 6  # a pool's first entries are its most common values: always in train
 HELD_OUT_OF = (1, 2)  # of the other entries, one in two never appears in train
@@ -122,6 +133,10 @@ class Generator:
         self._queues: dict[str, list] = {}
         self._messages: set[str] = set()
         self._held: dict[tuple[str, str], list[bool]] = {}
+        self.functions = load_functions(args.functions) if args.functions else None
+        self.function_rows = self.functions and FunctionRows(self.functions, self.rng, args.function_mask_rate,
+                                                             args.max_distractors + 1)  # fmt: skip
+        self.avoid: TrainMessages | None = None  # set by build_splits for the evaluation splits
 
     def _next(self, queue: str, items: list):
         """Items in shuffled rounds, so every item appears once the split has drawn as many as there are items."""
@@ -376,7 +391,9 @@ class Generator:
     def rows(self, count: int) -> list[dict]:
         """The split's rows, scene by scene: scenes in shuffled order, each scene's rows together in shuffled order;
         `scene` names a row's scene (`<split>-s<number>`), `id` its place in the split."""
-        scenes = [self.scene(tools, kinds) for tools, kinds in scene_plans(count, self.args, self.split, self.rng)]
+        functions = self.function_count(count)
+        plans = scene_plans(count - functions, self.args, self.split, self.rng)
+        scenes = [self.scene(tools, kinds) for tools, kinds in plans] + self.function_scenes(functions)
         self.rng.shuffle(scenes)
         rows: list[dict] = []
         for number, scene_rows in enumerate(scenes):
@@ -385,6 +402,59 @@ class Generator:
                 row["scene"], row["id"] = f"{self.split}-s{number:05d}", f"{self.split}-{len(rows):06d}"
                 rows.append(row)
         return rows
+
+    def function_count(self, count: int) -> int:
+        """Rows of the split in function scenes: all of test_procedural, `function_share` of train, validation and
+        test, none of test_unseen (its calls are the catalog's unseen tools)."""
+        if self.split == HELD_OUT_SPLIT:
+            return count
+        return round(count * self.args.function_share) if self.split in ("train", "validation", "test") else 0
+
+    def function_scenes(self, count: int) -> list[list[dict]]:
+        """Scenes of `scene_size` function requests, each against 2 to 6 functions of one domain (sft_router.functions):
+        calls to the shown ones, and (but in test_procedural, calls only) requests for one of the domain left out,
+        answered with the missing-tool reply."""
+        domains = self.functions.domains_for(self.split) if count else {}
+        irrelevant = 0 if self.split == HELD_OUT_SPLIT else round(count * IRRELEVANT)
+        scenes = []
+        for kinds in deal(["missing_tool"] * irrelevant + ["call"] * (count - irrelevant), self.args.scene_size):
+            tools, names, asked = self.function_rows.scene(kinds.count("call"), kinds.count("missing_tool"), domains)
+            scene = Scene(tools, [], [], render_system_prompt(self.system_prompt, tools))
+            scenes.append([self.function_row(scene, function, names.get(function["name"])) for function in asked])
+        return scenes
+
+    def function_row(self, scene: Scene, function: dict, shown_name: str | None) -> dict:
+        """A call to the function under its shown name, or (not shown) the missing-tool reply; in evaluation splits a
+        message that train holds, or nearly, is drawn again (a few tries)."""
+        for _ in range(12):
+            request = self.function_rows.request(function)
+            fresh = self.split == "train" or request.text not in self._messages
+            if fresh and (self.avoid is None or not self.avoid.holds(request.text, request.template, request.shown)):
+                break
+        slip = english_lint(request.text)
+        if slip:
+            raise UsageError(f"function '{function['name']}': message '{request.text}' reads {slip}; fix its `ask`")
+        self._messages.add(request.text)
+        said = Utterance(function, "en", FUNCTION_FAMILY + function["name"], request.template, request.text,
+                         request.shown, request.arguments)  # fmt: skip
+        if shown_name is None:
+            return self._row("missing_tool", said, request.text, scene, self.catalog.replies["missing_tool"]["en"])
+        return self._row("call", said, request.text, scene, render_call(shown_name, request.arguments), shown_name)
+
+
+class TrainMessages:
+    """Train's messages and (template, values) pairs, for an evaluation split to draw a function request train
+    does not hold (check_leaks's rules)."""
+
+    def __init__(self, rows: list[dict]):
+        self.users = {normalise(row["user"]) for row in rows}
+        self.pairs = {(row["template"], row["values"]) for row in rows}
+        self.near = NearDuplicates(self.users)
+
+    def holds(self, text: str, template: str, shown: dict) -> bool:
+        key = normalise(text)
+        pair = (template, json.dumps(shown, ensure_ascii=False))
+        return key in self.users or pair in self.pairs or self.near.nearest(key) is not None
 
 
 def _join(words: list[str], lang: str) -> str:
@@ -396,8 +466,8 @@ class RowValidator:
     the schema shown there, no two arguments repeat one value, and a reply names no tool or feature the prompt
     does not show."""
 
-    def __init__(self, catalog: Catalog):
-        self.catalog = catalog
+    def __init__(self, catalog: Catalog, functions=None):
+        self.catalog, self.functions = catalog, functions
         self.rendered = {name: render_tool(tool) for name, tool in catalog.tools.items()}
         self.tool_of_family = catalog.tool_of_family()
         self.noise = NoiseRules(catalog.noise, {})
@@ -420,7 +490,9 @@ class RowValidator:
             return
         if row["tool_name"]:
             raise UsageError(f"{where}: a {row['kind']} row names tool '{row['tool_name']}'; fix the generator")
-        if row["kind"] == "missing_tool" and self.tool_of_family[row["family"]] in row["tools"]:
+        if row["kind"] == "missing_tool" and row["family"].startswith(FUNCTION_FAMILY):
+            check_irrelevance(self.functions, row, where)
+        elif row["kind"] == "missing_tool" and self.tool_of_family[row["family"]] in row["tools"]:
             raise UsageError(
                 f"{where}: tool '{self.tool_of_family[row['family']]}' is in the prompt of a missing_tool row; "
                 "fix the generator"
@@ -491,8 +563,8 @@ class RowValidator:
                 )
 
 
-def check_rows(splits: dict[str, list[dict]], catalog: Catalog) -> None:
-    validator = RowValidator(catalog)
+def check_rows(splits: dict[str, list[dict]], catalog: Catalog, functions=None) -> None:
+    validator = RowValidator(catalog, functions)
     for name, rows in splits.items():
         check_scenes(name, rows)
         for row in rows:
@@ -586,14 +658,22 @@ def assert_no_leaks(splits: dict[str, list[dict]]) -> None:
         )
 
 
-RATES = ("no_call_share", "procedural_share", "correction_rate", *(f"noise_{rule}" for rule in RULES))
+RATES = ("no_call_share", "procedural_share", "correction_rate", "function_share", "function_mask_rate",
+         *(f"noise_{rule}" for rule in RULES))  # fmt: skip
 
 
 def _check_mix(args) -> None:
     for name in RATES:
         if not 0 <= getattr(args, name) <= 1:
             raise UsageError(f"{name} is {getattr(args, name)}; set it between 0 and 1")
-    for name in ("num_train", "num_validation", "num_test", "num_test_unseen", "max_distractors"):
+    for name in (
+        "num_train",
+        "num_validation",
+        "num_test",
+        "num_test_unseen",
+        "num_test_procedural",
+        "max_distractors",
+    ):
         if getattr(args, name) < 0:
             raise UsageError(f"{name} is {getattr(args, name)}; set it to 0 or more")
     if args.min_tools < 1:
@@ -609,6 +689,9 @@ def _check_catalog_for(args, catalog: Catalog) -> None:
     if args.procedural_share and not catalog.procedural:
         raise UsageError(f"{catalog.path}: no `procedural` section for procedural_share {args.procedural_share}; "
                          "add one, or set procedural_share: 0")  # fmt: skip
+    if (args.function_share or args.num_test_procedural) and not args.functions:
+        raise UsageError(f"function_share {args.function_share} and num_test_procedural {args.num_test_procedural} "
+                         "need a `functions` spec; set `functions`, or set both to 0")  # fmt: skip
 
 
 def build_splits(recipe, catalog: Catalog | None = None, applied: dict | None = None) -> dict[str, list[dict]]:
@@ -620,14 +703,17 @@ def build_splits(recipe, catalog: Catalog | None = None, applied: dict | None = 
     _check_catalog_for(args, catalog)
     system_prompt = load_system_prompt(args.system_prompt)
     sizes = {"train": args.num_train, "validation": args.num_validation, "test": args.num_test,
-             "test_unseen": args.num_test_unseen}  # fmt: skip
-    splits = {}
+             "test_unseen": args.num_test_unseen, "test_procedural": args.num_test_procedural}  # fmt: skip
+    splits: dict[str, list[dict]] = {}
+    avoid = None
     for name in SPLITS:
         generator = Generator(catalog, system_prompt, args, name)
+        if name != "train" and args.functions:  # function requests are drawn so that none leaks
+            generator.avoid = avoid = avoid or TrainMessages(splits["train"])
         splits[name] = generator.rows(sizes[name])
         if applied is not None:
             applied[name] = {rule: generator.applied[rule] for rule in (*RULES, "correction")}
-    check_rows(splits, catalog)
+    check_rows(splits, catalog, load_functions(args.functions) if args.functions else None)
     assert_no_leaks(splits)
     return splits
 
@@ -658,6 +744,7 @@ def split_mix(rows: list[dict], catalog: Catalog, train_values: set[str]) -> dic
         "lang": {lang: sum(row["lang"] == lang for row in rows) for lang in LANGS},
         "tool": {name: tools[name] for name in catalog.tools},
         "procedural_calls": sum(row["family"] == "procedural" for row in rows),
+        "function_rows": sum(row["family"].startswith(FUNCTION_FAMILY) for row in rows),
         "no_call_share": round(sum(kinds[k] for k in NO_CALL_KINDS) / len(rows), 4) if rows else 0.0,
         "rows_with_unseen_values": unseen,
         "call_rows_with_unseen_values": unseen_calls,
@@ -719,6 +806,8 @@ def dataset_facts(splits: dict[str, list[dict]], catalog: Catalog, recipe, appli
         "catalog_sha256": hashlib.sha256(catalog.path.read_bytes()).hexdigest(),
         "tools": len(catalog.tools),
         "domains": sorted({tool["domain"] for tool in catalog.tools.values()}),
+        "function_domains": sorted(load_functions(args.functions).domains) if args.functions else [],
+        "held_out_function_domains": sorted(load_functions(args.functions).held_out) if args.functions else [],
         "image_marker": catalog.image_marker,
         "leaks": len(check_leaks(splits)),
         "content_sha256": content_hash(splits),

@@ -29,7 +29,7 @@ from sft_router.router_format import load_system_prompt, render_call, render_sys
 
 HEADLINE_SPLIT = "test"
 HANDWRITTEN = "handwritten"
-GENERATED = ("test", "test_unseen", "validation", "train")
+GENERATED = ("test", "test_unseen", "test_procedural", "validation", "train")
 # The reference of a reply row: the scorer checks only that a reply attempts no call, never its wording.
 REPLY_REFERENCE = {"zh": "（回复，不调用工具）", "en": "(a reply, no tool call)"}
 FIELDS = {"id", "lang", "user", "tools", "expected"}

@@ -42,6 +42,27 @@ def render_tool(tool: dict) -> str:
     return json.dumps(entry, ensure_ascii=False)
 
 
+def json_schema(schema: dict, types: dict | None = None) -> dict:
+    """A function's parameter schema with every `type` mapped by `types` (BFCL's table: dict -> object ...); the
+    types of JSON schema map to themselves."""
+    types = types or {}
+    converted = dict(schema)
+    if isinstance(schema.get("type"), str):
+        converted["type"] = types.get(schema["type"], schema["type"])
+    if isinstance(schema.get("properties"), dict):
+        converted["properties"] = {key: json_schema(value, types) for key, value in schema["properties"].items()}
+    if isinstance(schema.get("items"), dict):
+        converted["items"] = json_schema(schema["items"], types)
+    return converted
+
+
+def router_tool(function: dict, types: dict | None = None) -> dict:
+    """A function declaration (`name`, `description`, `parameters`: BFCL's and the function generator's) as a
+    catalog tool, what `render_tool` renders into the prompt."""
+    return {"name": function["name"], "description": function["description"],
+            "parameters": json_schema(function["parameters"], types)}  # fmt: skip
+
+
 def render_tool_list(tools) -> str:
     return " ".join(render_tool(tool) for tool in tools)
 
