@@ -395,7 +395,8 @@ class ContaminationCheck:
         questions, self.names = set(), set()
         for category in categories:
             for case in load_cases(category):
-                questions.update(" ".join(m["content"].split()).lower() for m in case["question"][0])
+                # closing punctuation dropped: a message typed without its full stop still holds the question
+                questions.update(" ".join(m["content"].split()).lower().rstrip(" .?!") for m in case["question"][0])
                 self.names.update(function["name"] for function in case["function"])
         self.compound = {name for name in self.names if re.search(r"[_.]", name)}
         # A question can only occur where its first words do: index the questions by their first three words.

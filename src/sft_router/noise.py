@@ -204,7 +204,8 @@ class NoiseRules:
             segments.append([suffix, False])
         else:
             stripped = last[0].rstrip(END_PUNCTUATION)
-            last[0] = stripped + suffix + last[0][len(stripped) :]
+            closing = "" if suffix.endswith(tuple(END_PUNCTUATION)) else last[0][len(stripped) :]  # not "okay?."
+            last[0] = stripped + suffix + closing
         return True
 
     def _prefix(self, segments, lang: str, prefix: str) -> None:
