@@ -178,6 +178,10 @@ class FunctionRows:
         for p in extra:
             text, template = f"{text} {parts[p][0]}", f"{template} {parts[p][1]}"
         lead, tail = self.rng.choice(self.spec.leads), self.rng.choice(self.spec.tails)
+        if ask.startswith("we "):  # a statement ("we need 40 reams") takes no request lead ("can you we need")
+            lead = ""
+        if "please" in lead and "please" in tail:  # not "please ... please"
+            tail = ""
         shown = {k: v for p in named for k, v in parts[p][2].items()}
         arguments = {p: parts[p][3] for p in params if p in parts}
         return Request(function, f"{lead}{text}{tail}", f"{lead}{template}{tail}", shown, arguments)

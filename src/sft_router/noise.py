@@ -195,10 +195,16 @@ class NoiseRules:
         return self._affix(segments, lang, rng, "context")
 
     def _affix(self, segments, lang: str, rng, table: str) -> bool:
-        if rng.random() < PREFIX_SHARE:
-            self._prefix(segments, lang, rng.choice(self.tables[table]["prefix"][lang]))
+        """A prefix or a suffix from `table`, never one whose words the message already has ("please, please")."""
+        said = "".join(text for text, _ in segments).lower()
+        side = "prefix" if rng.random() < PREFIX_SHARE else "suffix"
+        options = [a for a in self.tables[table][side][lang] if a.strip(" ,.:!?，。：！？").lower() not in said]
+        if not options:
+            return False
+        if side == "prefix":
+            self._prefix(segments, lang, rng.choice(options))
             return True
-        suffix = rng.choice(self.tables[table]["suffix"][lang])
+        suffix = rng.choice(options)
         last = segments[-1]
         if last[1]:
             segments.append([suffix, False])
