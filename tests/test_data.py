@@ -473,7 +473,7 @@ def test_a_timer_label_comes_with_its_own_length_and_mapped_lengths_stay_in_trai
                for lang in data.LANGS for e in catalog.pool(tool, "label", lang)}  # fmt: skip
     rows = [r for rows in published_rows.values() for r in rows
             if r["tool_name"] == "set_timer" and "label" in json.loads(r["arguments"])]  # fmt: skip
-    assert len(rows) > 20
+    assert len(rows) >= 10  # about 17 in the quarter-size published data
     noise = data.NoiseRules(catalog.noise, {})
     for row in rows:
         label, minutes = (arguments := json.loads(row["arguments"]))["label"], arguments["duration_minutes"]
