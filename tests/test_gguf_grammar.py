@@ -61,17 +61,18 @@ def test_tools_are_read_back_from_every_test_prompt(test_rows):
         assert [t["tool_name"] for t in tools_in_prompt(row["prompt"][0]["content"])] == row["tools"]
 
 
-@pytest.fixture(scope="session")
-def recipe_rows():
-    """Every row of the tiny recipe's generated dataset, all splits: rows the data helpers add later come along."""
+@pytest.fixture(scope="session", params=["recipes/tiny/router.yaml", "recipes/gemma-3-270m-it/router.yaml"])
+def recipe_rows(request):
+    """Every row of a recipe's generated dataset, all splits: rows the data helpers add later come along. The
+    published recipe's (about 8000 rows, its catalog and functions) take about 10 s to build and check."""
     from sft_router.config import parse_recipe
     from sft_router.data import build_splits
 
-    return [row for rows in build_splits(parse_recipe(["--config", "recipes/tiny/router.yaml"])[0]).values()
+    return [row for rows in build_splits(parse_recipe(["--config", request.param])[0]).values()
             for row in rows]  # fmt: skip
 
 
-def test_grammar_admits_every_target_of_the_tiny_recipe(llm, recipe_rows):
+def test_grammar_admits_every_generated_target(llm, recipe_rows):
     assert sum(bool(row["tool_name"]) for row in recipe_rows) > 50
     for row in recipe_rows:
         target = row["completion"][0]["content"]
@@ -116,7 +117,7 @@ def call(arguments: dict, name: str = "tool0") -> str:
 def test_schema_valid_calls_are_admitted_in_properties_order_with_utf8_text(llm):
     grammar = build_grammar(tool_prompt(ALARM))
     full = {"time": "七点", "level": 100, "repeat": "每天", "loud": True, "options": {"volume": 2.5, "label": "早"},
-            "tags": ["起床", "work"], "weights": [1, -0.5, 1e-05]}  # fmt: skip
+            "tags": ["起床", "work"], "weights": [1, -0.5, 1e-05, 0.1 + 0.2, 0.00012345678901234567]}  # fmt: skip
     assert admits(llm, grammar, call(full))
     assert admits(llm, grammar, call({"time": "7", "options": {"volume": 1}}))  # the required keys alone
     for value in ("好😀", 'say "hi" \\ \n'):  # json.dumps writes the emoji as is, the quote and newline escaped
@@ -168,9 +169,28 @@ def test_refs_resolve_within_each_tool(llm):
     """A pydantic-style schema, as a served request's tool may carry: `$ref` into the tool's own `$defs`."""
     schema = {"$defs": {"Place": {"type": "object", "required": ["city"], "properties": {"city": {"type": "string"}}}},
               "type": "object", "required": ["to"], "properties": {"to": {"$ref": "#/$defs/Place"}}}  # fmt: skip
-    grammar = build_grammar(tool_prompt(schema))
+    rated = {"$defs": {"Place": {"type": "integer", "minimum": 1, "maximum": 5}}, "type": "object",
+             "required": ["to"], "properties": {"to": {"$ref": "#/$defs/Place"}}}  # fmt: skip
+    grammar = build_grammar(tool_prompt(schema, rated))  # the same `#/$defs/Place`, another schema
     assert admits(llm, grammar, call({"to": {"city": "北京"}}))
     assert not admits(llm, grammar, call({"to": {"town": "x"}}))
+    assert not admits(llm, grammar, call({"to": 5}))
+    assert admits(llm, grammar, call({"to": 5}, name="tool1"))
+    assert not admits(llm, grammar, call({"to": {"city": "北京"}}, name="tool1"))
+
+
+def test_patterns_anchored_are_enforced_unanchored_are_dropped(llm):
+    """The converter translates only `^...$` patterns and asserted on JSON Schema's usual unanchored ones."""
+    code, free = {"type": "string", "pattern": "^[A-Z]{2}[0-9]+$"}, {"type": "string", "pattern": "[0-9]"}
+    grammar = build_grammar(tool_prompt({"type": "object", "properties": {"code": code, "free": free}}))
+    assert admits(llm, grammar, call({"code": "AB12", "free": "x"}))
+    assert not admits(llm, grammar, call({"code": "A12"}))
+    assert not admits(llm, grammar, call({"free": 3}))
+
+
+def test_a_schema_the_converter_cannot_read_names_its_tool():
+    with pytest.raises(ValueError, match="tool 'tool1'.*other.json"):
+        build_grammar(tool_prompt({}, {"type": "object", "properties": {"doc": {"$ref": "other.json"}}}))
 
 
 def test_replies_and_calls_only(llm):

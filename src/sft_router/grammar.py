@@ -4,7 +4,7 @@ The tools are read back from the system prompt itself (`router_format.tools_in_p
 `{"tool_name", "tool_description", "arguments": <JSON schema>}` entries), so the grammar constrains exactly what the
 model was shown.
 A call is the training format, `{"tool_name": "<name>", "arguments": {...}}`. Its rules come from llama.cpp's own
-JSON-schema converter (llama_cpp.llama_grammar.SchemaConverter, one schema with `anyOf` over the tools), which
+JSON-schema converter (llama_cpp.llama_grammar.SchemaConverter, one rule per tool as it writes an `anyOf`), which
 admits json.dumps spacing (`space` is an optional single blank), checks types, enums, nested objects with their own
 required keys and array items, and rejects keys a schema does not list (tests/test_gguf_grammar.py checks every row of
 the tiny recipe against its own prompt's grammar). Where the converter falls short, `RouterSchemaConverter` steps in,
@@ -21,9 +21,11 @@ each case measured by a test:
 - a tool's arguments without `additionalProperties` get `false`, so a tool with no properties takes exactly `{}`
   (the converter gives such a schema any object); nested property-less objects stay free;
 - a property schema with no type the converter knows (only a description, or "type": "float") is any JSON value
-  (the converter would assert).
-- numbers in json.dumps' forms: its 17 decimal digits (0.30000000000000004) and zero-padded exponent (1e-05) were
-  rejected (the converter allows 16 decimal digits and an exponent without leading zero); `NUMBER` admits both.
+  (the converter would assert); a pattern without `^...$` is dropped, leaving a string (the converter asserted);
+- `$ref`s resolve within their own tool's schema, each rule named by its whole reference: the converter names it by
+  its last part, so two tools' different `#/$defs/Item` shared one rule;
+- numbers in json.dumps' forms: its 17 to 20 decimal digits (0.30000000000000004) and zero-padded exponent (1e-05)
+  were rejected (the converter allows 16 decimal digits and an exponent without leading zero); `NUMBER` admits both.
 Number `minimum`/`maximum` are not enforced (the converter ignores them and decimals have no cheap digit-range form).
 A reply is text that starts with a visible character and contains no `{`, so no call, of a listed tool or any other,
 can hide in it.
@@ -36,14 +38,15 @@ from __future__ import annotations
 import json
 import math
 
-from llama_cpp.llama_grammar import PRIMITIVE_RULES, BuiltinRule, SchemaConverter
+from llama_cpp.llama_grammar import INVALID_RULE_CHARS_RE, PRIMITIVE_RULES, BuiltinRule, SchemaConverter
 
 from sft_router.router_format import tools_in_prompt
 
 REPLY = r"reply ::= [^{ \t\r\n] [^{]*"
 STRUCTURE_KEYS = {"type", "$ref", "oneOf", "anyOf", "allOf", "const", "enum", "properties", "additionalProperties",
                   "items", "prefixItems", "pattern", "format"}  # fmt: skip
-NUMBER = BuiltinRule('("-"? integral-part) ("." [0-9]{1,17})? ([eE] [-+]? [0-9]{1,3})? space', ["integral-part"])
+# json.dumps (repr) writes up to 20 decimals: 17 significant digits after up to 3 zeros (0.00012345678901234567).
+NUMBER = BuiltinRule('("-"? integral-part) ("." [0-9]{1,20})? ([eE] [-+]? [0-9]{1,3})? space', ["integral-part"])
 BOUND_KEYS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
 
 
@@ -114,12 +117,26 @@ class RouterSchemaConverter(SchemaConverter):
     def visit(self, schema, name):
         if not isinstance(schema, dict) or not STRUCTURE_KEYS & schema.keys() or unknown_type(schema):
             return self._add_primitive("value", PRIMITIVE_RULES["value"])
+        if "pattern" in schema and not anchored(schema["pattern"]):  # the converter asserts on it: a plain string
+            return self.visit({key: value for key, value in schema.items() if key != "pattern"}, name)
         if schema.get("type") == "integer" and BOUND_KEYS & schema.keys() and not {"enum", "const"} & schema.keys():
             return self._add_rule(name, integer_range(*integer_bounds(schema)) + " space")
         return super().visit(schema, name)
 
     def _add_primitive(self, name, rule):
         return super()._add_primitive(name, NUMBER if name == "number" else rule)
+
+    def _resolve_ref(self, ref):
+        """A rule named by the whole reference (`tool1#/$defs/Item`): the converter names it by the last part, so two
+        tools' different `Item`s shared the first one's rule (test_gguf_grammar)."""
+        name = "ref-" + INVALID_RULE_CHARS_RE.sub("-", ref)
+        if name not in self._rules and ref not in self._refs_being_resolved:
+            self._refs_being_resolved.add(ref)
+            rule = self.visit(self._refs[ref], name)  # a rule of that name, or a primitive's (`string`)
+            if rule != name:
+                self._rules[name] = rule
+            self._refs_being_resolved.remove(ref)
+        return name
 
     def _build_object_rule(self, properties, required, name, additional_properties):
         """Keys in `properties` order, optional ones skippable, nothing else; the converter's own rule writes required
@@ -156,6 +173,11 @@ def gbnf_literal(text: str) -> str:
     return '"' + escaped.replace('"', '\\"') + '"'
 
 
+def anchored(pattern) -> bool:
+    """Whether the converter can translate a pattern: it takes only `^...$` ones (JSON Schema's are unanchored)."""
+    return isinstance(pattern, str) and pattern.startswith("^") and pattern.endswith("$")
+
+
 def unknown_type(schema: dict) -> bool:
     """Whether a schema names a type the converter has no rule for (it would assert): "float", "any", ..."""
     return isinstance(schema.get("type"), str) and schema["type"] not in PRIMITIVE_RULES
@@ -171,11 +193,22 @@ def call_schema(tool: dict) -> dict:
 
 def call_rules(tools: list[dict]) -> str:
     """GBNF rules whose `call` rule admits a call of any of `tools` (llama.cpp's converter, rules sorted by name)."""
-    converter, schemas = RouterSchemaConverter(), [call_schema(tool) for tool in tools]
-    for i, schema in enumerate(schemas):  # each tool's "#/$defs/..." refers to its own arguments schema
-        converter.resolve_refs(schema["properties"]["arguments"], f"tool{i}")
-    converter.visit({"anyOf": schemas}, "call")
+    converter = RouterSchemaConverter()
+    calls = [tool_rule(converter, tool, f"call-{i}") for i, tool in enumerate(tools)]
+    converter._add_rule("call", " | ".join(calls))  # as the converter writes an `anyOf` over the calls
     return converter.format_grammar()
+
+
+def tool_rule(converter: RouterSchemaConverter, tool: dict, name: str) -> str:
+    """The rule (`name`, its sub-rules prefixed by it) for one call of `tool`; its `#/$defs/...` refer to its own
+    arguments schema. A schema the converter cannot read fails naming the tool, not with the converter's assert."""
+    schema = call_schema(tool)
+    try:
+        converter.resolve_refs(schema["properties"]["arguments"], name)
+        return converter.visit(schema, name)
+    except (AssertionError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"tool '{tool['tool_name']}': llama.cpp's grammar converter cannot read its arguments schema "
+                         f"({exc}); give it plain JSON Schema") from exc  # fmt: skip
 
 
 def build_grammar(system_prompt: str, calls_only: bool = False) -> str:
