@@ -15,15 +15,8 @@ import jsonschema
 
 from sft_router.errors import UsageError, read_yaml
 
-ARGUMENT_TYPES = (
-    "string",
-    "enum",
-    "integer",
-    "number",
-    "boolean",
-    "array",
-    "object",
-)  # enum: a string from the schema's enum
+# The kinds of call arguments the dataset card counts; `enum`: a string from the schema's enum.
+ARGUMENT_TYPES = ("string", "enum", "integer", "number", "boolean", "array", "object")
 # test_unseen: only the catalog's `unseen_tools` are called; test_procedural: only functions of held-out domains
 SPLITS = ("train", "validation", "test", "test_unseen", "test_procedural")
 

@@ -116,9 +116,8 @@ class EvalArguments:
     )
     eval_splits: list[str] = field(
         default_factory=lambda: ["test"],
-        metadata={"help": "Splits `make eval` scores, `test` first: generated ones (test, test_unseen, test_procedural, "
-                  "validation) "
-                  "and `handwritten` (the `handwritten` file)."},
+        metadata={"help": "Splits `make eval` scores, `test` first: generated ones (test, test_unseen, "
+                  "test_procedural, validation) and `handwritten` (the `handwritten` file)."},
     )  # fmt: skip
     handwritten: str | None = field(
         default=None,

@@ -4,10 +4,10 @@ Each row is a TRL conversational prompt-completion pair: the system prompt listi
 (the seed's format) and the user message, then the target, either one JSON tool call or a reply, labelled by the
 rules written at the top of the catalog. Rows come in scenes (sft_router.scenes): `scene_size` requests of mixed
 kinds against one system prompt and tool list, a scene's rows together and named by their `scene` column. Train,
-validation and test use disjoint paraphrase families (the last family of each tool is test, the one before it
-validation) and disjoint no-call items; a third of each value pool beyond its most common entries never appears in
-train; the catalog's `unseen_tools` are left out of train, validation and test and make up the `test_unseen` split;
-a share of train rows calls procedurally generated tools. `function_share` of train, validation and test rows are
+validation and test use disjoint paraphrase families (the last fifth of each tool's families is test, the one
+before them validation) and disjoint no-call items; a third of each value pool beyond its most common entries never
+appears in train; the catalog's `unseen_tools` are left out of train, validation and test and make up the
+`test_unseen` split; a share of train rows calls procedurally generated tools. `function_share` of train, validation and test rows are
 scenes of BFCL-style functions (sft_router.functions: typed arguments in English prose), the other rows keeping
 the catalog's mix; the `test_procedural` split calls only functions of domains no other split shows.
 Messages get seeded noise (typos, fillers, politeness, curt forms, context, mixed languages, numbers as words,
@@ -115,7 +115,7 @@ class Utterance:
 class Generator:
     """Rows of one split, drawn from a random stream seeded by the recipe's seed and the split's name."""
 
-    def __init__(self, catalog: Catalog, system_prompt: str, args, split: str):
+    def __init__(self, catalog: Catalog, system_prompt: str, args, split: str, functions=None):
         self.catalog, self.system_prompt, self.args, self.split = catalog, system_prompt, args, split
         self.rng = random.Random(f"{args.dataset_seed}:{split}")
         self.procedural = ProceduralTools(catalog.procedural) if catalog.procedural else None
@@ -133,7 +133,7 @@ class Generator:
         self._queues: dict[str, list] = {}
         self._messages: set[str] = set()
         self._held: dict[tuple[str, str], list[bool]] = {}
-        self.functions = load_functions(args.functions) if args.functions else None
+        self.functions = functions  # the `functions` spec (load_functions), read once for all splits
         self.function_rows = self.functions and FunctionRows(self.functions, self.rng, args.function_mask_rate,
                                                              args.max_distractors + 1)  # fmt: skip
         self.avoid: TrainMessages | None = None  # set by build_splits for the evaluation splits
@@ -429,7 +429,8 @@ class Generator:
         for _ in range(12):
             request = self.function_rows.request(function)
             fresh = self.split == "train" or request.text not in self._messages
-            if fresh and (self.avoid is None or not self.avoid.holds(request.text, request.template, request.shown)):
+            values = json.dumps(request.shown, ensure_ascii=False)
+            if fresh and (self.avoid is None or not self.avoid.leak(request.text, request.template, values)):
                 break
         slip = english_lint(request.text)
         if slip:
@@ -443,18 +444,28 @@ class Generator:
 
 
 class TrainMessages:
-    """Train's messages and (template, values) pairs, for an evaluation split to draw a function request train
-    does not hold (check_leaks's rules)."""
+    """Train's messages and (template, values) pairs: whether an evaluation message leaks from train (check_leaks's
+    rules), asked by check_leaks and by the generator, which draws a function request again when it would."""
 
     def __init__(self, rows: list[dict]):
-        self.users = {normalise(row["user"]) for row in rows}
+        self.users: dict[str, str] = {}
+        for row in rows:
+            self.users.setdefault(normalise(row["user"]), row["user"])
         self.pairs = {(row["template"], row["values"]) for row in rows}
         self.near = NearDuplicates(self.users)
 
-    def holds(self, text: str, template: str, shown: dict) -> bool:
-        key = normalise(text)
-        pair = (template, json.dumps(shown, ensure_ascii=False))
-        return key in self.users or pair in self.pairs or self.near.nearest(key) is not None
+    def leak(self, user: str, template: str, values: str) -> str | None:
+        """How `user` (with its template and values as JSON) leaks from train, or None."""
+        key = normalise(user)
+        if key in self.users:
+            same = "" if self.users[key] == user else f" as '{self.users[key]}' once normalised"
+            return f"user message '{user}' is in train{same}"
+        if (template, values) in self.pairs:
+            return f"template '{template}' with values {values} is in train"
+        if found := self.near.nearest(key):
+            return (f"user message '{user}' nearly duplicates train's '{self.users[found[1]]}' "
+                    f"(character {GRAM}-gram Jaccard {found[0]:.2f} >= {NEAR_DUPLICATE})")  # fmt: skip
+        return None
 
 
 def _join(words: list[str], lang: str) -> str:
@@ -627,26 +638,10 @@ class NearDuplicates:
 def check_leaks(splits: dict[str, list[dict]]) -> list[str]:
     """Rows of every split but train whose user message, compared normalised, equals or nearly equals (character
     5-gram Jaccard >= 0.8) a train message, or whose (template, values) pair occurs in train; each names the pair."""
-    train_users: dict[str, str] = {}
-    for row in splits["train"]:
-        train_users.setdefault(normalise(row["user"]), row["user"])
-    pairs = {(row["template"], row["values"]) for row in splits["train"]}
-    near = NearDuplicates(train_users)
-    leaks = set()
-    for name in (split for split in splits if split != "train"):
-        for row in splits[name]:
-            user, key = row["user"], normalise(row["user"])
-            if key in train_users:
-                same = "" if train_users[key] == user else f" as '{train_users[key]}' once normalised"
-                leaks.add(f"{name} user message '{user}' is in train{same}")
-            elif (row["template"], row["values"]) in pairs:
-                leaks.add(f"{name} template '{row['template']}' with values {row['values']} is in train")
-            elif found := near.nearest(key):
-                leaks.add(
-                    f"{name} user message '{user}' nearly duplicates train's '{train_users[found[1]]}' "
-                    f"(character {GRAM}-gram Jaccard {found[0]:.2f} >= {NEAR_DUPLICATE})"
-                )
-    return sorted(leaks)
+    train = TrainMessages(splits["train"])
+    found = (f"{name} {leak}" for name in splits if name != "train" for row in splits[name]
+             if (leak := train.leak(row["user"], row["template"], row["values"])))  # fmt: skip
+    return sorted(set(found))
 
 
 def assert_no_leaks(splits: dict[str, list[dict]]) -> None:
@@ -706,14 +701,15 @@ def build_splits(recipe, catalog: Catalog | None = None, applied: dict | None = 
              "test_unseen": args.num_test_unseen, "test_procedural": args.num_test_procedural}  # fmt: skip
     splits: dict[str, list[dict]] = {}
     avoid = None
+    functions = load_functions(args.functions) if args.functions else None
     for name in SPLITS:
-        generator = Generator(catalog, system_prompt, args, name)
+        generator = Generator(catalog, system_prompt, args, name, functions)
         if name != "train" and args.functions:  # function requests are drawn so that none leaks
             generator.avoid = avoid = avoid or TrainMessages(splits["train"])
         splits[name] = generator.rows(sizes[name])
         if applied is not None:
             applied[name] = {rule: generator.applied[rule] for rule in (*RULES, "correction")}
-    check_rows(splits, catalog, load_functions(args.functions) if args.functions else None)
+    check_rows(splits, catalog, functions)
     assert_no_leaks(splits)
     return splits
 
@@ -728,8 +724,8 @@ def content_hash(splits: dict[str, list[dict]]) -> str:
 
 def split_mix(rows: list[dict], catalog: Catalog, train_values: set[str]) -> dict:
     """What one split holds: counts per kind, language and tool, the no-call share, rows with unseen values,
-    distinct templates and messages, tool-list sizes, argument kinds, how many prompts show a confusable distractor, and its scenes
-    (how many, and how many scenes have each number of rows)."""
+    distinct templates and messages, tool-list sizes, argument kinds, how many prompts show a confusable distractor,
+    and its scenes (how many, and how many scenes have each number of rows)."""
     kinds = Counter(row["kind"] for row in rows)
     tools = Counter(row["tool_name"] for row in rows if row["tool_name"])
     calls = [row for row in rows if row["kind"] in CALL_KINDS]

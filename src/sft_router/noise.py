@@ -138,7 +138,10 @@ class NoiseRules:
         stands in the words around the values."""
         table = self.tables.get("informal", {}).get(lang, {})
         edge = r"\b" if lang == "en" else ""
-        bound = lambda w: re.compile(edge + re.escape(w) + edge, re.IGNORECASE)  # noqa: E731
+
+        def bound(word: str) -> re.Pattern:
+            return re.compile(edge + re.escape(word) + edge, re.IGNORECASE)
+
         found = [w for w in table if any(not v and bound(w).search(t) for t, v in segments)]
         if not found:
             return False

@@ -5,7 +5,8 @@ ones the catalog's `procedural` section lists for that object (string, integer, 
 message states the required values and some optional ones, and the call carries exactly those, typed as the schema
 says. The message comes as segments, so the generator's noise rules touch the words around the values only.
 
-Usage: tools = ProceduralTools(spec); tool = tools.tool(rng); segments, shown, arguments = tools.utterance(rng, tool, lang)
+Usage: tools = ProceduralTools(spec); tool = tools.tool(rng)
+       segments, shown, arguments = tools.utterance(rng, tool, lang)
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ round-robin into scenes of about `scene_size` rows, so that every scene holds th
 list is drawn before its requests, so that every request fits it: the catalog tools its calls go to (from shuffled
 rounds of the split's tools, so that every tool is called in the split; most often confusable with one another; a
 tool with clarify templates first when a request leaves an argument out), tools made up for its procedural calls
-with their near-misses, then distractors, most often declared confusable with a called tool. A scene shows 1 to
-max_distractors + 1 tools (min_tools to five in most), a catalog tool stays out when a request asks for one that is not shown, and in
-test_unseen the unseen tools are shown beside seen ones.
+with their near-misses, then distractors, most often declared confusable with a called tool. A scene shows
+min_tools to max_distractors + 1 tools (to five in most scenes), a catalog tool stays out when a request asks for one
+that is not shown, and in test_unseen the unseen tools are shown beside seen ones.
 
 Usage: lists = ToolLists(catalog, args, split, rng, procedural)
        scenes = [lists.scene(tools, kinds, template) for tools, kinds in scene_plans(count, args, split, rng)]
@@ -86,8 +86,7 @@ def tool_count(least: int, most: int, rng) -> int:
 
 
 def scene_plans(count: int, args, split: str, rng) -> list[tuple[int, list[str]]]:
-    """(tool count, planned kinds) of each scene of a split: about `scene_size` rows each, 1 to max_distractors + 1
-    tools, image calls and replies spread so that every scene holds their share, calls in the places left. The
+    """(tool count, planned kinds) of each scene of a split: about `scene_size` rows each, tool_count tools, image calls and replies spread so that every scene holds their share, calls in the places left. The
     procedural calls take all the call places of the first scenes, so that the others show catalog tools side by side
     as the evaluation splits do; a one-tool scene with an image call or a clarify request comes last (it would need
     a catalog tool beside the made-up one), and with one tool a prompt procedural calls get scenes of their own."""
