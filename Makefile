@@ -13,7 +13,7 @@ VENV := .venv/.installed
 RUNTIME := .venv/.runtime
 IN := $(R)/.inputs
 
-.PHONY: inputs install runtime demo results preflight data push-data train eval bfcl merge gguf card publish serve all smoke test test-slow lint clean
+.PHONY: inputs install runtime demo laptop results preflight data push-data train eval bfcl merge gguf card publish serve all smoke test test-slow lint clean
 
 install: $(VENV) $(RUNTIME)
 $(VENV): pyproject.toml
@@ -81,6 +81,10 @@ smoke:
 
 demo: .venv/.installed-demo
 	$(MAKE) publish RECIPE=recipes/gemma-3-270m-demo/router.yaml
+
+# The router trained on a laptop's CPU (2 cores, at most 45 minutes of training), real weights, offline.
+laptop: .venv/.installed-demo
+	$(MAKE) publish RECIPE=recipes/gemma-3-270m-laptop/router.yaml
 .venv/.installed-demo: $(VENV)
 	.venv/bin/pip install --quiet -e '.[demo]' && touch $@
 

@@ -9,6 +9,7 @@ initialisation, each in its own process so that one's peak resident memory does 
                computed in the forward pass: two matmuls with the 262k-row head instead of three)
 - `packed`     checkpointing off, each scene packed: its shared prefix once, then every request (what `make train`
                does now; sft_router.scene_packing)
+- `packed-bf16` packed, the step under CPU autocast to bf16 (weights stay fp32; the matmuls run in bf16)
 - `packed-trl` the same packed batch through TRL 1.16's fused LM head instead of the project's completion head:
                on a CPU TRL scores every position through the 262k-vocabulary head (it compacts to the labelled
                positions only on Triton devices), the project's head only the labelled ones
@@ -52,7 +53,11 @@ VARIANTS = {  # activation checkpointing, scene packing, LM head
     "padded": (False, False, "project"),
     "packed": (False, True, "project"),
     "packed-trl": (False, True, "trl"),
+    "packed-bf16": (False, True, "project"),
 }
+# Variants whose step runs under CPU autocast to bf16 (what `bf16: true` makes Accelerate do): the matmuls in bf16,
+# fast where the CPU has avx512_bf16 or AMX, emulated (slow) where it has neither.
+AUTOCAST_BF16 = {"packed-bf16"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -168,7 +173,8 @@ def run_variant(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     os.chdir(ROOT)
-    with tempfile.TemporaryDirectory() as output_dir:
+    bf16 = args.variant in AUTOCAST_BF16
+    with tempfile.TemporaryDirectory() as output_dir, torch.autocast("cpu", torch.bfloat16, enabled=bf16):
         result = time_steps(build_bench_trainer(args, output_dir), args.steps)
     print("RESULT " + json.dumps(result))
 

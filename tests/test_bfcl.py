@@ -175,7 +175,8 @@ def checker_of_contamination():
     return bfcl.ContaminationCheck()
 
 
-@pytest.mark.parametrize("recipe", ["recipes/gemma-3-270m-it/router.yaml", "recipes/gemma-3-270m-demo/router.yaml"])
+@pytest.mark.parametrize("recipe", ["recipes/gemma-3-270m-it/router.yaml", "recipes/gemma-3-270m-demo/router.yaml",
+                                    "recipes/gemma-3-270m-laptop/router.yaml"])  # fmt: skip
 def test_no_bfcl_question_or_function_in_any_generated_split(recipe, monkeypatch):
     from sft_router.data import build_splits
 

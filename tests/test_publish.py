@@ -85,10 +85,9 @@ def published(tiny_run, hub, tmp_path_factory):
     for figure in (run / "eval/comparison.png", run / "adapter/training_curves.png", run / "eval/bfcl/bfcl.png"):
         figure.exists() or figure.write_bytes(tiny_png())
     gguf_metrics = run / "eval/gguf/metrics.json"
-    if not gguf_metrics.exists():  # stands for `make eval` scoring the GGUF: the finetuned numbers, with an interval
-        metrics = json.loads((run / "eval/finetuned/metrics.json").read_text())
+    if not gguf_metrics.exists():  # stands for `make eval` scoring the GGUF: the finetuned figures, as scored
         gguf_metrics.parent.mkdir()
-        gguf_metrics.write_text(json.dumps(metrics | {"exact_match_rate_ci": [0.0, 1.0]}))
+        gguf_metrics.write_text((run / "eval/finetuned/metrics.json").read_text())
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
     env |= {"HF_TOKEN": TOKEN, "HUB_NAMESPACE": NS, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1",
             "PYTHONPATH": str(ROOT / "src")}  # fmt: skip
@@ -192,7 +191,9 @@ def test_cards_carry_the_metric_files_numbers_as_model_index(published, online):
     )
     assert hub_api().model_info(REPOS["model"]).model_index[0]["results"]  # the Hub sees the model-index too
     assert "\n| gguf | " in card.text and "\n| model | exact match |" in card.text  # every variant, with intervals
+    assert "Bootstrap 95% intervals (resampling the test rows):\n\n| model | exact match | argument F1 |\n" in card.text
     gguf_card = ModelCard.load(REPOS["gguf"], token=TOKEN)
+    assert "Bootstrap 95% intervals:\n\n| model | exact match | argument F1 |\n" in gguf_card.text
     assert gguf_card.data.base_model == REPOS["model"] and f"llama-cli -hf {REPOS['gguf']}:Q8_0" in gguf_card.text
     gguf = json.loads((ws / "runs/tiny/eval/gguf/metrics.json").read_text())
     gguf_results = {r.metric_type: r.metric_value for r in gguf_card.data.eval_results if r.dataset_name != "BFCL v4"}
@@ -348,21 +349,22 @@ def _closed_port_url() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def test_metrics_tables_are_generic_over_variants_and_interval_formats():
+def test_metrics_tables_carry_the_scorers_intervals_for_every_variant():
     from sft_router.cards import intervals_table, metrics_table
+    from sft_router.scoring import score
 
-    metrics = {
-        "baseline": {"exact_match_rate": 0.1, "total_samples": 24, "exact_match_rate_ci": [0.0, 0.25]},
-        "finetuned": {"exact_match_rate": 0.5, "average_argument_f1": 0.75, "total_samples": 24,
-                      "average_argument_f1_ci": {"low": 0.6, "high": 0.9}},
-        "gguf": {"exact_match_rate": 0.4583, "total_samples": 24, "exact_match_rate_ci_low": 0.25,
-                 "exact_match_rate_ci_high": 0.667},
-    }  # fmt: skip
+    call, reply = '{"tool_name": "set_alarm", "arguments": {"time": "7点"}}', "好的。"
+    wrong = '{"tool_name": "set_alarm", "arguments": {"time": "8点"}}'
+    references = [call, call, reply, call]
+    metrics = {name: score(outputs, references)[0] for name, outputs in
+               {"baseline": [reply] * 4, "finetuned": [call, wrong, reply, call], "gguf": references}.items()}  # fmt: skip
     table = metrics_table(metrics).splitlines()
     assert [row.split(" | ")[0] for row in table[2:]] == ["| baseline", "| finetuned", "| gguf"]
-    assert table[3].startswith("| finetuned | 0.500 | - | 0.750 | - |") and table[4].endswith("| 24 |")
+    assert table[3].startswith("| finetuned | 0.750 |") and table[4].endswith("| 4 |")
     intervals = intervals_table(metrics).splitlines()
     assert intervals[0] == "| model | exact match | argument F1 |"
-    assert intervals[2:] == ["| baseline | [0.000, 0.250] | - |", "| finetuned | - | [0.600, 0.900] |",
-                             "| gguf | [0.250, 0.667] | - |"]  # fmt: skip
-    assert intervals_table({"finetuned": {"exact_match_rate": 0.5}}) == ""
+    low, high = metrics["finetuned"]["exact_match_rate_ci95"]
+    assert intervals[3].startswith(f"| finetuned | [{low:.3f}, {high:.3f}] | [") and 0.25 <= low < 0.75 < high
+    assert intervals[4] == "| gguf | [1.000, 1.000] | [1.000, 1.000] |"
+    stripped = {name: {k: v for k, v in m.items() if not k.endswith("_ci95")} for name, m in metrics.items()}
+    assert intervals_table(stripped) == ""  # the section goes only where no variant carries an interval

@@ -51,3 +51,20 @@ def test_unknown_command_line_flag_is_named(monkeypatch):
     monkeypatch.chdir(ROOT)
     with pytest.raises(UsageError, match="'lerning_rate'"):
         parse_recipe(["--config", TINY, "--lerning_rate", "1"])
+
+
+@pytest.mark.parametrize("flags, expected", [({"avx2", "avx512_bf16"}, True), ({"avx2", "amx_bf16"}, True),
+                                             ({"avx2", "avx512f"}, False)])  # fmt: skip
+def test_a_cpu_recipe_trains_in_bf16_only_where_the_cpu_has_bf16_units(flags, expected, monkeypatch):
+    import torch
+
+    from sft_router import runtime
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    (laptop,) = parse_recipe(["--config", "recipes/gemma-3-270m-laptop/router.yaml"])
+    assert laptop.training.bf16 is expected and laptop.training.bf16_full_eval is False
+    for path in (TINY, "recipes/gemma-3-270m-demo/router.yaml", "recipes/gemma-3-270m-it/router.yaml"):
+        (recipe,) = parse_recipe(["--config", path])  # no `bf16: true` with `use_cpu: true`: fp32 on any CPU
+        assert recipe.training.bf16 is False, path

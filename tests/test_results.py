@@ -29,3 +29,11 @@ def test_block_is_replaced_in_place_keeping_the_prose(tmp_path):
     text = readme.read_text()
     assert text.startswith("# Recipe\n\nProse.\n") and text.count(BEGIN) == 1 and text.count(END) == 1
     assert "second" in text and "first" not in text
+
+
+def test_the_published_and_laptop_runs_are_shown_first(tmp_path):
+    from sft_router.results import shown_order
+
+    names = ["tiny", "gemma-3-270m-demo", "gemma-3-270m-laptop", "a-contributed-recipe", "gemma-3-270m-it"]
+    assert [p.name for p in sorted((tmp_path / n for n in names), key=shown_order)] == [
+        "gemma-3-270m-it", "gemma-3-270m-laptop", "a-contributed-recipe", "gemma-3-270m-demo", "tiny"]  # fmt: skip

@@ -19,6 +19,7 @@ from sft_router.catalog import load_catalog
 from sft_router.config import repo_ids
 from sft_router.errors import UsageError
 from sft_router.run import library_versions, read_manifest
+from sft_router.scoring import interval
 
 HEADLINE = [
     ("exact_match_rate", "exact match"),
@@ -28,7 +29,6 @@ HEADLINE = [
     ("json_valid_rate_strict", "JSON valid (strict)"),
     ("exact_match_rate_strict", "exact match (strict)"),
 ]
-LOW_KEYS, HIGH_KEYS = ("low", "lower", "lo"), ("high", "upper", "hi")
 HYPERPARAMETERS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                    "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps", "max_length", "seed")  # fmt: skip
 
@@ -39,18 +39,6 @@ def read_metrics(recipe) -> dict[str, dict]:
     if not (eval_dir / "manifest.json").is_file():
         raise UsageError(f"no finished evaluation in {eval_dir}: run `make eval RECIPE={recipe.path}` first")
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(eval_dir.glob("*/metrics.json"))}
-
-
-def _interval(values: dict, key: str) -> tuple[float, float] | None:
-    """The bootstrap interval of `key` however a metrics file stores it: `<key>_ci` as [low, high] or as
-    {"low"/"lower"/"lo": ..., "high"/"upper"/"hi": ...}, or `<key>_ci_low` and `<key>_ci_high`."""
-    value = values.get(f"{key}_ci")
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        return float(value[0]), float(value[1])
-    if not isinstance(value, dict):
-        value = {"low": values.get(f"{key}_ci_low"), "high": values.get(f"{key}_ci_high")}
-    bounds = [next((value[k] for k in keys if value.get(k) is not None), None) for keys in (LOW_KEYS, HIGH_KEYS)]
-    return None if None in bounds else (float(bounds[0]), float(bounds[1]))
 
 
 def _cell(values: dict, key: str) -> str:
@@ -68,12 +56,12 @@ def metrics_table(metrics: dict[str, dict]) -> str:
 
 def intervals_table(metrics: dict[str, dict]) -> str:
     """Bootstrap 95% intervals of the headline metrics that some metrics file carries intervals for ("" if none)."""
-    keys = [(key, label) for key, label in HEADLINE if any(_interval(v, key) for v in metrics.values())]
+    keys = [(key, label) for key, label in HEADLINE if any(interval(v, key) for v in metrics.values())]
     if not keys:
         return ""
     lines = ["| model | " + " | ".join(label for _, label in keys) + " |", "|" + "---|" * (len(keys) + 1)]
     for name, values in metrics.items():
-        spans = [_interval(values, key) for key, _ in keys]
+        spans = [interval(values, key) for key, _ in keys]
         lines.append(f"| {name} | " + " | ".join(f"[{s[0]:.3f}, {s[1]:.3f}]" if s else "-" for s in spans) + " |")
     return "\n".join(lines)
 

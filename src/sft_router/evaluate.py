@@ -31,7 +31,7 @@ from sft_router.eval_data import HEADLINE_SPLIT, load_eval_splits
 from sft_router.models import generate, load_finetuned_generation_model, load_generation_model
 from sft_router.prompts import new_tokens_needed, render_prompts, scenes
 from sft_router.run import stage_output
-from sft_router.scoring import label_order, metric_definitions, score, write_variant
+from sft_router.scoring import interval, label_order, metric_definitions, score, with_interval, write_variant
 
 # (metrics.json key, label) in the order the comparison table and chart show them.
 COMPARED = [
@@ -156,10 +156,7 @@ def headline(metrics: dict) -> dict:
 
 
 def _cell(metrics: dict, key: str) -> str:
-    if key not in metrics:
-        return "n/a"
-    interval = metrics.get(f"{key}_ci95")
-    return f"{metrics[key]:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
+    return with_interval(metrics, key, missing="n/a")
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -262,9 +259,9 @@ def plot_comparison(results: dict[str, dict], path: Path) -> None:
 
 def _error_bar(metrics: dict, key: str) -> tuple[float, float]:
     """Distances from the value down and up to its interval; NaN (no bar drawn) for a metric without one."""
-    if f"{key}_ci95" not in metrics:
+    if interval(metrics, key) is None:
         return math.nan, math.nan
-    low, high = metrics[f"{key}_ci95"]
+    low, high = interval(metrics, key)
     return max(metrics[key] - low, 0.0), max(high - metrics[key], 0.0)
 
 

@@ -185,7 +185,7 @@ def build_lookup(recipe) -> LookupRouter:
 def main(argv: list[str] | None = None) -> None:
     from sft_router.config import parse_recipe
     from sft_router.eval_data import load_eval_splits
-    from sft_router.scoring import score, target_text
+    from sft_router.scoring import interval, score, target_text
 
     (recipe,) = parse_recipe(list(sys.argv[1:] if argv is None else argv))
     start = time.time()
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, rows in load_eval_splits(recipe).items():
         start = time.time()
         metrics, _ = score(router.route_rows(rows), [target_text(row) for row in rows])
-        low, high = metrics["exact_match_rate_ci95"]
+        low, high = interval(metrics, "exact_match_rate")
         print(f"lookup {name}: exact_match={metrics['exact_match_rate']:.3f} [{low:.3f}, {high:.3f}] "
               f"tool_name_accuracy={metrics['tool_name_accuracy']:.3f} "
               f"no_call_accuracy={metrics['no_call_accuracy']:.3f} ({len(rows)} rows, {time.time() - start:.1f} s)")  # fmt: skip

@@ -33,7 +33,8 @@ def load_base_model(recipe, source: str | None = None):
 
     from sft_router.base_models import resolve_base_model
 
-    dtype = torch.bfloat16 if recipe.training.bf16 else torch.float32
+    # bf16 weights on a GPU; on a CPU the weights stay fp32 and a bf16 recipe trains under CPU autocast
+    dtype = torch.bfloat16 if recipe.training.bf16 and torch.cuda.is_available() else torch.float32
     return AutoModelForCausalLM.from_pretrained(
         source or resolve_base_model(recipe.model.model_name_or_path),
         attn_implementation=recipe.model.attn_implementation or "eager",

@@ -18,19 +18,12 @@ from pathlib import Path
 from sft_router.bfcl import bfcl_table, read_bfcl
 from sft_router.cards import split_exact_match_table
 from sft_router.run import read_manifest
+from sft_router.scoring import with_interval
 
 STAGES = ("dataset", "adapter", "eval", "merged", "gguf", "card", "hub")
 METRICS = (("exact_match_rate", "exact match"), ("average_argument_f1", "argument F1"),
            ("tool_name_accuracy", "tool acc."), ("no_call_accuracy", "no-call acc."))  # fmt: skip
 BEGIN, END = "<!-- results:begin (python -m sft_router.results) -->", "<!-- results:end -->"
-
-
-def _with_interval(metrics: dict, key: str) -> str:
-    value = metrics.get(key)
-    if value is None:
-        return "-"
-    interval = metrics.get(f"{key}_ci95")
-    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{value:.3f}"
 
 
 def run_summary(run_dir: Path) -> dict | None:
@@ -57,7 +50,7 @@ def results_table(summary: dict) -> str:
              "| model | " + " | ".join(label for _, label in METRICS) + " | rows |",
              "|---|" + "---|" * (len(METRICS) + 1)]  # fmt: skip
     for variant, metrics in summary["metrics"].items():
-        cells = " | ".join(_with_interval(metrics, key) for key, _ in METRICS)
+        cells = " | ".join(with_interval(metrics, key) for key, _ in METRICS)
         lines.append(f"| {variant} | {cells} | {metrics.get('total_samples', '-')} |")
     splits = split_exact_match_table(summary.get("split_metrics") or {})
     if splits:
@@ -75,8 +68,16 @@ def replace_block(path: Path, block: str) -> None:
     path.write_text(pattern.sub(lambda _: new, text) if pattern.search(text) else f"{text.rstrip()}\n\n{new}\n")
 
 
+# The order recipes/README.md shows runs in: the published model, the laptop router, then the rest by name.
+FIRST = ("gemma-3-270m-it", "gemma-3-270m-laptop")
+
+
+def shown_order(run_dir: Path) -> tuple[int, str]:
+    return (FIRST.index(run_dir.name) if run_dir.name in FIRST else len(FIRST), run_dir.name)
+
+
 def main() -> None:
-    runs = map(run_summary, sorted(Path("runs").glob("*")))
+    runs = map(run_summary, sorted(Path("runs").glob("*"), key=shown_order))
     summaries = [s for s in runs if s and s["metrics"] and Path(s["recipe"]).is_file()]  # evaluated runs only
     blocks = []
     for summary in summaries:

@@ -1,0 +1,159 @@
+"""Sweep points for a recipe: train with a few keys changed, score the fine-tuned model on the validation split only.
+
+A point is the recipe with `--set key=value` overrides, written to runs/sweep/sweep-<name>/router.yaml (its
+run_name is that folder's name, so it trains into runs/sweep-<name>/ and never touches the recipe's own run). The
+point builds its data and trains with the stage modules `make data` and `make train` run, then scores the adapter
+under transformers on `validation` (never a test split: choices made on test would be tuned to it) and appends one
+JSON line to runs/sweep/points.jsonl: the overrides, rows and steps trained, training wall time and seconds a step
+(from the adapter manifest), the validation metrics with bootstrap intervals and the CPU. `--checkpoints` also
+scores every saved checkpoint of the point (a learning curve; under a decaying schedule a checkpoint is not the
+same as a shorter run). `--table` prints the points so far as the markdown table the recipe README carries.
+
+Usage: python bench/sweep.py --config recipes/gemma-3-270m-laptop/router.yaml --name lr2e-3 \\
+           --set learning_rate=2e-3 --set max_steps=80 [--checkpoints]
+       python bench/sweep.py --table [--config RECIPE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = Path("runs/sweep")
+POINTS = SWEEP / "points.jsonl"
+SPLIT = "validation"
+SHOWN = [("exact_match_rate", "exact match"), ("average_argument_f1", "argument F1"),
+         ("tool_name_accuracy", "tool name"), ("no_call_accuracy", "no-call")]  # fmt: skip
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="the recipe the points start from")
+    parser.add_argument("--name", help="the point's name (letters, digits, . _ -)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe key to change")
+    parser.add_argument("--checkpoints", action="store_true", help="also score every saved checkpoint")
+    parser.add_argument("--table", action="store_true", help="print the table of the points so far and stop")
+    args = parser.parse_args(argv)
+    if not args.table and not (args.config and args.name):
+        parser.error("give --config and --name (or --table)")
+    return args
+
+
+def overrides(pairs: list[str]) -> dict:
+    """`key=value` pairs with YAML-typed values (2e-3 a float, [q_proj, v_proj] a list, true a bool)."""
+    changes = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            sys.exit(f"sweep: --set {pair!r} is not KEY=VALUE; write e.g. --set learning_rate=2e-3")
+        changes[key] = yaml.safe_load(value)
+    return changes
+
+
+def point_recipe(config: str, name: str, changes: dict) -> Path:
+    """runs/sweep/sweep-<name>/router.yaml: the recipe with the changes; the run's name is the folder's."""
+    recipe = yaml.safe_load(Path(config).read_text())
+    unknown = [key for key in changes if key not in recipe and key not in KNOWN_KEYS()]
+    if unknown:
+        sys.exit(f"sweep: '{unknown[0]}' is not a recipe key; see `python -m sft_router.train --help`")
+    run_name = f"sweep-{name}"
+    recipe.update(changes, run_name=run_name)
+    path = SWEEP / run_name / "router.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
+    return path
+
+
+def KNOWN_KEYS() -> set[str]:  # noqa: N802  (a constant computed on demand: the argument classes import torch)
+    import dataclasses
+
+    from trl import ModelConfig, SFTConfig
+
+    from sft_router.config import PROJECT_ARGUMENTS
+
+    return {f.name for cls in (*PROJECT_ARGUMENTS, SFTConfig, ModelConfig) for f in dataclasses.fields(cls)}
+
+
+def run_stage(module: str, recipe: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", f"sft_router.{module}", "--config", str(recipe)])
+    if done.returncode:
+        sys.exit(f"sweep: `python -m sft_router.{module} --config {recipe}` failed (exit {done.returncode})")
+
+
+def score_validation(recipe_path: Path, folders: list[Path]) -> list[dict]:
+    """Validation metrics of the fine-tuned weights in each folder (the adapter, then any checkpoints)."""
+    from sft_router.config import parse_recipe
+    from sft_router.eval_data import _generated
+    from sft_router.evaluate import evaluate_model
+    from sft_router.models import load_finetuned_generation_model, load_generation_model, load_tokenizer
+
+    (recipe,) = parse_recipe(["--config", str(recipe_path)])
+    rows, tokenizer, scored = _generated(recipe, SPLIT), load_tokenizer(recipe), []
+    for folder in folders:
+        start = time.perf_counter()
+        model = load_finetuned_generation_model(recipe, load_generation_model(recipe), folder)
+        metrics = evaluate_model(model, tokenizer, rows, recipe, folder / f"eval-{SPLIT}", f"{folder.name} ({SPLIT})")
+        scored.append({"weights": folder.name, "score_wall_s": round(time.perf_counter() - start, 1), **metrics})
+    return scored
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.table:
+        print(table([json.loads(line) for line in POINTS.read_text().splitlines()] if POINTS.is_file() else []))
+        return
+    from sft_router.run import hardware
+
+    changes = overrides(args.set)
+    recipe = point_recipe(args.config, args.name, changes)
+    run_stage("data", recipe)
+    run_stage("train", recipe)
+    adapter = Path("runs") / recipe.parent.name / "adapter"
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    checkpoints = sorted((adapter.parent / "train").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    scored = score_validation(recipe, [adapter, *(checkpoints if args.checkpoints else [])])
+    loaded = yaml.safe_load(recipe.read_text())
+    steps, batch = loaded.get("max_steps"), loaded.get("per_device_train_batch_size")
+    train_s = manifest.get("train_wall_time_s") or manifest.get("wall_time_s")
+    point = {"name": args.name, "base_recipe": args.config, "set": changes, "num_train": loaded.get("num_train"),
+             "max_steps": steps, "rows_a_step": batch, "train_wall_s": train_s,
+             "s_per_step": round(train_s / steps, 2) if train_s and steps else None, "hardware": hardware(),
+             "validation_rows": scored[0]["total_samples"],
+             "scores": [{k: v for k, v in s.items() if not isinstance(v, dict | list) or k.endswith("_ci95")}
+                        for s in scored]}  # fmt: skip
+    POINTS.parent.mkdir(parents=True, exist_ok=True)
+    with POINTS.open("a") as out:
+        out.write(json.dumps(point) + "\n")
+    print(table([point]))
+
+
+def _figure(scores: dict, key: str) -> str:
+    value, interval = scores.get(key), scores.get(f"{key}_ci95")
+    if value is None:
+        return "n/a"
+    return f"{value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else f"{value:.2f}"
+
+
+def table(points: list[dict]) -> str:
+    lines = ["| point | changes | steps x rows | train wall | " + " | ".join(label for _, label in SHOWN) + " |",
+             "|---|---|---|---|" + "---|" * len(SHOWN)]  # fmt: skip
+    for point in points:
+        changes = ", ".join(f"{k}={v}" for k, v in point["set"].items()) or "(the recipe)"
+        for scores in point["scores"]:
+            label = point["name"] + ("" if scores["weights"] == "adapter" else f" @{scores['weights']}")
+            figures = " | ".join(_figure(scores, key) for key, _ in SHOWN)
+            wall = f"{point['train_wall_s'] / 60:.1f} min" if point.get("train_wall_s") else "n/a"
+            lines.append(f"| {label} | {changes} | {point['max_steps']} x {point['rows_a_step']} | {wall} | {figures} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "src"))
+    main()
