@@ -117,10 +117,11 @@ def main(argv=None) -> None:
     run_stage("train", recipe)
     adapter = Path("runs") / recipe.parent.name / "adapter"
     manifest = json.loads((adapter / "manifest.json").read_text())
-    checkpoints = sorted((adapter.parent / "train").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-    scored = score_validation(recipe, [adapter, *(checkpoints if args.checkpoints else [])])
     loaded = yaml.safe_load(recipe.read_text())
     steps, batch = loaded.get("max_steps"), loaded.get("per_device_train_batch_size")
+    checkpoints = sorted((adapter.parent / "train").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    checkpoints = [p for p in checkpoints if int(p.name.split("-")[-1]) != steps]  # the last one is the adapter
+    scored = score_validation(recipe, [adapter, *(checkpoints if args.checkpoints else [])])
     train_s = manifest.get("train_wall_time_s") or manifest.get("wall_time_s")
     point = {"name": args.name, "base_recipe": args.config, "set": changes, "num_train": loaded.get("num_train"),
              "max_steps": steps, "rows_a_step": batch, "train_wall_s": train_s,
