@@ -3,15 +3,17 @@
 A point is the recipe with `--set key=value` overrides, written to runs/sweep/sweep-<name>/router.yaml (its
 run_name is that folder's name, so it trains into runs/sweep-<name>/ and never touches the recipe's own run). The
 point builds its data and trains with the stage modules `make data` and `make train` run, then scores the adapter
-under transformers on `validation` (never a test split: choices made on test would be tuned to it) and appends one
+under transformers on `validation` (never a test split: choices made on test would be tuned to it; predictions in runs/sweep/<name>/) and appends one
 JSON line to runs/sweep/points.jsonl: the overrides, rows and steps trained, training wall time and seconds a step
 (from the adapter manifest), the validation metrics with bootstrap intervals and the CPU. `--checkpoints` also
 scores every saved checkpoint of the point (a learning curve; under a decaying schedule a checkpoint is not the
-same as a shorter run). `--table` prints the points so far as the markdown table the recipe README carries.
+same as a shorter run). `--run RECIPE` scores a finished run of a recipe the same way (its adapter and checkpoints),
+without training. `--table` prints the points so far as the markdown table the recipe README carries.
 
 Usage: python bench/sweep.py --config recipes/gemma-3-270m-laptop/router.yaml --name lr2e-3 \\
            --set learning_rate=2e-3 --set max_steps=80 [--checkpoints]
-       python bench/sweep.py --table [--config RECIPE]
+       python bench/sweep.py --run recipes/gemma-3-270m-laptop/router.yaml   (a finished run's learning curve)
+       python bench/sweep.py --table
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--name", help="the point's name (letters, digits, . _ -)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe key to change")
     parser.add_argument("--checkpoints", action="store_true", help="also score every saved checkpoint")
+    parser.add_argument("--run", metavar="RECIPE", help="score a finished run of RECIPE and its checkpoints")
     parser.add_argument("--table", action="store_true", help="print the table of the points so far and stop")
     args = parser.parse_args(argv)
-    if not args.table and not (args.config and args.name):
-        parser.error("give --config and --name (or --table)")
+    if not args.table and not args.run and not (args.config and args.name):
+        parser.error("give --config and --name (or --run RECIPE, or --table)")
     return args
 
 
@@ -87,8 +90,9 @@ def run_stage(module: str, recipe: Path) -> None:
         sys.exit(f"sweep: `python -m sft_router.{module} --config {recipe}` failed (exit {done.returncode})")
 
 
-def score_validation(recipe_path: Path, folders: list[Path]) -> list[dict]:
-    """Validation metrics of the fine-tuned weights in each folder (the adapter, then any checkpoints)."""
+def score_validation(recipe_path: Path, folders: list[Path], out: Path) -> list[dict]:
+    """Validation metrics of the fine-tuned weights in each folder (the adapter, then any checkpoints), each with
+    its predictions in out/<folder>/ (never inside a stage folder, which make and the Hub push own)."""
     from sft_router.config import parse_recipe
     from sft_router.eval_data import _generated
     from sft_router.evaluate import evaluate_model
@@ -99,7 +103,7 @@ def score_validation(recipe_path: Path, folders: list[Path]) -> list[dict]:
     for folder in folders:
         start = time.perf_counter()
         model = load_finetuned_generation_model(recipe, load_generation_model(recipe), folder)
-        metrics = evaluate_model(model, tokenizer, rows, recipe, folder / f"eval-{SPLIT}", f"{folder.name} ({SPLIT})")
+        metrics = evaluate_model(model, tokenizer, rows, recipe, out / folder.name, f"{folder.name} ({SPLIT})")
         scored.append({"weights": folder.name, "score_wall_s": round(time.perf_counter() - start, 1), **metrics})
     return scored
 
@@ -112,16 +116,21 @@ def main(argv=None) -> None:
     from sft_router.run import hardware
 
     changes = overrides(args.set)
-    recipe = point_recipe(args.config, args.name, changes)
-    run_stage("data", recipe)
-    run_stage("train", recipe)
+    if args.run:  # a finished run: its own adapter and checkpoints, nothing trained
+        recipe, args.name, args.config, args.checkpoints = Path(args.run), Path(args.run).parent.name, args.run, True
+    else:
+        recipe = point_recipe(args.config, args.name, changes)
+        run_stage("data", recipe)
+        run_stage("train", recipe)
     adapter = Path("runs") / recipe.parent.name / "adapter"
+    if not (adapter / "manifest.json").is_file():
+        sys.exit(f"sweep: no finished adapter at {adapter}; train it first (make train RECIPE={recipe})")
     manifest = json.loads((adapter / "manifest.json").read_text())
     loaded = yaml.safe_load(recipe.read_text())
     steps, batch = loaded.get("max_steps"), loaded.get("per_device_train_batch_size")
     checkpoints = sorted((adapter.parent / "train").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
     checkpoints = [p for p in checkpoints if int(p.name.split("-")[-1]) != steps]  # the last one is the adapter
-    scored = score_validation(recipe, [adapter, *(checkpoints if args.checkpoints else [])])
+    scored = score_validation(recipe, [adapter, *(checkpoints if args.checkpoints else [])], SWEEP / args.name)
     train_s = manifest.get("train_wall_time_s") or manifest.get("wall_time_s")
     point = {"name": args.name, "base_recipe": args.config, "set": changes, "num_train": loaded.get("num_train"),
              "max_steps": steps, "rows_a_step": batch, "train_wall_s": train_s,
@@ -145,14 +154,21 @@ def _figure(scores: dict, key: str) -> str:
 def table(points: list[dict]) -> str:
     lines = ["| point | changes | steps x rows | train wall | " + " | ".join(label for _, label in SHOWN) + " |",
              "|---|---|---|---|" + "---|" * len(SHOWN)]  # fmt: skip
+    notes = []
     for point in points:
         changes = ", ".join(f"{k}={v}" for k, v in point["set"].items()) or "(the recipe)"
-        for scores in point["scores"]:
-            label = point["name"] + ("" if scores["weights"] == "adapter" else f" @{scores['weights']}")
+        wall = f"{point['train_wall_s'] / 60:.1f} min" if point.get("train_wall_s") else "n/a"
+        mark = ""
+        if point.get("note"):  # a point that did not run as planned says why, under the table
+            notes.append(point["note"])
+            mark = f" ({len(notes)})"
+        for scores in point["scores"] or [{"weights": "adapter"}]:
+            checkpoint = scores["weights"] != "adapter"
+            label = point["name"] + (f" @{scores['weights']}" if checkpoint else "") + mark
+            steps = f"{scores['weights'].split('-')[-1]} of {point['max_steps']}" if checkpoint else point["max_steps"]
             figures = " | ".join(_figure(scores, key) for key, _ in SHOWN)
-            wall = f"{point['train_wall_s'] / 60:.1f} min" if point.get("train_wall_s") else "n/a"
-            lines.append(f"| {label} | {changes} | {point['max_steps']} x {point['rows_a_step']} | {wall} | {figures} |")
-    return "\n".join(lines)
+            lines.append(f"| {label} | {changes} | {steps} x {point['rows_a_step']} | {wall} | {figures} |")
+    return "\n".join(lines + [""] + [f"({i}) {note}" for i, note in enumerate(notes, 1)] if notes else lines)
 
 
 if __name__ == "__main__":

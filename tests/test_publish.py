@@ -191,7 +191,9 @@ def test_cards_carry_the_metric_files_numbers_as_model_index(published, online):
     )
     assert hub_api().model_info(REPOS["model"]).model_index[0]["results"]  # the Hub sees the model-index too
     assert "\n| gguf | " in card.text and "\n| model | exact match |" in card.text  # every variant, with intervals
-    assert "Bootstrap 95% intervals (resampling the test rows):\n\n| model | exact match | argument F1 |\n" in card.text
+    assert (
+        "Bootstrap 95% intervals (resampling the test rows):\n\n| model | exact match | argument F1 |\n" in card.text
+    )
     gguf_card = ModelCard.load(REPOS["gguf"], token=TOKEN)
     assert "Bootstrap 95% intervals:\n\n| model | exact match | argument F1 |\n" in gguf_card.text
     assert gguf_card.data.base_model == REPOS["model"] and f"llama-cli -hf {REPOS['gguf']}:Q8_0" in gguf_card.text
