@@ -58,11 +58,11 @@ def test_unknown_command_line_flag_is_named(monkeypatch):
 def test_a_cpu_recipe_trains_in_bf16_only_where_the_cpu_has_bf16_units(flags, expected, monkeypatch):
     import torch
 
-    from sft_router import runtime
+    from sft_router import config
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(config, "cpu_flags", lambda: flags)
     (laptop,) = parse_recipe(["--config", "recipes/gemma-3-270m-laptop/router.yaml"])
     assert laptop.training.bf16 is expected and laptop.training.bf16_full_eval is False
     for path in (TINY, "recipes/gemma-3-270m-demo/router.yaml", "recipes/gemma-3-270m-it/router.yaml"):

@@ -320,12 +320,19 @@ def _check_values(path: str, data: DataArguments, training: SFTConfig) -> None:
 CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
+def cpu_flags() -> set[str]:
+    """This CPU's flags from /proc/cpuinfo (empty where there is none): the fast paths are chosen from them."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
 def bf16_supported() -> bool:
     """Whether this machine trains a `bf16: true` recipe in bf16: a GPU that has it, or a CPU with bf16 units
     (fp32 weights, matmuls under CPU autocast; chosen from /proc/cpuinfo's flags at run time)."""
     import torch
-
-    from sft_router.runtime import cpu_flags
 
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()

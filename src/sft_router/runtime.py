@@ -22,6 +22,7 @@ import zipfile
 from pathlib import Path
 
 from sft_router.base_models import cache_root
+from sft_router.config import cpu_flags
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.router_format import STOP_TOKEN
 
@@ -44,14 +45,6 @@ PORTABLE = "-DGGML_NATIVE=OFF"  # llama.cpp's portable x86 build: AVX2/FMA/F16C,
 AVX512_FLAGS = (("avx512_vnni", "-DGGML_AVX512_VNNI=ON"), ("avx512_bf16", "-DGGML_AVX512_BF16=ON"))
 LIBRARY = "llama_cpp/lib/libllama.so"
 INSTALL_HINT = "run `make runtime` (builds the pinned llama.cpp runtime once, ~10 min on 2 cores)"
-
-
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
 
 
 def build_flags(flags: set[str] | None = None) -> str:
