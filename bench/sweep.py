@@ -63,7 +63,7 @@ def overrides(pairs: list[str]) -> dict:
 def point_recipe(config: str, name: str, changes: dict) -> Path:
     """runs/sweep/sweep-<name>/router.yaml: the recipe with the changes; the run's name is the folder's."""
     recipe = yaml.safe_load(Path(config).read_text())
-    unknown = [key for key in changes if key not in recipe and key not in KNOWN_KEYS()]
+    unknown = [key for key in changes if key not in recipe and key not in known_keys()]
     if unknown:
         sys.exit(f"sweep: '{unknown[0]}' is not a recipe key; see `python -m sft_router.train --help`")
     run_name = f"sweep-{name}"
@@ -74,7 +74,8 @@ def point_recipe(config: str, name: str, changes: dict) -> Path:
     return path
 
 
-def KNOWN_KEYS() -> set[str]:  # noqa: N802  (a constant computed on demand: the argument classes import torch)
+def known_keys() -> set[str]:
+    """Every recipe key (computed on demand: the argument classes import torch)."""
     import dataclasses
 
     from trl import ModelConfig, SFTConfig

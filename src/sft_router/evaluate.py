@@ -259,9 +259,10 @@ def plot_comparison(results: dict[str, dict], path: Path) -> None:
 
 def _error_bar(metrics: dict, key: str) -> tuple[float, float]:
     """Distances from the value down and up to its interval; NaN (no bar drawn) for a metric without one."""
-    if interval(metrics, key) is None:
+    span = interval(metrics, key)
+    if span is None:
         return math.nan, math.nan
-    low, high = interval(metrics, key)
+    low, high = span
     return max(metrics[key] - low, 0.0), max(high - metrics[key], 0.0)
 
 
