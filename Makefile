@@ -70,9 +70,10 @@ publish: $(R)/hub/manifest.json
 $(R)/hub/manifest.json: $(IN)/hub.sha256 $(R)/card/manifest.json
 	$(PY) -m sft_router.publish --config $(RECIPE)
 
-# OpenAI-compatible endpoint on the run's GGUF: tools=[...] in, tool_calls out (PORT=8000 by default).
+# OpenAI-compatible endpoint on the run's GGUF: tools=[...] in, tool_calls out (PORT=8000, HOST=127.0.0.1 by
+# default; another HOST needs SFT_ROUTER_API_KEY=...).
 serve: $(R)/gguf/manifest.json | $(RUNTIME)
-	$(PY) -m sft_router.serve --config $(RECIPE) --port $(or $(PORT),8000)
+	$(PY) -m sft_router.serve --config $(RECIPE) --host $(or $(HOST),127.0.0.1) --port $(or $(PORT),8000)
 
 all: preflight push-data publish
 

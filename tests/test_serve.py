@@ -4,12 +4,14 @@ computed here with the same runtime (greedy, as `make eval`), and the server's r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -21,8 +23,6 @@ from test_chat_template import openai_tools
 def served(tiny_run, tmp_path_factory):
     """The server of `make serve` on a free port, run from the tiny workspace; yields (base_url, recipe, test rows,
     workspace)."""
-    if reason := llama_runtime_or_reason():
-        pytest.skip(reason)
     from sft_router.config import parse_recipe
 
     old = os.getcwd()
@@ -32,17 +32,28 @@ def served(tiny_run, tmp_path_factory):
     finally:
         os.chdir(old)
     rows = [json.loads(line) for line in (tiny_run / "runs/tiny/dataset/test.jsonl").read_text().splitlines()]
+    with running_server(tiny_run, tmp_path_factory) as url:
+        yield url, recipe, rows, tiny_run
+
+
+@contextlib.contextmanager
+def running_server(ws, tmp_path_factory, *flags: str):
+    """`python -m sft_router.serve --config TINY *flags` on a free port of 127.0.0.1, run from `ws`; yields its
+    base URL."""
+    if reason := llama_runtime_or_reason():
+        pytest.skip(reason)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    command = [sys.executable, "-m", "sft_router.serve", "--config", TINY, "--port", str(port)]
+    env = {key: value for key, value in os.environ.items() if key != "SFT_ROUTER_API_KEY"}  # its key: `flags`
+    env["PYTHONPATH"] = str(ROOT / "src")
+    command = [sys.executable, "-m", "sft_router.serve", "--config", TINY, "--port", str(port), *flags]
     log = tmp_path_factory.mktemp("serve") / "stderr.log"
-    server = subprocess.Popen(command, cwd=tiny_run, env=env, stderr=log.open("w"), stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(command, cwd=ws, env=env, stderr=log.open("w"), stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         _wait_for(url, server, log)
-        yield url, recipe, rows, tiny_run
+        yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -55,6 +66,8 @@ def _wait_for(url: str, server, log, seconds: float = 180) -> None:
             pytest.fail(f"make serve exited: {log.read_text()[-2000:]}")
         try:
             urllib.request.urlopen(f"{url}/models", timeout=2).read()
+            return
+        except urllib.error.HTTPError:  # it answers (401 without its key)
             return
         except OSError:
             time.sleep(0.5)

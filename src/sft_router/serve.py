@@ -8,14 +8,17 @@ too. Decoding is greedy, as `make eval` scores it, whatever sampling the request
 state of the last request: an agent repeats its system prompt and tools, so only the new messages are evaluated.
 `tool_choice="required"` constrains decoding to a call of a listed tool, a named function to a call of it, "none" to
 a reply (sft_router.grammar). A streamed request gets the finished answer in chunks: whether it is a call is known
-only once the JSON is complete.
+only once the JSON is complete. A request passes sft_router.serve_gate first, which answers a client's mistakes as the
+OpenAI API does (4xx, one line) and checks the rendered prompt against the context (check_prompt) before decoding.
+The server listens on loopback unless given a key (serving_key).
 
-Usage: python -m sft_router.serve --config recipes/tiny/router.yaml [--port 8000]   (make serve)
+Usage: python -m sft_router.serve --config recipes/tiny/router.yaml [--port 8000] [--host 0.0.0.0 --api-key KEY]
        then: curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{...}'
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -29,15 +32,41 @@ from sft_router.run import gguf_path
 
 CHAT_FORMAT = "sft-router"
 MAX_NEW_TOKENS = 256
+API_KEY_ENV = "SFT_ROUTER_API_KEY"
+LOOPBACK_NAMES = {"localhost"}
+KEY_HELP = f"Key every request must send as `Authorization: Bearer KEY` (default ${API_KEY_ENV}); needed off loopback."
 
 
 @dataclass
 class ServeCommand:
-    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on; off loopback, --api-key too."})
     port: int = field(default=8000, metadata={"help": "Port to listen on."})
     n_ctx: int = field(
         default=4096, metadata={"help": "Context length of the llama.cpp model (Ollama's `params` too)."}
     )
+    api_key: str | None = field(default=None, metadata={"help": KEY_HELP})
+    max_body_bytes: int = field(default=1 << 20, metadata={"help": "Largest request body taken; a larger one: 413."})
+    max_queue: int = field(
+        default=16, metadata={"help": "Requests that may wait for the one being answered; more: 503."}
+    )
+
+
+def serving_key(command: ServeCommand) -> str | None:
+    """The key requests must carry (--api-key, else $SFT_ROUTER_API_KEY); refusing to serve beyond loopback without
+    one: the server decodes whatever reaches it, for anyone on the network."""
+    import ipaddress
+
+    key = command.api_key or os.environ.get(API_KEY_ENV) or None
+    try:
+        loopback = command.host in LOOPBACK_NAMES or ipaddress.ip_address(command.host).is_loopback
+    except ValueError:  # a host name other than localhost
+        loopback = False
+    if key is None and not loopback:
+        raise UsageError(
+            f"--host {command.host} takes requests from other machines: give --api-key KEY (or set "
+            f"{API_KEY_ENV}), which clients send as `Authorization: Bearer KEY`, or serve on 127.0.0.1"
+        )
+    return key
 
 
 def render_chat(chat_template: str, messages: list[dict], tools: list[dict] | None) -> str:
@@ -77,27 +106,84 @@ def openai_message(answer: str) -> tuple[dict, str]:
 
 def decoding_grammar(system_text: str, tools: list[dict] | None, tool_choice) -> str | None:
     """GBNF for OpenAI's tool_choice: "required" a call of a listed tool, a named function a call of that one,
-    "none" a reply; "auto" (or nothing) leaves decoding free, as `make eval` scores it."""
+    "none" a reply; "auto" (or nothing) leaves decoding free, as `make eval` scores it. A choice the tools cannot
+    meet is the request's mistake (RequestError, a ValueError)."""
     from sft_router.grammar import build_grammar
-    from sft_router.router_format import render_tool
+    from sft_router.router_format import render_tool, tools_in_prompt
+    from sft_router.serve_gate import RequestError
 
     if tool_choice == "none":
         return build_grammar("")  # no tool listed: the grammar admits a reply only
     if tool_choice == "required":
-        return build_grammar(system_text, calls_only=True)
+        if not tools_in_prompt(system_text):  # the grammar would admit only a reply
+            raise RequestError("Invalid value for 'tool_choice': 'required' needs tools; give `tools` (or a system "
+                               "prompt that lists them).", "tool_choice", "invalid_value")  # fmt: skip
+        return call_grammar(system_text)
     if isinstance(tool_choice, dict):
         name = tool_choice.get("function", {}).get("name")
         listed = [tool.get("function", tool) for tool in tools or []]
         chosen = next((fn for fn in listed if fn.get("name") == name), None)
         if chosen is None:
-            raise ValueError(f"tool_choice names '{name}', which is not among the request's tools")
+            raise RequestError(f"Invalid value for 'tool_choice': it names '{name}', which is not among the "
+                               "request's tools.", "tool_choice", "invalid_value")  # fmt: skip
         entry = {
             "name": name,
             "description": chosen.get("description", ""),
             "parameters": chosen.get("parameters", {}),
         }
-        return build_grammar(render_tool(entry), calls_only=True)
+        return call_grammar(render_tool(entry))
     return None
+
+
+def call_grammar(system_text: str) -> str:
+    """The grammar of a call of the tools `system_text` lists; a schema llama.cpp's converter cannot read is the
+    request's to fix."""
+    from sft_router.grammar import build_grammar
+    from sft_router.serve_gate import RequestError
+
+    try:
+        return build_grammar(system_text, calls_only=True)
+    except ValueError as exc:
+        raise RequestError(f"Invalid 'tools': {exc}.", "tools", "invalid_value") from None
+
+
+def chat_prompt(llama, messages: list[dict], tools: list[dict] | None) -> str:
+    """The conversation rendered with the GGUF's chat template; one it cannot render (roles that do not alternate)
+    is the request's mistake."""
+    from jinja2 import TemplateError
+
+    from sft_router.serve_gate import RequestError
+
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ValueError("the GGUF has no tokenizer.chat_template: convert it with `make gguf`")
+    try:
+        return render_chat(template, messages, tools)
+    except (TemplateError, TypeError) as exc:  # TypeError: a message the template cannot iterate (content null)
+        raise RequestError(f"Invalid 'messages': the model's chat template cannot render them ({exc}).", "messages",
+                           "invalid_value") from None  # fmt: skip
+
+
+def check_prompt(llama, request: dict) -> dict:
+    """The chat request with max_tokens bounded by the room its prompt leaves in the context (MAX_NEW_TOKENS at
+    most when it gives none), checked before any decoding: llama.cpp fails a prompt past the context only inside
+    llama_decode, after seconds of work. tool_choice is checked against the tools here too (its grammar)."""
+    from sft_router.runtime import prompt_ids
+    from sft_router.serve_gate import RequestError
+
+    prompt = chat_prompt(llama, request["messages"], request.get("tools"))
+    used, context, wanted = len(prompt_ids(llama, prompt)), llama.n_ctx(), request.get("max_tokens")
+    if used >= context:
+        raise RequestError(f"This model's maximum context length is {context} tokens. However, your messages resulted "
+                           f"in {used} tokens. Please reduce the length of the messages.", "messages",
+                           "context_length_exceeded")  # fmt: skip
+    if wanted is not None and used + wanted > context:
+        raise RequestError(f"This model's maximum context length is {context} tokens. However, you requested "
+                           f"{used + wanted} tokens ({used} in the messages, {wanted} in the completion). Please "
+                           "reduce the length of the messages or completion.", "max_tokens",
+                           "context_length_exceeded")  # fmt: skip
+    decoding_grammar(first_user_turn(prompt), request.get("tools"), request.get("tool_choice"))
+    return {**request, "max_tokens": wanted or min(MAX_NEW_TOKENS, context - used)}
 
 
 def route_chat(*, llama, messages, tools=None, tool_choice=None, stream=False, max_tokens=None, model=None, **_):
@@ -106,10 +192,7 @@ def route_chat(*, llama, messages, tools=None, tool_choice=None, stream=False, m
 
     from sft_router.runtime import greedy_ids, prompt_ids
 
-    template = llama.metadata.get("tokenizer.chat_template")
-    if not template:
-        raise ValueError("the GGUF has no tokenizer.chat_template: convert it with `make gguf`")
-    prompt = render_chat(template, messages, tools)
+    prompt = chat_prompt(llama, messages, tools)
     ids = prompt_ids(llama, prompt)
     grammar_text = decoding_grammar(first_user_turn(prompt), tools, tool_choice)  # the grammar reads its tools
     grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
@@ -162,22 +245,31 @@ def router_proxy():
 
 
 def create_app(recipe, command: ServeCommand):
-    """The llama-cpp-python FastAPI app serving the recipe's GGUF with the router's chat handler."""
+    """The llama-cpp-python FastAPI app serving the recipe's GGUF with the router's chat handler, behind the
+    RequestGate (sft_router.serve_gate) that answers a client's mistakes as the OpenAI API does."""
     from unittest import mock
 
     import llama_cpp.server.app as server
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
+    from sft_router.serve_gate import RequestGate
+
+    api_key = serving_key(command)
     path = gguf_path(recipe, recipe.export.gguf_outtypes[0])
     if not path.is_file():
         raise UsageError(f"no GGUF at {path}: run `make gguf RECIPE={recipe.path}` first")
     register_handler()
     model = ModelSettings(model=str(path), model_alias=recipe.name, chat_format=CHAT_FORMAT, n_ctx=command.n_ctx,
                           n_threads=os.cpu_count(), verbose=False)  # fmt: skip
+    # The gate checks the key; ServerSettings would read one from $API_KEY. interrupt_requests would end a stream
+    # with [DONE] as soon as another request waits, and the router's answer is complete before it streams.
+    settings = ServerSettings(host=command.host, port=command.port, api_key=None, interrupt_requests=False)
     # The app builds its proxy (and loads the model) inside create_app, by the module's name LlamaProxy.
     with mock.patch.object(server, "LlamaProxy", router_proxy()):
-        return server.create_app(server_settings=ServerSettings(host=command.host, port=command.port),
-                                 model_settings=[model])  # fmt: skip
+        app = server.create_app(server_settings=settings, model_settings=[model])
+    llama = server._llama_proxy()  # the one model, loaded; its tokenizer counts a prompt's tokens before the route
+    return RequestGate(app, functools.partial(check_prompt, llama), api_key=api_key,
+                       max_body_bytes=command.max_body_bytes, max_queue=command.max_queue)  # fmt: skip
 
 
 @one_line_errors
@@ -193,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError as exc:
         raise UsageError(f"the llama.cpp server's packages are missing ({exc.name}): run `make runtime`") from exc
     app = create_app(recipe, command)
-    print(f"serve: {recipe.name} on http://{command.host}:{command.port}/v1 (OpenAI-compatible; Ctrl-C stops)")
+    keyed = "; requests need its --api-key" if app.api_key else ""
+    print(f"serve: {recipe.name} on http://{command.host}:{command.port}/v1 (OpenAI-compatible{keyed}; Ctrl-C stops)")
     uvicorn.run(app, host=command.host, port=command.port, log_level="warning")
 
 
