@@ -486,7 +486,7 @@ def test_a_timer_label_comes_with_its_own_length_and_mapped_lengths_stay_in_trai
 
 
 def test_english_lint_flags_articles_doubled_words_and_to_home():
-    from sft_router.catalog import english_lint
+    from sft_router.english_lint import english_lint
 
     for text in ("Set a alarm", "Put an timer on", "Shoot Mike a email", "A the oven timer", "Head to home",
                  "Put a an hour countdown on", "What do I have on tomorrow?", "Call call Bob"):  # fmt: skip

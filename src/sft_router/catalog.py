@@ -6,14 +6,16 @@ Usage: from sft_router.catalog import load_catalog, load_split
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import jsonschema
 
+from sft_router.english_lint import english_lint
 from sft_router.errors import UsageError, read_yaml
+from sft_router.noise import check_noise_tables
+from sft_router.procedural import check_procedural_spec
 
 # The kinds of call arguments the dataset card counts; `enum`: a string from the schema's enum.
 ARGUMENT_TYPES = ("string", "enum", "integer", "number", "boolean", "array", "object")
@@ -422,33 +424,11 @@ def _check_groups(catalog: Catalog) -> None:
         )
 
 
-NOISE_TABLES = ("slips", "mixed", "curt_drop", "filler", "polite", "context")
-
-
 def _check_generated(catalog: Catalog) -> None:
     """The word tables of the noise rules and the parts procedural tools are made of."""
-    missing = [name for name in NOISE_TABLES if name not in catalog.noise]
-    if missing:
-        raise UsageError(f"{catalog.path}: `noise` has no `{missing[0]}` table; add it (see the published catalog)")
-    spec = catalog.procedural
-    if not spec:
-        return
-    for key in ("leads", "verbs", "objects", "params"):
-        if not spec.get(key):
-            raise UsageError(f"{catalog.path}: `procedural` has no `{key}`; add it (see the published catalog)")
-    for obj in spec["objects"]:
-        unknown = [verb for verb in obj.get("verbs", []) if verb not in spec["verbs"]]
-        if unknown or not all(obj.get(k) for k in ("name", "zh", "en", "desc", "verbs")):
-            raise UsageError(f"{catalog.path}: procedural object {obj} needs name, zh, en, desc and known verbs")
-        names = {param.get("name") for param in spec["params"]}
-        if not set(obj.get("params", names)) <= names:
-            raise UsageError(f"{catalog.path}: procedural object '{obj['name']}' lists unknown parameters "
-                             f"{sorted(set(obj['params']) - names)}; use names from `procedural.params`")  # fmt: skip
-    for param in spec["params"]:
-        needs = ("name", "type", "description", *LANGS) + (("values",) if param.get("type") in ("string", "array")
-                                                          and "enum" not in param else ())  # fmt: skip
-        if not all(param.get(k) is not None for k in needs):
-            raise UsageError(f"{catalog.path}: procedural parameter {param.get('name')} needs {', '.join(needs)}")
+    check_noise_tables(catalog.path, catalog.noise)
+    if catalog.procedural:
+        check_procedural_spec(catalog.path, catalog.procedural)
 
 
 def english_templates(catalog: Catalog, tool: dict):
@@ -460,43 +440,6 @@ def english_templates(catalog: Catalog, tool: dict):
         yield "clarify template", template, True
     for template in (tool.get("image") or {}).get("en", []):
         yield "image template", template, False
-
-
-ARTICLE_PAIR = re.compile(r"\b(a|an|the)\s+(a|an|the|my|your|his|her|our|their)\b", re.IGNORECASE)
-DOUBLED = re.compile(r"\b(\w+)\s+\1\b", re.IGNORECASE)
-A_AN = re.compile(r"\b(a|an)\s+([\w'-]+)", re.IGNORECASE)
-BAD_PHRASES = re.compile(r"\bto home\b|\b(on|at|in) (today|tomorrow|tonight)\b|\b(on|at) next\b", re.IGNORECASE)
-
-
-def wants_an(word: str) -> bool:
-    """Whether a word is said with a vowel sound first (an hour, an SMS, an 8am alarm; a user, a one-off)."""
-    if word[0].isdigit():
-        digits = re.match(r"\d+", word).group()
-        return digits[0] == "8" or digits in ("11", "18") or (len(digits) in (4, 5) and digits[:2] in ("11", "18"))
-    if len(word) > 1 and word.isupper():
-        return word[0] in "AEFHILMNORSX"
-    lower = word.lower()
-    if lower.startswith(("hour", "honest", "honou", "honor", "heir")):
-        return True
-    if lower.startswith(("uni", "use", "usu", "uti", "one", "once", "eu", "ewe", "ufo", "uk", "ur")):
-        return False
-    return lower[0] in "aeiou"
-
-
-@functools.lru_cache(maxsize=65536)
-def english_lint(text: str) -> str | None:
-    """The first grammar slip in an English message, or None: a/an, doubled words, 'to home'."""
-    for match in A_AN.finditer(text):
-        article, word = match.group(1).lower(), match.group(2)
-        if word.lower() in ("the", "a", "an"):
-            continue
-        if (article == "an") != wants_an(word):
-            return f"'{match.group(0)}' (use '{'an' if wants_an(word) else 'a'}')"
-    for pattern in (ARTICLE_PAIR, DOUBLED, BAD_PHRASES):
-        match = pattern.search(text)
-        if match:
-            return f"'{match.group(0)}'"
-    return None
 
 
 def _lint_template(catalog: Catalog, tool: dict, template: str, where: str) -> None:

@@ -42,13 +42,13 @@ from sft_router.catalog import (
     SLOT,
     SPLITS,
     Catalog,
-    english_lint,
     entry_text_value,
     item_split,
     load_catalog,
     missing_required,
 )
 from sft_router.config import parse_recipe
+from sft_router.english_lint import english_lint
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.functions import FAMILY as FUNCTION_FAMILY
 from sft_router.functions import HELD_OUT_SPLIT, FunctionRows, check_irrelevance, load_functions

@@ -15,9 +15,20 @@ from __future__ import annotations
 
 import re
 
+from sft_router.errors import UsageError
+
 RULES = ("typo", "filler", "polite", "curt", "context", "mixed", "number_words", "informal", "lowercase", "value_typo",
          "second_request")  # fmt: skip
 AFFIXES = ("polite", "filler", "context")  # at most one a message
+TABLES = ("slips", "mixed", "curt_drop", "filler", "polite", "context")  # the catalog's `noise` word tables
+
+
+def check_noise_tables(path, tables: dict) -> None:
+    """Every word table the rules read is in the catalog's `noise` section."""
+    if missing := [name for name in TABLES if name not in tables]:
+        raise UsageError(f"{path}: `noise` has no `{missing[0]}` table; add it (see the published catalog)")
+
+
 PREFIX_SHARE = 0.2  # an affix leads the message this often; typed messages mostly trail one (", thanks")
 END_PUNCTUATION = "？?。.！!"
 EN_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",

@@ -11,9 +11,35 @@ Usage: tools = ProceduralTools(spec); tool = tools.tool(rng)
 
 from __future__ import annotations
 
+from sft_router.errors import UsageError
+
 JOIN = {"zh": ("、", "和"), "en": (", ", " and ")}
 SEPARATOR = {"zh": "，", "en": ", "}
 RUN_ON = {"in", "for", "under", "with", "tagged", "at", "by"}  # an English phrase opening with one needs no comma
+
+
+def check_procedural_spec(path, spec: dict) -> None:
+    """The catalog's `procedural` section: leads, verbs, objects (with known verbs and parameters) and parameters
+    (with their type, description, both languages and, for strings and arrays not enums, values)."""
+    for key in ("leads", "verbs", "objects", "params"):
+        if not spec.get(key):
+            raise UsageError(f"{path}: `procedural` has no `{key}`; add it (see the published catalog)")
+    names = {param.get("name") for param in spec["params"]}
+    for obj in spec["objects"]:
+        unknown = [verb for verb in obj.get("verbs", []) if verb not in spec["verbs"]]
+        if unknown or not all(obj.get(k) for k in ("name", "zh", "en", "desc", "verbs")):
+            raise UsageError(f"{path}: procedural object {obj} needs name, zh, en, desc and known verbs")
+        if not set(obj.get("params", names)) <= names:
+            unknown = sorted(set(obj["params"]) - names)
+            raise UsageError(
+                f"{path}: procedural object '{obj['name']}' lists unknown parameters {unknown}; use names from "
+                "`procedural.params`"
+            )
+    for param in spec["params"]:
+        valued = param.get("type") in ("string", "array") and "enum" not in param
+        needs = ("name", "type", "description", *JOIN) + (("values",) if valued else ())  # JOIN: one per language
+        if not all(param.get(k) is not None for k in needs):
+            raise UsageError(f"{path}: procedural parameter {param.get('name')} needs {', '.join(needs)}")
 
 
 def join_words(words: list[str], lang: str) -> str:
