@@ -18,6 +18,7 @@ from conftest import ROOT, TINY, make_workspace
 from sft_router import bfcl
 from sft_router.catalog import load_catalog
 from sft_router.config import parse_recipe
+from sft_router.data_checks import ContaminationCheck, contamination
 from sft_router.errors import UsageError
 from sft_router.router_format import render_call, render_tool
 
@@ -170,9 +171,13 @@ def test_table_carries_intervals_and_the_cited_reference_row():
     assert table.endswith("| 61.6 | - |")
 
 
+def bfcl_cases() -> list[dict]:
+    return [case for category in bfcl.CATEGORIES for case in bfcl.load_cases(category)]
+
+
 @pytest.fixture(scope="module")
 def checker_of_contamination():
-    return bfcl.ContaminationCheck()
+    return ContaminationCheck(bfcl_cases())
 
 
 @pytest.mark.parametrize("recipe", ["recipes/gemma-3-270m-it/router.yaml", "recipes/gemma-3-270m-demo/router.yaml",
@@ -182,11 +187,12 @@ def test_no_bfcl_question_or_function_in_any_generated_split(recipe, monkeypatch
 
     monkeypatch.chdir(ROOT)
     (parsed,) = parse_recipe(["--config", recipe])
-    assert bfcl.contamination(build_splits(parsed)) == []
+    assert contamination(build_splits(parsed), bfcl_cases()) == []
 
 
 def test_a_planted_bfcl_question_in_a_catalog_template_is_found(monkeypatch):
-    from sft_router.data import build_splits, family_split
+    from sft_router.data import build_splits
+    from sft_router.generator import family_split
 
     monkeypatch.chdir(ROOT)
     (recipe,) = parse_recipe(["--config", TINY])
@@ -197,7 +203,7 @@ def test_a_planted_bfcl_question_in_a_catalog_template_is_found(monkeypatch):
     for index, family in enumerate(tool["families"]):  # the train families only: else the leak check stops it first
         if family_split(index, len(tool["families"])) == "train":
             family["zh"] = family["en"] = [f"{question} {slots}".strip()]
-    found = bfcl.contamination(build_splits(recipe, catalog))
+    found = contamination(build_splits(recipe, catalog), bfcl_cases())
     said = question.lower().rstrip(".")  # typed in lower case, without its full stop, it is still found
     assert found and all(f"BFCL question '{said}'" in hit and hit.startswith("train row") for hit in found)
 
@@ -282,5 +288,5 @@ def test_a_planted_bfcl_function_in_the_functions_spec_is_found(monkeypatch, tmp
     (tmp_path / "functions.yaml").write_text(yaml.safe_dump(spec))
     flags = ["--functions", str(tmp_path / "functions.yaml"), "--function_mask_rate", "0"]
     (recipe,) = parse_recipe(["--config", TINY, *flags])
-    found = bfcl.contamination(build_splits(recipe))
+    found = contamination(build_splits(recipe), bfcl_cases())
     assert found and all(hit.startswith("test_procedural row") and "BFCL function" in hit for hit in found)

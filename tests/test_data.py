@@ -11,9 +11,11 @@ import pytest
 import yaml
 from conftest import ROOT, TINY, copy_recipe
 
-from sft_router import data, scenes
+from sft_router import data, data_checks, generator, scenes
+from sft_router.catalog import SLOT, entry_text_value, item_split, missing_required
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError
+from sft_router.noise import NoiseRules, number_words
 from sft_router.router_format import render_call, tools_in_prompt
 
 CATALOG = ROOT / "recipes/gemma-3-270m-it/catalog.yaml"
@@ -204,11 +206,11 @@ def test_a_scene_whose_rows_differ_or_part_fails_the_check(workspace):
     assert first["scene"] == second["scene"]
     other = {**second, "prompt": [{"role": "system", "content": "other"}, second["prompt"][1]]}
     with pytest.raises(UsageError, match=f"row {second['id']} .* system prompt differs from its scene's"):
-        data.check_scenes("test", [first, other])
+        data_checks.check_scenes("test", [first, other])
     with pytest.raises(UsageError, match="the scene's rows are not together"):
-        data.check_scenes("test", [first, splits["test"][-1], second])
+        data_checks.check_scenes("test", [first, splits["test"][-1], second])
     with pytest.raises(UsageError, match="a validation row in a scene of another split"):
-        data.check_scenes("validation", [first])
+        data_checks.check_scenes("validation", [first])
 
 
 def test_no_call_share_comes_from_the_recipe(workspace):
@@ -241,7 +243,7 @@ def test_values_are_copied_as_written_and_unstated_arguments_omitted(workspace):
     rows = [r for rows in data.build_splits(recipe).values() for r in rows if r["tool_name"] in catalog.tools]
     for row in rows:
         shown, arguments = json.loads(row["values"]), json.loads(row["arguments"])
-        assert set(arguments) == set(shown) == set(data.SLOT.findall(row["template"])), row["id"]
+        assert set(arguments) == set(shown) == set(SLOT.findall(row["template"])), row["id"]
         properties = catalog.tools[row["tool_name"]]["parameters"]["properties"]
         for slot, text in shown.items():
             assert text in row["user"]
@@ -289,7 +291,7 @@ def test_target_breaking_its_schema_fails_the_build_naming_it(workspace, monkeyp
 
     def with_stray_argument(self, tool, **kwargs):
         said = original(self, tool, **kwargs)
-        return data.Utterance(**{**said.__dict__, "arguments": {**said.arguments, "colour": "red"}})
+        return generator.Utterance(**{**said.__dict__, "arguments": {**said.arguments, "colour": "red"}})
 
     monkeypatch.setattr(data.Generator, "utterance", with_stray_argument)
     with pytest.raises(SystemExit):
@@ -438,7 +440,7 @@ def test_clarify_rows_ask_for_the_first_missing_argument_of_a_shown_tool(publish
     assert rows
     for row in rows:
         tool = catalog.tools[row["family"].removeprefix("clarify_")]
-        missing = data.missing_required(tool, row["template"])
+        missing = missing_required(tool, row["template"])
         assert tool["name"] in row["tools"] and not row["tool_name"]
         assert row["completion"][0]["content"] == tool["ask"][missing[0]][row["lang"]]
 
@@ -454,11 +456,11 @@ def test_image_calls_use_the_tools_image_templates_of_their_split(published_rows
             templates = catalog.tools[row["tool_name"]]["image"][row["lang"]]
             assert row["family"] == f"image_{row['tool_name']}" and row["template"] in templates, row["id"]
             expected = "test" if split == "test_unseen" else split
-            assert data.item_split(templates.index(row["template"])) == expected, row["id"]
+            assert item_split(templates.index(row["template"])) == expected, row["id"]
 
 
 def test_corrections_keep_the_corrected_value(published_rows):
-    markers = [m for ms in data.CORRECTION.values() for m in ms]
+    markers = [m for ms in generator.CORRECTION.values() for m in ms]
     corrected = [row for row in published_rows["train"] if any(m in row["user"] for m in markers)]
     assert len(corrected) > 10
     for row in corrected:  # "7点，不对，7点半": the call carries the value said after the marker
@@ -469,20 +471,22 @@ def test_corrections_keep_the_corrected_value(published_rows):
 def test_a_timer_label_comes_with_its_own_length_and_mapped_lengths_stay_in_train(published_rows):
     catalog = data.load_catalog(CATALOG)
     tool = catalog.tools["set_timer"]  # a record pool: 煮鸡蛋 with 八分钟, never with 150 minutes
-    records = {(e["label"], data.entry_text_value(e, "duration_minutes")[1])
+    records = {(e["label"], entry_text_value(e, "duration_minutes")[1])
                for lang in data.LANGS for e in catalog.pool(tool, "label", lang)}  # fmt: skip
     rows = [r for rows in published_rows.values() for r in rows
             if r["tool_name"] == "set_timer" and "label" in json.loads(r["arguments"])]  # fmt: skip
     assert len(rows) >= 10  # about 17 in the quarter-size published data
-    noise = data.NoiseRules(catalog.noise, {})
+    noise = NoiseRules(catalog.noise, {})
     for row in rows:
         label, minutes = (arguments := json.loads(row["arguments"]))["label"], arguments["duration_minutes"]
         assert (label, minutes) in records or any(  # a label typed with a slip is copied as typed (rule 1)
             noise.is_slip(label, written, row["lang"]) for written, length in records if length == minutes
         ), row["user"]
     pool = catalog.pool(tool, "duration_minutes", "zh")
-    mapped = [index for index, entry in enumerate(pool) if data.maps_wording(entry)]  # 八分钟 -> 8 inside a record
-    assert len(mapped) > 10 and not any(data.held_out(pool[i], i, seed) for i in mapped for seed in range(5))
+    mapped = [
+        index for index, entry in enumerate(pool) if generator.maps_wording(entry)
+    ]  # 八分钟 -> 8 inside a record
+    assert len(mapped) > 10 and not any(generator.held_out(pool[i], i, seed) for i in mapped for seed in range(5))
 
 
 def test_english_lint_flags_articles_doubled_words_and_to_home():
@@ -511,7 +515,7 @@ def test_catalog_lint_fails_naming_the_template_and_the_value(workspace):
 
 def test_rule_breaking_replies_and_repeated_values_fail_the_check(published_rows):
     catalog = data.load_catalog(CATALOG)
-    validator = data.RowValidator(catalog)
+    validator = data_checks.RowValidator(catalog)
     chat = next(r for r in published_rows["test"] if r["kind"] == "chat" and r["lang"] == "zh"
                 and not {"set_alarm", "cancel_alarm"} & set(r["tools"]))  # fmt: skip
     offer = {**chat, "completion": [{"role": "assistant", "content": "好的！需要的话我可以帮你定个闹钟。"}]}
@@ -526,7 +530,7 @@ def test_rule_breaking_replies_and_repeated_values_fail_the_check(published_rows
 
 
 def test_noise_leaves_values_as_written():
-    from sft_router.noise import RULES, NoiseRules, number_words
+    from sft_router.noise import RULES, NoiseRules
 
     tables = data.load_catalog(CATALOG).noise
     noise = NoiseRules(tables, {rule: 1.0 for rule in RULES})
@@ -534,18 +538,17 @@ def test_noise_leaves_values_as_written():
     for lang, segments in (("zh", [["帮我设置一下", False], ["明天早上8点", True], ["的闹钟吧", False]]),
                            ("en", [["Please remind me to ", False], ["Call Mom", True], [" tomorrow", False]])):  # fmt: skip
         value = segments[1][0]
-        text, applied = noise.apply([list(s) for s in segments], lang, rng, data.NOISE_REQUEST)
+        text, applied = noise.apply([list(s) for s in segments], lang, rng, generator.NOISE_REQUEST)
         assert value in text and len(applied) >= 4, (text, applied)
     assert number_words("下午3点", "zh") == "下午三点" and number_words("7:45 pm", "en") == "seven forty-five pm"
     assert number_words("12月24号", "zh") == "十二月二十四号" and number_words("Dec 24", "en") == "Dec 24"
 
 
 def test_hours_said_in_words_keep_a_space_and_the_check_catches_glued_ones(published_rows):
-    from sft_router.noise import number_words
 
     assert number_words("Turn off the 9am alarm", "en") == "Turn off the nine am alarm"
     assert number_words("10pm", "en") == "ten pm" and number_words("8 o'clock", "en") == "eight o'clock"
-    validator = data.RowValidator(data.load_catalog(CATALOG))
+    validator = data_checks.RowValidator(data.load_catalog(CATALOG))
     row = next(r for r in published_rows["test"] if r["tool_name"] == "set_alarm" and r["lang"] == "en")
     for time, user in (("nineam", "wake me at nineam"), ("9:30", "wake me at 9:31")):
         arguments = {"time": time}
@@ -557,11 +560,11 @@ def test_hours_said_in_words_keep_a_space_and_the_check_catches_glued_ones(publi
     written = next(
         v
         for e in catalog.pool(catalog.tools["set_alarm"], "time", "en")
-        if (v := data.entry_text_value(e, "time")[1]) != data.number_words(v, "en") and re.search("[a-z]{4}", v)
+        if (v := entry_text_value(e, "time")[1]) != number_words(v, "en") and re.search("[a-z]{4}", v)
     )
-    slipped = data.NoiseRules(catalog.noise, {}).slip(written, "en", __import__("random").Random(0))
+    slipped = NoiseRules(catalog.noise, {}).slip(written, "en", __import__("random").Random(0))
     assert slipped != written
-    for time in (data.number_words(written, "en"), slipped):  # a pool entry said in words; typed with a slip
+    for time in (number_words(written, "en"), slipped):  # a pool entry said in words; typed with a slip
         arguments = {"time": time}
         validator.check({**row, "user": f"wake me at {time}", "arguments": json.dumps(arguments), "completion": [
             {"role": "assistant", "content": render_call("set_alarm", arguments)}]})  # fmt: skip
@@ -569,14 +572,14 @@ def test_hours_said_in_words_keep_a_space_and_the_check_catches_glued_ones(publi
 
 def test_generated_values_are_pool_entries_words_or_slips_and_slips_are_copied(published_rows):
     catalog = data.load_catalog(CATALOG)
-    noise = data.NoiseRules(catalog.noise, {})
+    noise = NoiseRules(catalog.noise, {})
     slipped = 0
     for row in published_rows["train"] + published_rows["test"]:
         if row["tool_name"] not in catalog.tools or row["family"] == "procedural":
             continue
         tool = catalog.tools[row["tool_name"]]
         for slot, value in json.loads(row["arguments"]).items():
-            pool = [data.entry_text_value(e, slot)[1] for e in catalog.pool(tool, slot, row["lang"])]
+            pool = [entry_text_value(e, slot)[1] for e in catalog.pool(tool, slot, row["lang"])]
             if (
                 isinstance(value, str)
                 and value not in pool
@@ -596,7 +599,7 @@ def test_a_message_takes_at_most_one_affix_and_english_is_typed_in_lower_case():
     rng = random.Random(3)
     for _ in range(50):
         segments = [["Please remind me to ", False], ["Call Mom", True], [" tomorrow.", False]]
-        text, applied = noise.apply(segments, "en", rng, data.NOISE_REQUEST)
+        text, applied = noise.apply(segments, "en", rng, generator.NOISE_REQUEST)
         assert len(set(applied) & set(AFFIXES)) == 1
         assert "Call Mom" in text and not text.endswith(".") and text.replace("Call Mom", "") == text.replace(
             "Call Mom", "").lower()  # fmt: skip

@@ -11,7 +11,7 @@ import re
 import pytest
 from conftest import ROOT, TINY
 
-from sft_router import data
+from sft_router import data, data_checks
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError
 from sft_router.functions import FAMILY, FunctionRows, load_functions
@@ -90,7 +90,7 @@ def test_nested_objects_are_declared_with_their_own_properties_and_checked(publi
     arguments = json.loads(row["arguments"])
     name = next(key for key, value in arguments.items() if isinstance(value, dict))
     assert properties[name]["type"] == "object" and properties[name]["required"] == list(arguments[name])
-    validator = data.RowValidator(data.load_catalog(ROOT / "recipes/gemma-3-270m-it/catalog.yaml"))
+    validator = data_checks.RowValidator(data.load_catalog(ROOT / "recipes/gemma-3-270m-it/catalog.yaml"))
     validator.check(row)
     broken = dict(arguments, **{name: dict(list(arguments[name].items())[1:])})  # a required inner key dropped
     bad = {**row, "arguments": json.dumps(broken), "completion": [{"role": "assistant", "content": json.dumps(
@@ -147,7 +147,7 @@ def test_irrelevance_rows_show_no_function_that_serves_the_request(published):
             t["tool_description"] for t in shown
         }  # plausible: the shown functions are of the asked one's domain
         assert row["completion"][0]["content"] == catalog.replies["missing_tool"]["en"]
-    validator = data.RowValidator(catalog, spec)
+    validator = data_checks.RowValidator(catalog, spec)
     planted = {**rows[0], "family": FAMILY + next(f["name"] for fs in spec.domains.values() for f in fs
                                                  if f["doc"] in rows[0]["prompt"][0]["content"])}  # fmt: skip
     with pytest.raises(UsageError, match="which serves it"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sft_router import data
+from sft_router import data, data_checks
 from sft_router.errors import UsageError
 
 
@@ -65,10 +65,13 @@ def test_near_duplicate_index_finds_exactly_the_pairs_a_full_comparison_finds():
 
     rng = random.Random(0)
     words = ["set", "timer", "call", "mom", "明天", "日程", "remind", "note", "查一下", "at", "6", "pm"]
-    texts = {data.normalise(" ".join(rng.choices(words, k=rng.randint(1, 7)))) for _ in range(400)}
-    index = data.NearDuplicates(texts)
+    texts = {data_checks.normalise(" ".join(rng.choices(words, k=rng.randint(1, 7)))) for _ in range(400)}
+    index = data_checks.NearDuplicates(texts)
     for probe in sorted(texts)[:150]:
-        probe_grams = data.char_grams(probe + "x")
-        brute = max((len(probe_grams & data.char_grams(t)) / len(probe_grams | data.char_grams(t)), t) for t in texts)
-        expected = brute if brute[0] >= data.NEAR_DUPLICATE else None
+        probe_grams = data_checks.char_grams(probe + "x")
+        brute = max(
+            (len(probe_grams & data_checks.char_grams(t)) / len(probe_grams | data_checks.char_grams(t)), t)
+            for t in texts
+        )
+        expected = brute if brute[0] >= data_checks.NEAR_DUPLICATE else None
         assert index.nearest(probe + "x") == expected

@@ -40,7 +40,6 @@ import importlib
 import json
 import os
 import random
-import re
 import sys
 import types
 from importlib import metadata
@@ -377,62 +376,6 @@ def main(argv: list[str] | None = None) -> None:
         facts["bfcl"] = {variant: metrics["categories"] for variant, metrics in results.items()}
     cases = sum(scores["cases"] for scores in next(iter(results.values()))["categories"].values())
     print(f"bfcl: {cases} cases per variant scored -> {recipe.stage_dir('eval') / 'bfcl'} (print: --show)")
-
-
-def identifiers(text: str) -> set[str]:
-    """Identifier-like tokens (letters, digits, `_`, `.`) of a text, outer dots dropped."""
-    return {token.strip(".") for token in re.findall(r"[\w.]+", text)}
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-class ContaminationCheck:
-    """Finds BFCL questions and function names in generated text (see `contamination`)."""
-
-    def __init__(self, categories=CATEGORIES):
-        questions, self.names = set(), set()
-        for category in categories:
-            for case in load_cases(category):
-                # closing punctuation dropped: a message typed without its full stop still holds the question
-                questions.update(" ".join(m["content"].split()).lower().rstrip(" .?!") for m in case["question"][0])
-                self.names.update(function["name"] for function in case["function"])
-        self.compound = {name for name in self.names if re.search(r"[_.]", name)}
-        # A question can only occur where its first words do: index the questions by their first three words.
-        self.by_start: dict[tuple, list[str]] = {}
-        for question in questions:
-            self.by_start.setdefault(tuple(words(question)[:3]), []).append(question)
-        self.sizes = {len(start) for start in self.by_start}
-        self.seen: dict[str, tuple[str, ...]] = {}
-
-    def in_text(self, text: str) -> tuple[str, ...]:
-        if text not in self.seen:  # system prompts repeat across rows: each distinct text is searched once
-            folded, tokens = " ".join(text.split()).lower(), words(text)
-            starts = {tuple(tokens[i : i + n]) for n in self.sizes for i in range(len(tokens) - n + 1)}
-            found = [f"question '{q}'" for s in starts & self.by_start.keys() for q in self.by_start[s] if q in folded]
-            self.seen[text] = (*found, *(f"function '{n}'" for n in sorted(self.compound & identifiers(text))))
-        return self.seen[text]
-
-    def in_row(self, row: dict) -> list[str]:
-        tools = {*row["tools"], row["tool_name"]}
-        found = [f"function '{name}' as a tool" for name in sorted(self.names & tools)]
-        for message in [*row["prompt"], *row["completion"]]:
-            found += self.in_text(message["content"])
-        return list(dict.fromkeys(found))
-
-
-def contamination(splits: dict[str, list[dict]], categories=CATEGORIES) -> list[str]:
-    """BFCL questions or function names found in generated rows; [] when the data is clean.
-
-    A question counts when its text (case and spacing folded) occurs in any message of a row. A function name
-    counts when it is the name of a tool a row shows or calls, or, if it is a compound identifier (with `_` or
-    `.`, such as `calculate_triangle_area`), when it occurs as an identifier in any message. A one-word name
-    (`news`) is an English word, so it is checked as a tool name only.
-    """
-    check = ContaminationCheck(categories)
-    return [f"{split} row {row['id']}: BFCL {hit}" for split, rows in splits.items() for row in rows
-            for hit in check.in_row(row)]  # fmt: skip
 
 
 if __name__ == "__main__":
