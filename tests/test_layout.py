@@ -62,11 +62,17 @@ def test_no_stage_imports_another_stage():
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_module_imports_on_its_own(module, monkeypatch):
-    """With no other sft_router module loaded (third-party ones stay: re-importing torch is not possible); the
-    modules other tests imported are put back afterwards, so their classes (UsageError) stay the same objects."""
-    for name in [n for n in sys.modules if n == "sft_router" or n.startswith("sft_router.")]:
-        monkeypatch.delitem(sys.modules, name)
-    importlib.import_module(f"sft_router.{module}")
-    for name in [n for n in sys.modules if n == "sft_router" or n.startswith("sft_router.")]:
-        monkeypatch.delitem(sys.modules, name)  # the fresh copies go; monkeypatch restores the originals
+def test_module_imports_on_its_own(module):
+    """With no other sft_router module loaded (third-party ones stay: re-importing torch is not possible). Afterwards
+    sys.modules holds exactly the sft_router modules it held before: no fresh copy stays behind, or a later test's
+    `from sft_router.errors import UsageError` would not be the class a module imported earlier raises."""
+    ours = lambda name: name == "sft_router" or name.startswith("sft_router.")  # noqa: E731
+    before = {name: m for name, m in sys.modules.items() if ours(name)}
+    try:
+        for name in before:
+            del sys.modules[name]
+        importlib.import_module(f"sft_router.{module}")
+    finally:
+        for name in [n for n in sys.modules if ours(n)]:
+            del sys.modules[name]
+        sys.modules.update(before)
