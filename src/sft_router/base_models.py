@@ -88,12 +88,18 @@ def train_sentencepiece(lines: list[str], vocab_size: int = 2048) -> bytes:
         allow_whitespace_only_pieces=True,
         normalization_rule_name="identity",
         character_coverage=1.0,
-        pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        pad_piece="<pad>",
+        eos_piece="<eos>",
+        bos_piece="<bos>",
+        unk_piece="<unk>",
         user_defined_symbols=TURN_TOKENS,
         num_threads=1,
         minloglevel=2,
-    )  # fmt: skip
+    )
     return buffer.getvalue()
 
 

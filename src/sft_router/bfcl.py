@@ -154,8 +154,9 @@ def grade(case: dict, category: str, output: str) -> dict:
     language = importlib.import_module("bfcl_eval.constants.enums").Language.PYTHON
     model_output = [{call["tool_name"]: call["arguments"]}]
     try:
-        result = checker.ast_checker(case["function"], model_output, case["ground_truth"], language, category,
-                                     CHECKER_MODEL_NAME)  # fmt: skip
+        result = checker.ast_checker(
+            case["function"], model_output, case["ground_truth"], language, category, CHECKER_MODEL_NAME
+        )
     except Exception as exc:  # BFCL's checker assumes well-typed output; a crash on model output grades it wrong
         result = {"valid": False, "error": [f"checker raised {type(exc).__name__}: {exc}"]}
     return {**graded, "valid": bool(result["valid"]), "error": "; ".join(map(str, result.get("error", []))) or None}
@@ -164,8 +165,12 @@ def grade(case: dict, category: str, output: str) -> dict:
 def category_metrics(grades: list[dict]) -> dict:
     correct = [g["valid"] for g in grades]
     accuracy = sum(correct) / len(correct) if correct else 0.0
-    return {"accuracy": accuracy, "accuracy_ci95": bootstrap_interval(correct, **BOOTSTRAP),
-            "correct": sum(correct), "cases": len(correct)}  # fmt: skip
+    return {
+        "accuracy": accuracy,
+        "accuracy_ci95": bootstrap_interval(correct, **BOOTSTRAP),
+        "correct": sum(correct),
+        "cases": len(correct),
+    }
 
 
 def write_bfcl_variant(out: Path, cases: dict[str, list[dict]], outputs: dict[str, list[str]], runtime: str) -> dict:
@@ -179,8 +184,11 @@ def write_bfcl_variant(out: Path, cases: dict[str, list[dict]], outputs: dict[st
             for case, output, graded in zip(rows, outputs[category], grades):
                 record = {"id": case["id"], "category": category, "output": output, **graded}
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    metrics.update(benchmark=f"BFCL v4 (bfcl-eval {BFCL_EVAL_VERSION})", checker="bfcl_eval ast_checker",
-                   bootstrap=dict(BOOTSTRAP, method="percentile"))  # fmt: skip
+    metrics.update(
+        benchmark=f"BFCL v4 (bfcl-eval {BFCL_EVAL_VERSION})",
+        checker="bfcl_eval ast_checker",
+        bootstrap=dict(BOOTSTRAP, method="percentile"),
+    )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return metrics
 
@@ -213,8 +221,10 @@ def transformers_answers(model, tokenizer, prompts: dict[str, CategoryPrompts], 
     from sft_router.models import generate
 
     size, most = recipe.eval.eval_batch_size, recipe.eval.bfcl_max_new_tokens
-    return {category: generate(model, tokenizer, texts, size, most, f"bfcl {desc} {category}", scenes=groups)
-            for category, (texts, groups) in prompts.items()}  # fmt: skip
+    return {
+        category: generate(model, tokenizer, texts, size, most, f"bfcl {desc} {category}", scenes=groups)
+        for category, (texts, groups) in prompts.items()
+    }
 
 
 def gguf_answers(path: Path, prompts: dict[str, CategoryPrompts], recipe) -> dict[str, list[str]]:
@@ -222,8 +232,10 @@ def gguf_answers(path: Path, prompts: dict[str, CategoryPrompts], recipe) -> dic
 
     llm = load_gguf(path)
     most = recipe.eval.bfcl_max_new_tokens
-    return {category: complete_by_scene(llm, texts, groups, most, desc=f"bfcl gguf {category}")
-            for category, (texts, groups) in prompts.items()}  # fmt: skip
+    return {
+        category: complete_by_scene(llm, texts, groups, most, desc=f"bfcl gguf {category}")
+        for category, (texts, groups) in prompts.items()
+    }
 
 
 def finetuned_gguf(recipe) -> Path | None:
@@ -262,8 +274,12 @@ def run_bfcl(recipe, tokenizer, out: Path, cases: dict[str, list[dict]] | None =
     results = {}
     for variant, runtime, answers in variant_answers(recipe, tokenizer, prompts):
         results[variant] = write_bfcl_variant(out / variant, cases, answers, runtime)
-    summary = {"variants": results, "reference": REFERENCE, "limit": recipe.eval.bfcl_limit,
-               "sample_seed": SAMPLE_SEED}  # fmt: skip
+    summary = {
+        "variants": results,
+        "reference": REFERENCE,
+        "limit": recipe.eval.bfcl_limit,
+        "sample_seed": SAMPLE_SEED,
+    }
     (out / "comparison.md").write_text(bfcl_section(results), encoding="utf-8")
     plot_bfcl(results, out / "bfcl.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

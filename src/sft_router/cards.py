@@ -29,8 +29,17 @@ HEADLINE = [
     ("json_valid_rate_strict", "JSON valid (strict)"),
     ("exact_match_rate_strict", "exact match (strict)"),
 ]
-HYPERPARAMETERS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-                   "gradient_accumulation_steps", "lr_scheduler_type", "warmup_steps", "max_length", "seed")  # fmt: skip
+HYPERPARAMETERS = (
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "max_length",
+    "seed",
+)
 
 
 def read_metrics(recipe) -> dict[str, dict]:
@@ -79,8 +88,11 @@ def split_exact_match_table(by_split: dict[str, dict[str, dict]]) -> str:
     lines = ["| split | rows | " + " | ".join(variants) + " |", "|" + "---|" * (len(variants) + 2)]
     for split, metrics in by_split.items():
         rows = next(iter(metrics.values()))["total_samples"]
-        lines.append(f"| {split} | {rows} | " + " | ".join(_cell(metrics.get(v, {}), "exact_match_rate")
-                                                          for v in variants) + " |")  # fmt: skip
+        lines.append(
+            f"| {split} | {rows} | "
+            + " | ".join(_cell(metrics.get(v, {}), "exact_match_rate") for v in variants)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -88,8 +100,12 @@ def hyperparameters_table(recipe) -> str:
     model = recipe.model
     values = [getattr(recipe.training, key) for key in HYPERPARAMETERS]
     rows = [(key, getattr(value, "value", value)) for key, value in zip(HYPERPARAMETERS, values)]  # enums by value
-    rows += [("lora_r", model.lora_r), ("lora_alpha", model.lora_alpha), ("lora_dropout", model.lora_dropout),
-             ("lora_target_modules", ", ".join(model.lora_target_modules or []))]  # fmt: skip
+    rows += [
+        ("lora_r", model.lora_r),
+        ("lora_alpha", model.lora_alpha),
+        ("lora_dropout", model.lora_dropout),
+        ("lora_target_modules", ", ".join(model.lora_target_modules or [])),
+    ]
     return "\n".join(["| hyperparameter | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
@@ -99,11 +115,18 @@ def eval_results(recipe, values: dict, label_suffix: str = ""):
 
     dataset_id = repo_ids(recipe)["dataset"]
     return [
-        EvalResult(task_type="text-generation", dataset_type=dataset_id, dataset_name="tool routing (test split)",
-                   dataset_split="test", metric_type=key, metric_name=label + label_suffix,
-                   metric_value=round(values[key], 4))
-        for key, label in HEADLINE if key in values
-    ]  # fmt: skip
+        EvalResult(
+            task_type="text-generation",
+            dataset_type=dataset_id,
+            dataset_name="tool routing (test split)",
+            dataset_split="test",
+            metric_type=key,
+            metric_name=label + label_suffix,
+            metric_value=round(values[key], 4),
+        )
+        for key, label in HEADLINE
+        if key in values
+    ]
 
 
 # --- BFCL v4 (sft_router.bfcl): the card's table beside FunctionGemma's cited figures, and model-index entries ---
@@ -118,12 +141,17 @@ def bfcl_eval_results(recipe, runtime: str = ""):
     if not metrics or not metrics["runtime"].startswith(runtime):
         return []
     return [
-        EvalResult(task_type="text-generation", dataset_type=BFCL_DATASET_ID, dataset_name="BFCL v4",
-                   dataset_split=category, metric_type="accuracy",
-                   metric_name=f"BFCL {category} accuracy ({metrics['runtime']})",
-                   metric_value=round(scores["accuracy"], 4))
+        EvalResult(
+            task_type="text-generation",
+            dataset_type=BFCL_DATASET_ID,
+            dataset_name="BFCL v4",
+            dataset_split=category,
+            metric_type="accuracy",
+            metric_name=f"BFCL {category} accuracy ({metrics['runtime']})",
+            metric_value=round(scores["accuracy"], 4),
+        )
         for category, scores in metrics["categories"].items()
-    ]  # fmt: skip
+    ]
 
 
 def bfcl_card_section(recipe) -> str:
@@ -153,9 +181,11 @@ def bfcl_card_section(recipe) -> str:
 
 def card_images(recipe) -> dict[str, Path]:
     """The figures a card embeds, by their name in the repo, when the run made them."""
-    sources = {"comparison.png": recipe.stage_dir("eval") / "comparison.png",
-               "training_curves.png": recipe.stage_dir("adapter") / "training_curves.png",
-               "bfcl.png": recipe.stage_dir("eval") / "bfcl" / "bfcl.png"}  # fmt: skip
+    sources = {
+        "comparison.png": recipe.stage_dir("eval") / "comparison.png",
+        "training_curves.png": recipe.stage_dir("adapter") / "training_curves.png",
+        "bfcl.png": recipe.stage_dir("eval") / "bfcl" / "bfcl.png",
+    }
     return {name: path for name, path in sources.items() if path.is_file()}
 
 
@@ -264,8 +294,12 @@ def render_model_card(recipe, metrics: dict[str, dict]):
 
     ids = repo_ids(recipe)
     values = _shared_template_values(recipe, metrics)
-    return ModelCard.from_template(model_card_data(recipe, metrics), template_str=card_template("model_card/template.md"),
-                                   repo_id=ids["model"], **values)  # fmt: skip
+    return ModelCard.from_template(
+        model_card_data(recipe, metrics),
+        template_str=card_template("model_card/template.md"),
+        repo_id=ids["model"],
+        **values,
+    )
 
 
 def render_gguf_card(recipe, metrics: dict[str, dict]):
@@ -289,8 +323,9 @@ def render_gguf_card(recipe, metrics: dict[str, dict]):
     )
     values = _shared_template_values(recipe, metrics)
     files = sorted(p.name for p in recipe.stage_dir("gguf").glob("*.gguf"))
-    return ModelCard.from_template(data, template_str=card_template("model_card/gguf.md"), repo_id=ids["gguf"],
-                                   gguf_files=files, **values)  # fmt: skip
+    return ModelCard.from_template(
+        data, template_str=card_template("model_card/gguf.md"), repo_id=ids["gguf"], gguf_files=files, **values
+    )
 
 
 def render_dataset_card(recipe):
@@ -303,10 +338,14 @@ def render_dataset_card(recipe):
     if manifest is None or "mix" not in manifest:
         raise UsageError(f"no dataset in {recipe.stage_dir('dataset')}: run `make data RECIPE={recipe.path}` first")
     catalog = load_catalog(manifest["catalog"])
-    data = DatasetCardData(license="apache-2.0", language=["zh", "en"], task_categories=["text-generation"],
-                           size_categories=[_size_category(sum(manifest["rows"].values()))],
-                           tags=["tool-calling", "function-calling", "synthetic", "router"],
-                           pretty_name="Tool routing scenarios")  # fmt: skip
+    data = DatasetCardData(
+        license="apache-2.0",
+        language=["zh", "en"],
+        task_categories=["text-generation"],
+        size_categories=[_size_category(sum(manifest["rows"].values()))],
+        tags=["tool-calling", "function-calling", "synthetic", "router"],
+        pretty_name="Tool routing scenarios",
+    )
     return DatasetCard.from_template(
         data,
         template_path="dataset_card/template.md",
@@ -360,17 +399,22 @@ def _share(part: int, whole: int) -> str:
 def dataset_variety_table(manifest: dict) -> str:
     """Per split: distinct templates and messages, calls with a value never in train or a confusable tool beside the
     target, and how many tools the prompts show."""
-    lines = ["| split | distinct templates | distinct messages | calls with an unseen value | calls beside a confusable "
-             "tool | tools per prompt (min-max, mean) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| split | distinct templates | distinct messages | calls with an unseen value | calls beside a confusable "
+        "tool | tools per prompt (min-max, mean) |",
+        "|---|---|---|---|---|---|",
+    ]
     for split, rows in manifest["rows"].items():
         mix = manifest["mix"][split]
         calls = mix["kind"]["call"] + mix["kind"]["image_call"]
         sizes = {int(size): count for size, count in mix["tool_list_sizes"].items()}
         mean = sum(size * count for size, count in sizes.items()) / max(sum(sizes.values()), 1)
         span = f"{min(sizes, default=0)}-{max(sizes, default=0)}, {mean:.1f}"
-        lines.append(f"| {split} | {mix['distinct_templates']} | {_share(mix['distinct_messages'], rows)} | "
-                     f"{_share(mix['call_rows_with_unseen_values'], calls)} | "
-                     f"{_share(mix['calls_with_confusable_distractor'], calls)} | {span} |")  # fmt: skip
+        lines.append(
+            f"| {split} | {mix['distinct_templates']} | {_share(mix['distinct_messages'], rows)} | "
+            f"{_share(mix['call_rows_with_unseen_values'], calls)} | "
+            f"{_share(mix['calls_with_confusable_distractor'], calls)} | {span} |"
+        )
     return "\n".join(lines)
 
 
@@ -378,13 +422,18 @@ def dataset_mix_table(manifest: dict) -> str:
     """Per split: how many prompts show one tool, two to five, or more, and the call arguments of each kind."""
     from sft_router.catalog import ARGUMENT_TYPES
 
-    lines = ["| split | prompts with 1 tool | 2-5 tools | 6+ tools | call arguments: " + ", ".join(ARGUMENT_TYPES) + " |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| split | prompts with 1 tool | 2-5 tools | 6+ tools | call arguments: " + ", ".join(ARGUMENT_TYPES) + " |",
+        "|---|---|---|---|---|",
+    ]
     for split, rows in manifest["rows"].items():
         mix = manifest["mix"][split]
         sizes = {int(size): count for size, count in mix["tool_list_sizes"].items()}
-        buckets = [sum(c for s, c in sizes.items() if s == 1), sum(c for s, c in sizes.items() if 2 <= s <= 5),
-                   sum(c for s, c in sizes.items() if s > 5)]  # fmt: skip
+        buckets = [
+            sum(c for s, c in sizes.items() if s == 1),
+            sum(c for s, c in sizes.items() if 2 <= s <= 5),
+            sum(c for s, c in sizes.items() if s > 5),
+        ]
         kinds = mix.get("argument_types", {})
         total = sum(kinds.values())
         arguments = ", ".join(f"{kinds.get(kind, 0) / total:.0%}" if total else "0" for kind in ARGUMENT_TYPES)
@@ -430,12 +479,16 @@ def dataset_language_table(manifest: dict) -> str:
 
 def dataset_tools_table(manifest: dict, catalog) -> str:
     splits = list(manifest["mix"])
-    lines = ["| tool | domain | required | optional | description | " + " | ".join(splits) + " |",
-             "|" + "---|" * (5 + len(splits))]  # fmt: skip
+    lines = [
+        "| tool | domain | required | optional | description | " + " | ".join(splits) + " |",
+        "|" + "---|" * (5 + len(splits)),
+    ]
     for name, tool in catalog.tools.items():
         required = tool["parameters"].get("required", [])
         optional = [arg for arg in tool["parameters"].get("properties", {}) if arg not in required]
         counts = " | ".join(str(manifest["mix"][split]["tool"].get(name, 0)) for split in splits)
-        lines.append(f"| `{name}` | {tool['domain']} | {', '.join(required)} | {', '.join(optional)} | "
-                     f"{tool['description']} | {counts} |")  # fmt: skip
+        lines.append(
+            f"| `{name}` | {tool['domain']} | {', '.join(required)} | {', '.join(optional)} | "
+            f"{tool['description']} | {counts} |"
+        )
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jsonschema
 
+from sft_router.catalog_format import LANGS, check_catalog_format
 from sft_router.english_lint import english_lint
 from sft_router.errors import UsageError, read_yaml
 from sft_router.noise import check_noise_tables
@@ -21,11 +22,6 @@ from sft_router.procedural import check_procedural_spec
 ARGUMENT_TYPES = ("string", "enum", "integer", "number", "boolean", "array", "object")
 # test_unseen: only the catalog's `unseen_tools` are called; test_procedural: only functions of held-out domains
 SPLITS = ("train", "validation", "test", "test_unseen", "test_procedural")
-
-
-LANGS = ("zh", "en")
-
-
 LANG_DRAW = ("zh", "zh", "en")  # Chinese first: two rows in three are Chinese
 
 
@@ -44,8 +40,12 @@ MIN_FAMILIES = 3  # one each for train, validation and test
 SLOT = re.compile(r"\{(\w+)\}")
 
 
-NO_CALL_FIELDS = {"chat": ("reply_zh", "reply_en"), "out_of_scope": ("topic_zh", "topic_en"), "image": (),
-                  "how_to": ()}  # fmt: skip
+NO_CALL_FIELDS = {
+    "chat": ("reply_zh", "reply_en"),
+    "out_of_scope": ("topic_zh", "topic_en"),
+    "image": (),
+    "how_to": (),
+}
 
 
 MIN_NO_CALL_ITEMS = 5  # one in five items is validation-only, one in five test-only
@@ -60,83 +60,6 @@ ITEM_SPLIT_EVERY = 5
 def item_split(index: int) -> str:
     """Lists of items (no-call items, clarify templates): one in five test-only, one in five validation-only."""
     return {ITEM_SPLIT_EVERY - 1: "test", ITEM_SPLIT_EVERY - 2: "validation"}.get(index % ITEM_SPLIT_EVERY, "train")
-
-
-TEXTS = {"type": "array", "items": {"type": "string", "minLength": 1}}
-SCALAR = {"type": ["string", "number", "integer", "boolean"]}
-BY_LANG = {"type": "object", "properties": {lang: {"type": "string", "minLength": 1} for lang in LANGS}}
-# A pool entry: a value copied as written, a {text, value} pair, or a record ({song, artist}) filling several slots.
-POOL = {"type": "array", "items": {"anyOf": [SCALAR, {"type": "object", "minProperties": 1,
-                                                       "properties": {"text": {"type": "string"}}}]}}  # fmt: skip
-# The catalog file's own format, checked before anything reads it: every field's type, so that a wrong one fails in
-# one line naming its place (`zh` given as a string would otherwise be read character by character). Unknown keys are
-# allowed, so that a new catalog key needs only a line here; extend this dict as the format grows.
-CATALOG_SCHEMA = {
-    "type": "object",
-    "required": ["tools", "slots", "no_call"],
-    "properties": {
-        "image_marker": {"type": "string", "minLength": 1},
-        "tools": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["name", "domain", "description", "parameters", "families"],
-                "properties": {
-                    "name": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.-]*$"},
-                    "domain": {"type": "string", "minLength": 1},
-                    "description": {"type": "string", "minLength": 1},
-                    "parameters": {"type": "object"},
-                    "pools": {"type": "object", "additionalProperties": {"type": "string"}},
-                    "feature": BY_LANG,
-                    "how": BY_LANG,
-                    "ask": {"type": ["object", "null"], "additionalProperties": BY_LANG},
-                    "clarify": {"type": ["object", "null"], "properties": {lang: TEXTS for lang in LANGS}},
-                    "image": {"type": ["object", "null"], "properties": {lang: TEXTS for lang in LANGS}},
-                    "families": {
-                        "type": "array",
-                        "items": {
-                            "type": "object",
-                            "required": ["id", *LANGS],
-                            "properties": {
-                                "id": {"type": "string", "minLength": 1},
-                                **{lang: TEXTS for lang in LANGS},
-                            },
-                        },
-                    },
-                },
-            },
-        },
-        "slots": {
-            "type": "object",
-            "additionalProperties": {
-                "type": "object",
-                "properties": {"names": {"type": "boolean"}, "correctable": {"type": "boolean"}},
-                "additionalProperties": POOL,
-            },
-        },
-        "no_call": {
-            "type": "object",
-            "additionalProperties": {
-                "type": "array",
-                "items": {"type": "object", "additionalProperties": {"type": "string"}},
-            },
-        },
-        "replies": {"type": "object", "additionalProperties": BY_LANG},
-        "confusable": {"type": "array", "items": {"type": "array", "minItems": 2, "items": {"type": "string"}}},
-        "unseen_tools": {"type": "array", "items": {"type": "string"}},
-        "procedural": {
-            "type": "object",
-            "properties": {
-                "leads": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
-                "objects": {"type": "array"},
-                "params": {"type": "array"},
-                "verbs": {"type": "object"},
-            },
-        },
-        "noise": {"type": "object", "additionalProperties": {"type": ["object", "array"]}},
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -182,9 +105,18 @@ def load_catalog(path: str | Path) -> Catalog:
     for section in ("tools", "slots", "no_call", "replies", "noise"):
         if not raw.get(section):
             raise UsageError(f"{path}: no `{section}` section; see recipes/gemma-3-270m-it/catalog.yaml")
-    catalog = Catalog(path, _tools_by_name(path, raw["tools"]), raw["slots"], raw["no_call"],
-                      raw.get("image_marker", "<start_of_image>"), raw["replies"], raw.get("confusable") or [],
-                      raw.get("unseen_tools") or [], raw.get("procedural") or {}, raw["noise"])  # fmt: skip
+    catalog = Catalog(
+        path,
+        _tools_by_name(path, raw["tools"]),
+        raw["slots"],
+        raw["no_call"],
+        raw.get("image_marker", "<start_of_image>"),
+        raw["replies"],
+        raw.get("confusable") or [],
+        raw.get("unseen_tools") or [],
+        raw.get("procedural") or {},
+        raw["noise"],
+    )
     for tool in catalog.tools.values():
         _check_tool(catalog, tool)
     _check_templates_unique(catalog)
@@ -195,39 +127,6 @@ def load_catalog(path: str | Path) -> Catalog:
         for where, template, _ in english_templates(catalog, tool):
             _lint_template(catalog, tool, template, f"{catalog.path}: tool '{tool['name']}', {where} '{template}'")
     return catalog
-
-
-def check_catalog_format(path: Path, raw) -> None:
-    """The file against CATALOG_SCHEMA; the first misfit fails naming its place, e.g. `tools[3].families[0].zh`."""
-    errors = jsonschema.Draft202012Validator(CATALOG_SCHEMA).iter_errors(raw)
-    error = min(errors, key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))), default=None)
-    if error is None:
-        return
-    place = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
-    where = f"`{place}`" if place else "the catalog"
-    raise UsageError(f"{path}: {where} {_misfit(error)}; see the format in recipes/gemma-3-270m-it/catalog.yaml")
-
-
-JSON_WORDS = {"array": "a list", "object": "a mapping", "string": "a string", "number": "a number",
-              "integer": "a whole number", "boolean": "true or false", "null": "empty"}  # fmt: skip
-
-
-def _misfit(error) -> str:
-    """What is wrong with one value, in words (jsonschema's messages repeat the whole value)."""
-    shown = repr(error.instance) if len(repr(error.instance)) <= 60 else f"{repr(error.instance)[:57]}..."
-    if error.validator == "type":
-        wanted = [error.validator_value] if isinstance(error.validator_value, str) else error.validator_value
-        return f"is {shown}, {_json_type(error.instance)}; it must be {' or '.join(JSON_WORDS[w] for w in wanted)}"
-    if error.validator == "required":
-        return f"has no `{error.message.split(chr(39))[1]}`; add it"
-    if error.validator == "oneOf":
-        return f"is {shown}; it must be a plain value or have `text` and `value`"
-    return f"is {shown}: {error.message.splitlines()[0][:120]}"
-
-
-def _json_type(value) -> str:
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}
-    return JSON_WORDS.get("null" if value is None else names.get(type(value), ""), type(value).__name__)
 
 
 def _tools_by_name(path: Path, tools: list[dict]) -> dict[str, dict]:
@@ -276,8 +175,11 @@ def _check_tool(catalog: Catalog, tool: dict) -> None:
 def missing_required(tool: dict, template: str) -> list[str]:
     """The required arguments a template does not state, in schema order."""
     slots = set(SLOT.findall(template))
-    return [arg for arg in tool["parameters"].get("properties", {})
-            if arg in tool["parameters"].get("required", []) and arg not in slots]  # fmt: skip
+    return [
+        arg
+        for arg in tool["parameters"].get("properties", {})
+        if arg in tool["parameters"].get("required", []) and arg not in slots
+    ]
 
 
 def _check_clarify(catalog: Catalog, tool: dict, where: str, pools_checked: set) -> None:

@@ -42,23 +42,29 @@ class DataArguments:
     )
     min_tools: int = field(
         default=2,
-        metadata={"help": "Fewest tools a prompt shows (agents carry several): a scene shows min_tools to five, a "
-                  "quarter of scenes more, up to max_distractors + 1."},
-    )  # fmt: skip
+        metadata={
+            "help": "Fewest tools a prompt shows (agents carry several): a scene shows min_tools to five, a "
+            "quarter of scenes more, up to max_distractors + 1."
+        },
+    )
     scene_size: int = field(
         default=8,
-        metadata={"help": "Requests per scene: rows that share one system prompt and tool list, adjacent in their "
-                  "split (1: a tool list per row)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Requests per scene: rows that share one system prompt and tool list, adjacent in their "
+            "split (1: a tool list per row)."
+        },
+    )
     dataset_seed: int = field(default=1234, metadata={"help": "Seed of the dataset generator."})
     num_test_unseen: int = field(
         default=200, metadata={"help": "Rows in the test_unseen split: calls to the catalog's `unseen_tools` only."}
     )
     functions: str | None = field(
         default=None,
-        metadata={"help": "Spec of BFCL-style functions (YAML; sft_router.functions): typed arguments in English "
-                  "prose; its held-out domains make up the test_procedural split."},
-    )  # fmt: skip
+        metadata={
+            "help": "Spec of BFCL-style functions (YAML; sft_router.functions): typed arguments in English "
+            "prose; its held-out domains make up the test_procedural split."
+        },
+    )
     function_share: float = field(
         default=0.0,
         metadata={
@@ -116,19 +122,25 @@ class EvalArguments:
     )
     eval_splits: list[str] = field(
         default_factory=lambda: ["test"],
-        metadata={"help": "Splits `make eval` scores, `test` first: generated ones (test, test_unseen, "
-                  "test_procedural, validation) and `handwritten` (the `handwritten` file)."},
-    )  # fmt: skip
+        metadata={
+            "help": "Splits `make eval` scores, `test` first: generated ones (test, test_unseen, "
+            "test_procedural, validation) and `handwritten` (the `handwritten` file)."
+        },
+    )
     handwritten: str | None = field(
         default=None,
-        metadata={"help": "JSONL of hand-written test rows (user message, tools shown, expected call or null), "
-                  "scored as the `handwritten` split."},
-    )  # fmt: skip
+        metadata={
+            "help": "JSONL of hand-written test rows (user message, tools shown, expected call or null), "
+            "scored as the `handwritten` split."
+        },
+    )
     bfcl_categories: list[str] = field(
         default_factory=list,
-        metadata={"help": "BFCL v4 categories `make eval` also scores (simple_python, multiple, irrelevance); "
-                  "empty: none (`make bfcl` then scores all three)."},
-    )  # fmt: skip
+        metadata={
+            "help": "BFCL v4 categories `make eval` also scores (simple_python, multiple, irrelevance); "
+            "empty: none (`make bfcl` then scores all three)."
+        },
+    )
     bfcl_limit: int | None = field(
         default=None,
         metadata={"help": "Cases per BFCL category: a seeded sample, the same for every variant (None: all)."},
@@ -140,10 +152,12 @@ class EvalArguments:
 class SceneArguments:
     scene_packing: bool = field(
         default=True,
-        metadata={"help": "Train each scene (rows sharing one system prompt) as one sequence: the shared prefix once, "
-                  "then every request (sft_router.scene_packing); false: every row padded on its own, for model "
-                  "families whose attention takes no per-layer mask mapping."},
-    )  # fmt: skip
+        metadata={
+            "help": "Train each scene (rows sharing one system prompt) as one sequence: the shared prefix once, "
+            "then every request (sft_router.scene_packing); false: every row padded on its own, for model "
+            "families whose attention takes no per-layer mask mapping."
+        },
+    )
 
 
 @dataclass
@@ -372,5 +386,8 @@ def namespace(recipe) -> str:
 def repo_ids(recipe) -> dict[str, str]:
     ns = namespace(recipe)
     publish = recipe.publish
-    return {"model": f"{ns}/{publish.model_repo}", "gguf": f"{ns}/{publish.gguf_repo}",
-            "dataset": f"{ns}/{publish.dataset_repo}"}  # fmt: skip
+    return {
+        "model": f"{ns}/{publish.model_repo}",
+        "gguf": f"{ns}/{publish.gguf_repo}",
+        "dataset": f"{ns}/{publish.dataset_repo}",
+    }

@@ -47,8 +47,14 @@ from sft_router.router_format import (
 )
 from sft_router.run import stage_output
 
-RATES = ("no_call_share", "procedural_share", "correction_rate", "function_share", "function_mask_rate",
-         *(f"noise_{rule}" for rule in RULES))  # fmt: skip
+RATES = (
+    "no_call_share",
+    "procedural_share",
+    "correction_rate",
+    "function_share",
+    "function_mask_rate",
+    *(f"noise_{rule}" for rule in RULES),
+)
 
 
 def _check_mix(args) -> None:
@@ -73,14 +79,20 @@ def _check_mix(args) -> None:
 
 def _check_catalog_for(args, catalog: Catalog) -> None:
     if args.num_test_unseen and not catalog.unseen_tools:
-        raise UsageError(f"{catalog.path}: no `unseen_tools` for the {args.num_test_unseen} test_unseen rows; "
-                         "list the tools to hold out, or set num_test_unseen: 0")  # fmt: skip
+        raise UsageError(
+            f"{catalog.path}: no `unseen_tools` for the {args.num_test_unseen} test_unseen rows; "
+            "list the tools to hold out, or set num_test_unseen: 0"
+        )
     if args.procedural_share and not catalog.procedural:
-        raise UsageError(f"{catalog.path}: no `procedural` section for procedural_share {args.procedural_share}; "
-                         "add one, or set procedural_share: 0")  # fmt: skip
+        raise UsageError(
+            f"{catalog.path}: no `procedural` section for procedural_share {args.procedural_share}; "
+            "add one, or set procedural_share: 0"
+        )
     if (args.function_share or args.num_test_procedural) and not args.functions:
-        raise UsageError(f"function_share {args.function_share} and num_test_procedural {args.num_test_procedural} "
-                         "need a `functions` spec; set `functions`, or set both to 0")  # fmt: skip
+        raise UsageError(
+            f"function_share {args.function_share} and num_test_procedural {args.num_test_procedural} "
+            "need a `functions` spec; set `functions`, or set both to 0"
+        )
 
 
 def build_splits(recipe, catalog: Catalog | None = None, applied: dict | None = None) -> dict[str, list[dict]]:
@@ -91,8 +103,13 @@ def build_splits(recipe, catalog: Catalog | None = None, applied: dict | None = 
     catalog = catalog or load_catalog(args.catalog)
     _check_catalog_for(args, catalog)
     system_prompt = load_system_prompt(args.system_prompt)
-    sizes = {"train": args.num_train, "validation": args.num_validation, "test": args.num_test,
-             "test_unseen": args.num_test_unseen, "test_procedural": args.num_test_procedural}  # fmt: skip
+    sizes = {
+        "train": args.num_train,
+        "validation": args.num_validation,
+        "test": args.num_test,
+        "test_unseen": args.num_test_unseen,
+        "test_procedural": args.num_test_procedural,
+    }
     splits: dict[str, list[dict]] = {}
     avoid = None
     functions = load_functions(args.functions) if args.functions else None
@@ -127,8 +144,11 @@ def split_mix(rows: list[dict], catalog: Catalog, train_values: set[str]) -> dic
     unseen_calls = sum(any(v not in train_values for v in json.loads(row["values"]).values()) for row in calls)
     sizes = Counter(len(row["tools"]) for row in rows)
     scenes = Counter(row["scene"] for row in rows)
-    confusable = sum(bool(set(catalog.confusable_with(row["tool_name"])) & set(row["tools"])) for row in calls
-                     if row["tool_name"] in catalog.tools)  # fmt: skip
+    confusable = sum(
+        bool(set(catalog.confusable_with(row["tool_name"])) & set(row["tools"]))
+        for row in calls
+        if row["tool_name"] in catalog.tools
+    )
     return {
         "kind": {kind: kinds[kind] for kind in KINDS},
         "lang": {lang: sum(row["lang"] == lang for row in rows) for lang in LANGS},

@@ -57,8 +57,10 @@ class TrainMessages:
         if (template, values) in self.pairs:
             return f"template '{template}' with values {values} is in train"
         if found := self.near.nearest(key):
-            return (f"user message '{user}' nearly duplicates train's '{self.users[found[1]]}' "
-                    f"(character {GRAM}-gram Jaccard {found[0]:.2f} >= {NEAR_DUPLICATE})")  # fmt: skip
+            return (
+                f"user message '{user}' nearly duplicates train's '{self.users[found[1]]}' "
+                f"(character {GRAM}-gram Jaccard {found[0]:.2f} >= {NEAR_DUPLICATE})"
+            )
         return None
 
 
@@ -104,8 +106,11 @@ class RowValidator:
         """Rule 11: a reply offers only what the prompt shows."""
         reply, shown = row["completion"][0]["content"], set(row["tools"])
         named = [name for name in self.catalog.tools if name in reply and name not in shown]
-        named += [pattern.pattern for pattern, names in self.features[row["lang"]]
-                  if not names & shown and pattern.search(reply)]  # fmt: skip
+        named += [
+            pattern.pattern
+            for pattern, names in self.features[row["lang"]]
+            if not names & shown and pattern.search(reply)
+        ]
         if named:
             raise UsageError(
                 f"{where}: reply '{reply}' names '{named[0]}', which no tool in its prompt does; "
@@ -229,8 +234,13 @@ def check_leaks(splits: dict[str, list[dict]]) -> list[str]:
     """Rows of every split but train whose user message, compared normalised, equals or nearly equals (character
     5-gram Jaccard >= 0.8) a train message, or whose (template, values) pair occurs in train; each names the pair."""
     train = TrainMessages(splits["train"])
-    found = (f"{name} {leak}" for name in splits if name != "train" for row in splits[name]
-             if (leak := train.leak(row["user"], row["template"], row["values"])))  # fmt: skip
+    found = (
+        f"{name} {leak}"
+        for name in splits
+        if name != "train"
+        for row in splits[name]
+        if (leak := train.leak(row["user"], row["template"], row["values"]))
+    )
     return sorted(set(found))
 
 
@@ -295,5 +305,9 @@ def contamination(splits: dict[str, list[dict]], cases: list[dict]) -> list[str]
     (`news`) is an English word, so it is checked as a tool name only.
     """
     check = ContaminationCheck(cases)
-    return [f"{split} row {row['id']}: BFCL {hit}" for split, rows in splits.items() for row in rows
-            for hit in check.in_row(row)]  # fmt: skip
+    return [
+        f"{split} row {row['id']}: BFCL {hit}"
+        for split, rows in splits.items()
+        for row in rows
+        for hit in check.in_row(row)
+    ]

@@ -47,13 +47,21 @@ COMPARED = [
     ("false_call_rate", "false-call rate"),
     ("missed_call_rate", "missed-call rate"),
 ]
-CHARTED = ["exact_match_rate", "tool_name_accuracy", "average_argument_f1", "json_valid_rate",
-           "exact_match_rate_strict", "no_call_accuracy"]  # fmt: skip
+CHARTED = [
+    "exact_match_rate",
+    "tool_name_accuracy",
+    "average_argument_f1",
+    "json_valid_rate",
+    "exact_match_rate_strict",
+    "no_call_accuracy",
+]
 PREDICTION_FIELDS = ("text", "output")  # `output`: a predictions.jsonl written here
-REFERENCE_FIELDS = ("text", "expected")
-LOOKUP_NOTE = ("`lookup` is no model: the nearest train messages (character n-grams) pick the tool and a dictionary of "
-               "train slot values fills the arguments (sft_router.lookup); what a model scores above it, it did not "
-               "recall from train.")  # fmt: skip  # `expected`: a predictions.jsonl; a test-split row gives its completion
+REFERENCE_FIELDS = ("text", "expected")  # `expected`: a predictions.jsonl; a test-split row gives its completion
+LOOKUP_NOTE = (
+    "`lookup` is no model: the nearest train messages (character n-grams) pick the tool and a dictionary of "
+    "train slot values fills the arguments (sft_router.lookup); what a model scores above it, it did not "
+    "recall from train."
+)
 
 
 def evaluate_model(model, tokenizer, rows, recipe, out: Path, desc: str) -> dict:
@@ -109,8 +117,9 @@ def score_variants(recipe, tokenizer, splits: dict[str, list[dict]], out: Path, 
     gguf_scored = eval_gguf_file(recipe) is not None
     for name, model in model_variants(recipe, recipe.stage_dir("adapter")):
         for split in transformers_splits(name, splits, gguf_scored):
-            results[split][name] = evaluate_model(model, tokenizer, splits[split], recipe, dirs[split] / name,
-                                                  f"{name} ({split})")  # fmt: skip
+            results[split][name] = evaluate_model(
+                model, tokenizer, splits[split], recipe, dirs[split] / name, f"{name} ({split})"
+            )
     for split, variants in evaluate_gguf(recipe, tokenizer, splits, dirs).items():
         results[split].update(variants)
     for split, rows in splits.items():
@@ -144,8 +153,10 @@ def run_eval(recipe) -> dict[str, dict[str, dict]]:
         write_comparison(out, results, page_notes, bfcl)
         facts["metrics"] = {name: headline(metrics) for name, metrics in results[HEADLINE_SPLIT].items()}
         facts["bfcl"] = {name: metrics["categories"] for name, metrics in bfcl.items()}
-        facts["split_metrics"] = {split: {name: headline(metrics) for name, metrics in variants.items()}
-                                  for split, variants in results.items()}  # fmt: skip
+        facts["split_metrics"] = {
+            split: {name: headline(metrics) for name, metrics in variants.items()}
+            for split, variants in results.items()
+        }
         facts["skipped_splits"] = notes
     return results
 
@@ -175,9 +186,14 @@ def per_tool_table(results: dict[str, dict]) -> str:
     """Tool-selection F1 per expected tool (support from the first variant), one column per variant."""
     first = next(iter(results.values()))
     tools = [tool for tool, scores in first["per_tool"].items() if scores["support"]]
-    rows = [[tool, first["per_tool"][tool]["support"],
-             *(f"{metrics['per_tool'].get(tool, {}).get('f1', 0.0):.3f}" for metrics in results.values())]
-            for tool in tools]  # fmt: skip
+    rows = [
+        [
+            tool,
+            first["per_tool"][tool]["support"],
+            *(f"{metrics['per_tool'].get(tool, {}).get('f1', 0.0):.3f}" for metrics in results.values()),
+        ]
+        for tool in tools
+    ]
     return "\n".join(_table(["expected tool", "support", *(f"{name} F1" for name in results)], rows))
 
 
@@ -200,7 +216,7 @@ def split_markdown(split: str, results: dict[str, dict]) -> str:
             f"### Confusion: {name} on `{split}` (rows expected, columns predicted)\n\n"
             f"{confusion_markdown(metrics['confusion'])}"
             for name, metrics in results.items()
-        ),  # fmt: skip
+        ),
     ]
     return "\n\n".join(parts)
 
@@ -208,9 +224,14 @@ def split_markdown(split: str, results: dict[str, dict]) -> str:
 def overview_table(by_split: dict[str, dict[str, dict]]) -> str:
     """Exact match (with its interval) of every variant on every split, one row per split."""
     variants = list(dict.fromkeys(name for results in by_split.values() for name in results))
-    rows = [[f"`{split}`", next(iter(results.values()))["total_samples"],
-             *(_cell(results[name], "exact_match_rate") if name in results else "n/a" for name in variants)]
-            for split, results in by_split.items()]  # fmt: skip
+    rows = [
+        [
+            f"`{split}`",
+            next(iter(results.values()))["total_samples"],
+            *(_cell(results[name], "exact_match_rate") if name in results else "n/a" for name in variants),
+        ]
+        for split, results in by_split.items()
+    ]
     return "\n".join(_table(["split", "rows", *variants], rows))
 
 
@@ -357,8 +378,10 @@ def main(argv: list[str] | None = None) -> None:
     (recipe,) = parse_recipe(argv)
     for split, results in run_eval(recipe).items():
         for name, metrics in results.items():
-            print(f"eval {split} {name}: exact_match={_cell(metrics, 'exact_match_rate')} "
-                  f"arg_f1={_cell(metrics, 'average_argument_f1')}")  # fmt: skip
+            print(
+                f"eval {split} {name}: exact_match={_cell(metrics, 'exact_match_rate')} "
+                f"arg_f1={_cell(metrics, 'average_argument_f1')}"
+            )
     if recipe.eval.bfcl_categories:
         from sft_router.bfcl import show
 

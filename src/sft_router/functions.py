@@ -35,8 +35,18 @@ SAID_IN_WORDS = 0.35  # a `minutes` or `count` value is said from the `said` tab
 FEWEST, MOST = 2, 6  # functions a scene shows
 MIN_FUNCTIONS = 4  # of a domain: a scene shows some and leaves one out for its irrelevance requests
 SLOT = re.compile(r"\{(\w+)\}")
-TYPES = {"string": "string", "enum": "string", "integer": "integer", "minutes": "integer", "count": "integer",
-         "number": "number", "fraction": "number", "numbers": "array", "boolean": "boolean", "object": "object"}  # fmt: skip
+TYPES = {
+    "string": "string",
+    "enum": "string",
+    "integer": "integer",
+    "minutes": "integer",
+    "count": "integer",
+    "number": "number",
+    "fraction": "number",
+    "numbers": "array",
+    "boolean": "boolean",
+    "object": "object",
+}
 
 
 @dataclass
@@ -67,8 +77,10 @@ class FunctionSpec:
         self.leads, self.tails, self.said = spec["leads"], spec["tails"], spec["said"]
         self.domains, self.held_out = spec["domains"], spec["held_out_domains"]
         if set(self.domains) & set(self.held_out):
-            raise UsageError(f"{path}: domains {sorted(set(self.domains) & set(self.held_out))} are also held out; "
-                             "keep `held_out_domains` disjoint from `domains`")  # fmt: skip
+            raise UsageError(
+                f"{path}: domains {sorted(set(self.domains) & set(self.held_out))} are also held out; "
+                "keep `held_out_domains` disjoint from `domains`"
+            )
         self.functions = {f["name"]: f for fs in (*self.domains.values(), *self.held_out.values()) for f in fs}
         for name, function in self.functions.items():
             self._check(name, function)
@@ -86,8 +98,10 @@ class FunctionSpec:
             unknown = set(SLOT.findall(ask)) - set(function["params"])
             required = {p for p, s in function["params"].items() if "default" not in s}
             if unknown or not required <= set(SLOT.findall(ask)):
-                raise UsageError(f"{self.path}: {name} ask '{ask}' must name every required parameter and no other "
-                                 f"(unknown {sorted(unknown)}); fix the template")  # fmt: skip
+                raise UsageError(
+                    f"{self.path}: {name} ask '{ask}' must name every required parameter and no other "
+                    f"(unknown {sorted(unknown)}); fix the template"
+                )
 
     def domains_for(self, split: str) -> dict[str, list[dict]]:
         return self.held_out if split == HELD_OUT_SPLIT else self.domains
@@ -98,8 +112,11 @@ class FunctionSpec:
     def declaration(self, function: dict, name: str | None = None) -> dict:
         """The function as a tool entry (router_format.router_tool), under `name` when masked."""
         params = function["params"]
-        parameters = {"type": "object", "properties": {p: self._schema(s) for p, s in params.items()},
-                      "required": [p for p, s in params.items() if "default" not in s]}  # fmt: skip
+        parameters = {
+            "type": "object",
+            "properties": {p: self._schema(s) for p, s in params.items()},
+            "required": [p for p, s in params.items() if "default" not in s],
+        }
         return router_tool(
             {"name": name or function["name"], "description": function["doc"], "parameters": parameters}
         )
@@ -156,8 +173,12 @@ class FunctionRows:
             parts = {sub: self.value(s) for sub, s in spec["properties"].items()}
             filled = SLOT.sub(lambda m: parts[m.group(1)][0], spec["say"])
             marked = SLOT.sub(lambda m: "{" + f"{name}.{m.group(1)}" + "}", spec["say"])
-            return filled, marked, {f"{name}.{sub}": text for sub, (text, _) in parts.items()}, {
-                sub: value for sub, (_, value) in parts.items()}  # fmt: skip
+            return (
+                filled,
+                marked,
+                {f"{name}.{sub}": text for sub, (text, _) in parts.items()},
+                {sub: value for sub, (_, value) in parts.items()},
+            )
         text, value = self.value(spec)
         if spec["kind"] == "boolean":
             return text, text, {}, value

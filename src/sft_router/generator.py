@@ -42,8 +42,10 @@ KEEP_IN_TRAIN = 6  # a pool's first entries are its most common values: always i
 HELD_OUT_OF = (1, 2)  # of the other entries, one in two never appears in train
 EVAL_UNSEEN_DRAW = 0.6  # an evaluation row draws a slot's value from the held-out entries this often
 HOW_TO_SHOWN = 0.6  # a how-to question asks about a shown tool's feature this often, else about one not shown
-CORRECTION = {"zh": ["，不对，", "，不是，是", "，说错了，", "，哦不，"],
-              "en": [", no wait, ", ", sorry, I mean ", ", no, ", " - actually "]}  # fmt: skip
+CORRECTION = {
+    "zh": ["，不对，", "，不是，是", "，说错了，", "，哦不，"],
+    "en": [", no wait, ", ", sorry, I mean ", ", no, ", " - actually "],
+}
 NOISE_REQUEST = ("typo", "mixed", "curt", "polite", "filler", "context", "informal", "lowercase")
 NOISE_TALK = ("typo", "polite", "informal", "lowercase")
 
@@ -95,10 +97,13 @@ class Generator:
         self.targets = self.lists.targets
         every_family = split == "test_unseen"  # no family of an unseen tool was ever trained on
         self.families = {
-            name: [f for i, f in enumerate(tool["families"])
-                   if every_family or family_split(i, len(tool["families"])) == split]
+            name: [
+                f
+                for i, f in enumerate(tool["families"])
+                if every_family or family_split(i, len(tool["families"])) == split
+            ]
             for name, tool in catalog.tools.items()
-        }  # fmt: skip
+        }
         self.item_split = "test" if split == "test_unseen" else split
         self.noise = NoiseRules(catalog.noise, {rule: getattr(args, f"noise_{rule}") for rule in RULES})
         self.applied: Counter = Counter()
@@ -106,8 +111,9 @@ class Generator:
         self._messages: set[str] = set()
         self._held: dict[tuple[str, str], list[bool]] = {}
         self.functions = functions  # the `functions` spec (load_functions), read once for all splits
-        self.function_rows = self.functions and FunctionRows(self.functions, self.rng, args.function_mask_rate,
-                                                             args.max_distractors + 1)  # fmt: skip
+        self.function_rows = self.functions and FunctionRows(
+            self.functions, self.rng, args.function_mask_rate, args.max_distractors + 1
+        )
         self.avoid: TrainMessages | None = None  # set by build_splits for the evaluation splits
 
     def _next(self, queue: str, items: list):
@@ -137,8 +143,11 @@ class Generator:
         segments, shown, values = [], {}, {}
         records: dict[str, dict] = {}
         slots = SLOT.findall(template)
-        correctable = [slot for slot in slots if (self.catalog.slots.get(self.catalog.pool_name(tool, slot)) or {}).get(
-            "correctable")]  # fmt: skip
+        correctable = [
+            slot
+            for slot in slots
+            if (self.catalog.slots.get(self.catalog.pool_name(tool, slot)) or {}).get("correctable")
+        ]
         corrected = self.rng.choice(correctable) if correct and correctable else None
         for literal, slot in zip(re.split(r"\{\w+\}", template), [*slots, None]):
             if literal:
@@ -408,8 +417,15 @@ class Generator:
         if slip:
             raise UsageError(f"function '{function['name']}': message '{request.text}' reads {slip}; fix its `ask`")
         self._messages.add(request.text)
-        said = Utterance(function, "en", FUNCTION_FAMILY + function["name"], request.template, request.text,
-                         request.shown, request.arguments)  # fmt: skip
+        said = Utterance(
+            function,
+            "en",
+            FUNCTION_FAMILY + function["name"],
+            request.template,
+            request.text,
+            request.shown,
+            request.arguments,
+        )
         if shown_name is None:
             return self._row("missing_tool", said, request.text, scene, self.catalog.replies["missing_tool"]["en"])
         return self._row("call", said, request.text, scene, render_call(shown_name, request.arguments), shown_name)

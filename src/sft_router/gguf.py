@@ -53,12 +53,20 @@ def convert_to_gguf(merged: Path, outfile: Path, outtype: str, card_metadata: st
     staging = outfile.with_name(outfile.name + ".input")
     try:
         source = converter_input(merged, staging, card_metadata)
-        run_pinned(converter, "convert_hf_to_gguf.py", [str(source), "--outtype", outtype, "--outfile", str(raw)],
-                    f"converter on {merged}")  # fmt: skip
+        run_pinned(
+            converter,
+            "convert_hf_to_gguf.py",
+            [str(source), "--outtype", outtype, "--outfile", str(raw)],
+            f"converter on {merged}",
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    run_pinned(converter, "gguf-py/gguf/scripts/gguf_new_metadata.py",
-                [str(raw), str(outfile), "--special-token", "eot", STOP_TOKEN, "--force"], "metadata writer")  # fmt: skip
+    run_pinned(
+        converter,
+        "gguf-py/gguf/scripts/gguf_new_metadata.py",
+        [str(raw), str(outfile), "--special-token", "eot", STOP_TOKEN, "--force"],
+        "metadata writer",
+    )
     raw.unlink()
 
 

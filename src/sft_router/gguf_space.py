@@ -26,8 +26,10 @@ def space_repo_id(model_id: str) -> str:
 
 
 def manual_steps(model_id: str) -> str:
-    return (f"convert by hand: open {SPACE_URL}, sign in with Hugging Face, set Hub Model ID to {model_id}, "
-            f"Quantization Method to {QUANTIZATION}, press Submit; it creates {space_repo_id(model_id)}")  # fmt: skip
+    return (
+        f"convert by hand: open {SPACE_URL}, sign in with Hugging Face, set Hub Model ID to {model_id}, "
+        f"Quantization Method to {QUANTIZATION}, press Submit; it creates {space_repo_id(model_id)}"
+    )
 
 
 def call_process_model(src: str, model_id: str, token: str):

@@ -43,8 +43,21 @@ from llama_cpp.llama_grammar import INVALID_RULE_CHARS_RE, PRIMITIVE_RULES, Buil
 from sft_router.router_format import tools_in_prompt
 
 REPLY = r"reply ::= [^{ \t\r\n] [^{]*"
-STRUCTURE_KEYS = {"type", "$ref", "oneOf", "anyOf", "allOf", "const", "enum", "properties", "additionalProperties",
-                  "items", "prefixItems", "pattern", "format"}  # fmt: skip
+STRUCTURE_KEYS = {
+    "type",
+    "$ref",
+    "oneOf",
+    "anyOf",
+    "allOf",
+    "const",
+    "enum",
+    "properties",
+    "additionalProperties",
+    "items",
+    "prefixItems",
+    "pattern",
+    "format",
+}
 # json.dumps (repr) writes up to 20 decimals: 17 significant digits after up to 3 zeros (0.00012345678901234567).
 NUMBER = BuiltinRule('("-"? integral-part) ("." [0-9]{1,20})? ([eE] [-+]? [0-9]{1,3})? space', ["integral-part"])
 BOUND_KEYS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}
@@ -187,8 +200,11 @@ def call_schema(tool: dict) -> dict:
     """The JSON schema of one call of `tool`: its name as a constant, then its arguments (no other key)."""
     arguments = tool["arguments"] if isinstance(tool["arguments"], dict) else {}
     arguments = {"type": "object", "additionalProperties": False, **arguments}
-    return {"type": "object", "properties": {"tool_name": {"const": tool["tool_name"]}, "arguments": arguments},
-            "required": ["tool_name", "arguments"]}  # fmt: skip
+    return {
+        "type": "object",
+        "properties": {"tool_name": {"const": tool["tool_name"]}, "arguments": arguments},
+        "required": ["tool_name", "arguments"],
+    }
 
 
 def call_rules(tools: list[dict]) -> str:
@@ -207,8 +223,10 @@ def tool_rule(converter: RouterSchemaConverter, tool: dict, name: str) -> str:
         converter.resolve_refs(schema["properties"]["arguments"], name)
         return converter.visit(schema, name)
     except (AssertionError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"tool '{tool['tool_name']}': llama.cpp's grammar converter cannot read its arguments schema "
-                         f"({exc}); give it plain JSON Schema") from exc  # fmt: skip
+        raise ValueError(
+            f"tool '{tool['tool_name']}': llama.cpp's grammar converter cannot read its arguments schema "
+            f"({exc}); give it plain JSON Schema"
+        ) from exc
 
 
 def build_grammar(system_prompt: str, calls_only: bool = False) -> str:

@@ -50,8 +50,13 @@ def _ngrams(text: str) -> Counter:
 class LookupRouter:
     """Nearest train neighbour for the tool, a dictionary of train slot values for the arguments."""
 
-    def __init__(self, train_rows, image_marker: str = "<start_of_image>", tool_of_family: dict | None = None,
-                 neighbours: int = NEIGHBOURS):  # fmt: skip
+    def __init__(
+        self,
+        train_rows,
+        image_marker: str = "<start_of_image>",
+        tool_of_family: dict | None = None,
+        neighbours: int = NEIGHBOURS,
+    ):
         self.image_marker, self.neighbours = image_marker, neighbours
         rows = list(train_rows)
         self.labels = [_intent(row, tool_of_family or {}) for row in rows]
@@ -195,9 +200,11 @@ def main(argv: list[str] | None = None) -> None:
         start = time.time()
         metrics, _ = score(router.route_rows(rows), [target_text(row) for row in rows])
         low, high = interval(metrics, "exact_match_rate")
-        print(f"lookup {name}: exact_match={metrics['exact_match_rate']:.3f} [{low:.3f}, {high:.3f}] "
-              f"tool_name_accuracy={metrics['tool_name_accuracy']:.3f} "
-              f"no_call_accuracy={metrics['no_call_accuracy']:.3f} ({len(rows)} rows, {time.time() - start:.1f} s)")  # fmt: skip
+        print(
+            f"lookup {name}: exact_match={metrics['exact_match_rate']:.3f} [{low:.3f}, {high:.3f}] "
+            f"tool_name_accuracy={metrics['tool_name_accuracy']:.3f} "
+            f"no_call_accuracy={metrics['no_call_accuracy']:.3f} ({len(rows)} rows, {time.time() - start:.1f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -41,11 +41,13 @@ def _cut_chain(side: str) -> str:
 
 
 GO_TRIM = (
-    '{{- define "rtrim" }}' + _cut_chain("tail")
+    '{{- define "rtrim" }}'
+    + _cut_chain("tail")
     + '{{ if $cut }}{{ template "rtrim" (slice . 0 (len (slice . $cut))) }}{{ else }}{{ . }}{{ end }}{{ end }}\n'
-    + '{{- define "trim" }}' + _cut_chain("head")
+    + '{{- define "trim" }}'
+    + _cut_chain("head")
     + '{{ if $cut }}{{ template "trim" (slice . $cut) }}{{ else }}{{ template "rtrim" . }}{{ end }}{{ end }}\n'
-)  # fmt: skip
+)
 
 # Trim markers ({{- -}}) keep the template's own newlines out of the prompt; the only newlines emitted are the ones
 # inside the quoted strings, exactly where the Jinja template puts them. As in Jinja, only a first message with the

@@ -173,8 +173,9 @@ def plan_batches(id_lists, scenes, batch_size: int, reuse_prefix: bool = True):
     to share it), and the batches: (group, prompt index) pairs, group after group, longest prompts first within a
     group; a batch fills up across groups, so scenes smaller than a batch still fill it."""
     groups = prefix_groups(scenes)
-    prefixes = [common_prefix([id_lists[i] for i in group]) if reuse_prefix and len(group) > 1 else []
-                for group in groups]  # fmt: skip
+    prefixes = [
+        common_prefix([id_lists[i] for i in group]) if reuse_prefix and len(group) > 1 else [] for group in groups
+    ]
     order = [(g, i) for g, group in enumerate(groups) for i in sorted(group, key=lambda i: -len(id_lists[i]))]
     return prefixes, [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
@@ -186,9 +187,16 @@ def generate_batch(model, tokenizer, id_lists, prefixes: list[list[int]], caches
     input_ids, mask = left_padded(id_lists, tokenizer.pad_token_id, model.device)
     past = batch_cache(id_lists, prefixes, caches) if any(cache is not None for cache in caches) else None
     with torch.inference_mode():
-        generated = model.generate(input_ids=input_ids, attention_mask=mask, cache=past,
-                                   max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                   eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        generated = model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            cache=past,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            use_cache=True,
+            eos_token_id=stop_token_ids(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+        )
     texts = tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)
     return [text.strip() for text in texts]
 
@@ -222,8 +230,14 @@ def generate(
         # Groups come one after another: keep the caches of this batch's groups only, each prefilled once.
         groups = [g for g in dict.fromkeys(g for g, _ in batch) if prefixes[g]]
         caches = {g: caches[g] if g in caches else prefill_prefix(model, prefixes[g]) for g in groups}
-        texts = generate_batch(model, tokenizer, [id_lists[i] for _, i in batch], [prefixes[g] for g, _ in batch],
-                               [caches.get(g) for g, _ in batch], max_new_tokens)  # fmt: skip
+        texts = generate_batch(
+            model,
+            tokenizer,
+            [id_lists[i] for _, i in batch],
+            [prefixes[g] for g, _ in batch],
+            [caches.get(g) for g, _ in batch],
+            max_new_tokens,
+        )
         for (_, index), text in zip(batch, texts):
             outputs[index] = text
     return outputs

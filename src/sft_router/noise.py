@@ -17,8 +17,19 @@ import re
 
 from sft_router.errors import UsageError
 
-RULES = ("typo", "filler", "polite", "curt", "context", "mixed", "number_words", "informal", "lowercase", "value_typo",
-         "second_request")  # fmt: skip
+RULES = (
+    "typo",
+    "filler",
+    "polite",
+    "curt",
+    "context",
+    "mixed",
+    "number_words",
+    "informal",
+    "lowercase",
+    "value_typo",
+    "second_request",
+)
 AFFIXES = ("polite", "filler", "context")  # at most one a message
 TABLES = ("slips", "mixed", "curt_drop", "filler", "polite", "context")  # the catalog's `noise` word tables
 
@@ -31,8 +42,21 @@ def check_noise_tables(path, tables: dict) -> None:
 
 PREFIX_SHARE = 0.2  # an affix leads the message this often; typed messages mostly trail one (", thanks")
 END_PUNCTUATION = "？?。.！!"
-EN_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-              "twelve"]  # fmt: skip
+EN_NUMBERS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+]
 EN_TENS = {20: "twenty", 30: "thirty", 40: "forty", 50: "fifty"}
 ZH_DIGITS = "零一二三四五六七八九"
 
@@ -109,9 +133,10 @@ class NoiseRules:
             return text.replace(word, rng.choice(self.tables["slips"]["zh"][word]), 1)
         match = rng.choice(sites)
         word, at = match.group(), rng.randrange(1, len(match.group()) - 2)
-        slipped = rng.choice([word[:at] + word[at + 1] + word[at] + word[at + 2 :],  # swapped letters
-                              word[:at] + word[at + 1 :],  # a letter dropped
-                              word[:at] + word[at] + word[at:]])  # fmt: skip  # a letter doubled
+        swapped = word[:at] + word[at + 1] + word[at] + word[at + 2 :]
+        dropped = word[:at] + word[at + 1 :]
+        doubled = word[:at] + word[at] + word[at:]
+        slipped = rng.choice([swapped, dropped, doubled])
         return text[: match.start()] + slipped + text[match.end() :]
 
     def is_slip(self, typed: str, written: str, lang: str) -> bool:
@@ -182,8 +207,9 @@ class NoiseRules:
         index, word = rng.choice(found)
         other = rng.choice(self.tables["mixed"][lang][word])
         segments[index][0] = segments[index][0].replace(word, f" {other} " if lang == "zh" else other, 1)
-        segments[index][0] = re.sub(r"^ | $", "", segments[index][0]) if index in (0, len(segments) - 1) else (
-            segments[index][0])  # fmt: skip
+        segments[index][0] = (
+            re.sub(r"^ | $", "", segments[index][0]) if index in (0, len(segments) - 1) else (segments[index][0])
+        )
         return True
 
     def _curt(self, segments, lang: str, rng) -> bool:

@@ -45,8 +45,15 @@ from sft_router.errors import UsageError, network_errors, one_line_errors
 from sft_router.router_format import load_system_prompt, published_system_prompt
 from sft_router.run import git_commit, stage_output
 
-MODEL_FILES = ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
-               "tokenizer_config.json", "tokenizer.model", "chat_template.jinja")  # fmt: skip
+MODEL_FILES = (
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 GGUF_EXTRAS = ("Modelfile", "template", "params", "system")  # Ollama's files: `ollama run hf.co/...` reads the last 3
 HUB_MANAGED = (".gitattributes",)  # written by the Hub when it creates a repo; never ours to delete
@@ -80,8 +87,13 @@ def describe_splits(card_data, splits, parquet_bytes: int) -> None:
     for name, split in splits.items():
         split_infos.add(SplitInfo(name=name, num_bytes=split.data.nbytes, num_examples=len(split)))
     features = next(iter(splits.values())).features
-    info = DatasetInfo(config_name="default", features=features, splits=split_infos, download_size=parquet_bytes,
-                       dataset_size=sum(s.num_bytes for s in split_infos.values()))  # fmt: skip
+    info = DatasetInfo(
+        config_name="default",
+        features=features,
+        splits=split_infos,
+        download_size=parquet_bytes,
+        dataset_size=sum(s.num_bytes for s in split_infos.values()),
+    )
     info.size_in_bytes = info.download_size + info.dataset_size
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
     files = [{"split": name, "path": f"data/{name}-*"} for name in splits]
@@ -200,8 +212,14 @@ def push_folder(api, repo_id: str, repo_type: str, folder: Path, private: bool, 
         if not operations:
             return None
         summary, description = message
-        commit = api.create_commit(repo_id, operations, commit_message=summary, commit_description=description,
-                                   repo_type=repo_type, parent_commit=head)  # fmt: skip
+        commit = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=summary,
+            commit_description=description,
+            repo_type=repo_type,
+            parent_commit=head,
+        )
         return commit.oid
     except BaseException as exc:
         if created and not _delete_quietly(api, repo_id, repo_type):

@@ -21,8 +21,12 @@ from sft_router.run import read_manifest
 from sft_router.scoring import with_interval
 
 STAGES = ("dataset", "adapter", "eval", "merged", "gguf", "card", "hub")
-METRICS = (("exact_match_rate", "exact match"), ("average_argument_f1", "argument F1"),
-           ("tool_name_accuracy", "tool acc."), ("no_call_accuracy", "no-call acc."))  # fmt: skip
+METRICS = (
+    ("exact_match_rate", "exact match"),
+    ("average_argument_f1", "argument F1"),
+    ("tool_name_accuracy", "tool acc."),
+    ("no_call_accuracy", "no-call acc."),
+)
 BEGIN, END = "<!-- results:begin (python -m sft_router.results) -->", "<!-- results:end -->"
 
 
@@ -46,9 +50,12 @@ def run_summary(run_dir: Path) -> dict | None:
 
 def results_table(summary: dict) -> str:
     wall = ", ".join(f"{stage} {seconds:.0f}s" for stage, seconds in summary["wall"].items())
-    lines = [f"`make publish RECIPE={summary['recipe']}` on {summary['machine']}; wall time: {wall}.", "",
-             "| model | " + " | ".join(label for _, label in METRICS) + " | rows |",
-             "|---|" + "---|" * (len(METRICS) + 1)]  # fmt: skip
+    lines = [
+        f"`make publish RECIPE={summary['recipe']}` on {summary['machine']}; wall time: {wall}.",
+        "",
+        "| model | " + " | ".join(label for _, label in METRICS) + " | rows |",
+        "|---|" + "---|" * (len(METRICS) + 1),
+    ]
     for variant, metrics in summary["metrics"].items():
         cells = " | ".join(with_interval(metrics, key) for key, _ in METRICS)
         lines.append(f"| {variant} | {cells} | {metrics.get('total_samples', '-')} |")
@@ -56,8 +63,12 @@ def results_table(summary: dict) -> str:
     if splits:
         lines += ["", "Exact match on every evaluated split:", "", splits]
     if summary.get("bfcl"):  # BFCL v4 accuracy (%) with intervals, beside FunctionGemma's cited figures
-        lines += ["", "BFCL v4, graded by BFCL's own checker (accuracy %, bootstrap 95% intervals):", "",
-                  bfcl_table(summary["bfcl"])]  # fmt: skip
+        lines += [
+            "",
+            "BFCL v4, graded by BFCL's own checker (accuracy %, bootstrap 95% intervals):",
+            "",
+            bfcl_table(summary["bfcl"]),
+        ]
     return "\n".join(lines)
 
 

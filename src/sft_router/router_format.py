@@ -59,8 +59,11 @@ def json_schema(schema: dict, types: dict | None = None) -> dict:
 def router_tool(function: dict, types: dict | None = None) -> dict:
     """A function declaration (`name`, `description`, `parameters`: BFCL's and the function generator's) as a
     catalog tool, what `render_tool` renders into the prompt."""
-    return {"name": function["name"], "description": function["description"],
-            "parameters": json_schema(function["parameters"], types)}  # fmt: skip
+    return {
+        "name": function["name"],
+        "description": function["description"],
+        "parameters": json_schema(function["parameters"], types),
+    }
 
 
 def render_tool_list(tools) -> str:

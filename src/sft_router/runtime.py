@@ -108,8 +108,17 @@ def install_runtime() -> Path:
     """Install the cached wheel (built first when missing) and its pinned dependencies into this environment."""
     wheel = cached_wheel() or build_wheel()
     if not installed_is_cached_build():
-        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-cache-dir", "--force-reinstall",
-                   "--no-deps", str(wheel)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-cache-dir",
+            "--force-reinstall",
+            "--no-deps",
+            str(wheel),
+        ]
         dependencies = [sys.executable, "-m", "pip", "install", "--quiet", *RUNTIME_PINS[1:]]
         if subprocess.run(command).returncode or subprocess.run(dependencies).returncode:
             raise UsageError(f"installing {wheel.name} failed (see above); delete {wheel_dir()} and rerun")
@@ -147,9 +156,18 @@ def load_gguf(path: Path, n_ctx: int = 4096, logits_all: bool = False, n_threads
     if not Path(path).is_file():
         raise UsageError(f"no GGUF at {path}: run `make gguf` first")
     threads = n_threads or os.cpu_count()  # prompts too: Llama's n_threads_batch would default to every core
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, **GGUF_SETTINGS, n_threads=threads,
-                           n_threads_batch=threads, logits_all=logits_all, swa_full=True, seed=0, verbose=False,
-                           **settings)  # fmt: skip
+    return llama_cpp.Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        **GGUF_SETTINGS,
+        n_threads=threads,
+        n_threads_batch=threads,
+        logits_all=logits_all,
+        swa_full=True,
+        seed=0,
+        verbose=False,
+        **settings,
+    )
 
 
 def prompt_ids(llm, rendered_prompt: str) -> list[int]:
@@ -225,8 +243,19 @@ def fetch_sdist() -> Path:
     sdist_dir = cache_root() / "sdist"
     sdist = sdist_dir / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
     if not sdist.is_file():
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-binary", ":all:", "--no-deps",
-                   f"llama-cpp-python=={LLAMA_CPP_PYTHON}", "-d", str(sdist_dir)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-binary",
+            ":all:",
+            "--no-deps",
+            f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+            "-d",
+            str(sdist_dir),
+        ]
         if subprocess.run(command).returncode != 0:
             raise UsageError(
                 f"cannot download llama-cpp-python=={LLAMA_CPP_PYTHON} from PyPI; check the network "
@@ -249,8 +278,11 @@ def fetch_converter() -> Path:
     prefix = f"llama_cpp_python-{LLAMA_CPP_PYTHON}/vendor/llama.cpp/"
     tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
     with tarfile.open(sdist) as archive:
-        members = [m for m in archive.getmembers() if m.name.startswith(prefix)
-                   and m.name[len(prefix):].startswith(CONVERTER_PARTS)]  # fmt: skip
+        members = [
+            m
+            for m in archive.getmembers()
+            if m.name.startswith(prefix) and m.name[len(prefix) :].startswith(CONVERTER_PARTS)
+        ]
         for member in members:
             member.name = member.name[len(prefix) :]
         archive.extractall(tmp, members=members, filter="data")

@@ -45,8 +45,12 @@ def pack_scene(rows: list[dict]) -> dict[str, list[int]]:
     # A row's first target must be predicted inside its own remainder; a lone row is its own remainder
     prefix = 0 if len(rows) == 1 else min(shared_prefix_length(ids), *(first_label(lab) - 1 for lab in labels))
     prefix = max(prefix, 0)
-    packed = {"input_ids": ids[0][:prefix], "labels": [-100] * prefix, "position_ids": list(range(prefix)),
-              "segments": [PREFIX] * prefix}  # fmt: skip
+    packed = {
+        "input_ids": ids[0][:prefix],
+        "labels": [-100] * prefix,
+        "position_ids": list(range(prefix)),
+        "segments": [PREFIX] * prefix,
+    }
     for index, (row_ids, row_labels) in enumerate(zip(ids, labels)):
         packed["input_ids"] += row_ids[prefix:]
         packed["labels"] += row_labels[prefix:]
@@ -104,8 +108,12 @@ class ScenePackingCollator:
         masks = scene_masks(segments, positions, self.layer_types, self.sliding_window or width)
         if self.attn_implementation == "eager":
             masks = {name: additive(mask, self.dtype) for name, mask in masks.items()}
-        return {"input_ids": column("input_ids", self.pad_token_id), "labels": column("labels", -100),
-                "position_ids": positions, "attention_mask": masks}  # fmt: skip
+        return {
+            "input_ids": column("input_ids", self.pad_token_id),
+            "labels": column("labels", -100),
+            "position_ids": positions,
+            "attention_mask": masks,
+        }
 
 
 def packing_collator(model, pad_token_id: int) -> ScenePackingCollator:

@@ -57,8 +57,14 @@ MAX_STARTS = 64
 NO_CALL = "none"
 INVALID = "invalid"
 BOOTSTRAP = {"resamples": 1000, "seed": 0, "confidence": 0.95}
-SEED_KEYS = ("exact_match_rate", "tool_name_accuracy", "average_argument_precision", "average_argument_recall",
-             "average_argument_f1", "total_samples")  # fmt: skip
+SEED_KEYS = (
+    "exact_match_rate",
+    "tool_name_accuracy",
+    "average_argument_precision",
+    "average_argument_recall",
+    "average_argument_f1",
+    "total_samples",
+)
 
 LABEL = re.compile(
     r"^\s*(?:output|answer|response|result|assistant|model|tool[ _]?call|json|输出|回答|答案|结果)\s*[:：]\s*",
@@ -207,8 +213,13 @@ def score_prediction(prediction: str, reference: str) -> dict:
     same_tool = lenient is not None and sample["tool_correct"]
     p, r, f = argument_scores(lenient["arguments"], expected["arguments"]) if same_tool else (0.0, 0.0, 0.0)
     exact = same_tool and f == 1.0
-    sample.update(argument_precision=p, argument_recall=r, argument_f1=f, exact_match=exact,
-                  exact_match_strict=exact and strict is not None)  # fmt: skip
+    sample.update(
+        argument_precision=p,
+        argument_recall=r,
+        argument_f1=f,
+        exact_match=exact,
+        exact_match_strict=exact and strict is not None,
+    )
     return sample
 
 
@@ -290,8 +301,14 @@ def per_tool_scores(samples: list[dict]) -> dict[str, dict]:
         both = sum(e == p == label for e, p, _ in pairs)
         precision, recall = _ratio(both, predicted), _ratio(both, len(support))
         f1 = _ratio(2 * precision * recall, precision + recall)
-        scores[label] = {"support": len(support), "predicted": predicted, "precision": precision,
-                         "recall": recall, "f1": f1, "exact_match_rate": _mean(support)}  # fmt: skip
+        scores[label] = {
+            "support": len(support),
+            "predicted": predicted,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "exact_match_rate": _mean(support),
+        }
     return scores
 
 

@@ -73,8 +73,9 @@ def render_chat(chat_template: str, messages: list[dict], tools: list[dict] | No
     """The prompt `make eval` would render for this conversation (with <bos> as text, tokenized as a special)."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    rendered, _ = render_jinja_template([messages], chat_template=chat_template, tools=tools or None,
-                                        add_generation_prompt=True, bos_token="<bos>")  # fmt: skip
+    rendered, _ = render_jinja_template(
+        [messages], chat_template=chat_template, tools=tools or None, add_generation_prompt=True, bos_token="<bos>"
+    )
     return rendered[0]
 
 
@@ -99,8 +100,11 @@ def openai_message(answer: str) -> tuple[dict, str]:
     if call is None:
         return {"role": "assistant", "content": answer}, "stop"
     name, arguments = call
-    tool_call = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                 "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}  # fmt: skip
+    tool_call = {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
+    }
     return {"role": "assistant", "content": None, "tool_calls": [tool_call]}, "tool_calls"
 
 
@@ -116,16 +120,23 @@ def decoding_grammar(system_text: str, tools: list[dict] | None, tool_choice) ->
         return build_grammar("")  # no tool listed: the grammar admits a reply only
     if tool_choice == "required":
         if not tools_in_prompt(system_text):  # the grammar would admit only a reply
-            raise RequestError("Invalid value for 'tool_choice': 'required' needs tools; give `tools` (or a system "
-                               "prompt that lists them).", "tool_choice", "invalid_value")  # fmt: skip
+            raise RequestError(
+                "Invalid value for 'tool_choice': 'required' needs tools; give `tools` (or a system "
+                "prompt that lists them).",
+                "tool_choice",
+                "invalid_value",
+            )
         return call_grammar(system_text)
     if isinstance(tool_choice, dict):
         name = tool_choice.get("function", {}).get("name")
         listed = [tool.get("function", tool) for tool in tools or []]
         chosen = next((fn for fn in listed if fn.get("name") == name), None)
         if chosen is None:
-            raise RequestError(f"Invalid value for 'tool_choice': it names '{name}', which is not among the "
-                               "request's tools.", "tool_choice", "invalid_value")  # fmt: skip
+            raise RequestError(
+                f"Invalid value for 'tool_choice': it names '{name}', which is not among the request's tools.",
+                "tool_choice",
+                "invalid_value",
+            )
         entry = {
             "name": name,
             "description": chosen.get("description", ""),
@@ -160,8 +171,9 @@ def chat_prompt(llama, messages: list[dict], tools: list[dict] | None) -> str:
     try:
         return render_chat(template, messages, tools)
     except (TemplateError, TypeError) as exc:  # TypeError: a message the template cannot iterate (content null)
-        raise RequestError(f"Invalid 'messages': the model's chat template cannot render them ({exc}).", "messages",
-                           "invalid_value") from None  # fmt: skip
+        raise RequestError(
+            f"Invalid 'messages': the model's chat template cannot render them ({exc}).", "messages", "invalid_value"
+        ) from None
 
 
 def check_prompt(llama, request: dict) -> dict:
@@ -174,14 +186,20 @@ def check_prompt(llama, request: dict) -> dict:
     prompt = chat_prompt(llama, request["messages"], request.get("tools"))
     used, context, wanted = len(prompt_ids(llama, prompt)), llama.n_ctx(), request.get("max_tokens")
     if used >= context:
-        raise RequestError(f"This model's maximum context length is {context} tokens. However, your messages resulted "
-                           f"in {used} tokens. Please reduce the length of the messages.", "messages",
-                           "context_length_exceeded")  # fmt: skip
+        raise RequestError(
+            f"This model's maximum context length is {context} tokens. However, your messages resulted "
+            f"in {used} tokens. Please reduce the length of the messages.",
+            "messages",
+            "context_length_exceeded",
+        )
     if wanted is not None and used + wanted > context:
-        raise RequestError(f"This model's maximum context length is {context} tokens. However, you requested "
-                           f"{used + wanted} tokens ({used} in the messages, {wanted} in the completion). Please "
-                           "reduce the length of the messages or completion.", "max_tokens",
-                           "context_length_exceeded")  # fmt: skip
+        raise RequestError(
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{used + wanted} tokens ({used} in the messages, {wanted} in the completion). Please "
+            "reduce the length of the messages or completion.",
+            "max_tokens",
+            "context_length_exceeded",
+        )
     decoding_grammar(first_user_turn(prompt), request.get("tools"), request.get("tool_choice"))
     return {**request, "max_tokens": wanted or min(MAX_NEW_TOKENS, context - used)}
 
@@ -238,8 +256,9 @@ def router_proxy():
     class RouterProxy(LlamaProxy):
         @staticmethod
         def load_llama_from_model_settings(settings):
-            return load_gguf(settings.model, n_ctx=settings.n_ctx, n_threads=settings.n_threads,
-                             chat_format=settings.chat_format)  # fmt: skip
+            return load_gguf(
+                settings.model, n_ctx=settings.n_ctx, n_threads=settings.n_threads, chat_format=settings.chat_format
+            )
 
     return RouterProxy
 
@@ -259,8 +278,14 @@ def create_app(recipe, command: ServeCommand):
     if not path.is_file():
         raise UsageError(f"no GGUF at {path}: run `make gguf RECIPE={recipe.path}` first")
     register_handler()
-    model = ModelSettings(model=str(path), model_alias=recipe.name, chat_format=CHAT_FORMAT, n_ctx=command.n_ctx,
-                          n_threads=os.cpu_count(), verbose=False)  # fmt: skip
+    model = ModelSettings(
+        model=str(path),
+        model_alias=recipe.name,
+        chat_format=CHAT_FORMAT,
+        n_ctx=command.n_ctx,
+        n_threads=os.cpu_count(),
+        verbose=False,
+    )
     # The gate checks the key; ServerSettings would read one from $API_KEY. interrupt_requests would end a stream
     # with [DONE] as soon as another request waits, and the router's answer is complete before it streams.
     settings = ServerSettings(host=command.host, port=command.port, api_key=None, interrupt_requests=False)
@@ -268,8 +293,13 @@ def create_app(recipe, command: ServeCommand):
     with mock.patch.object(server, "LlamaProxy", router_proxy()):
         app = server.create_app(server_settings=settings, model_settings=[model])
     llama = server._llama_proxy()  # the one model, loaded; its tokenizer counts a prompt's tokens before the route
-    return RequestGate(app, functools.partial(check_prompt, llama), api_key=api_key,
-                       max_body_bytes=command.max_body_bytes, max_queue=command.max_queue)  # fmt: skip
+    return RequestGate(
+        app,
+        functools.partial(check_prompt, llama),
+        api_key=api_key,
+        max_body_bytes=command.max_body_bytes,
+        max_queue=command.max_queue,
+    )
 
 
 @one_line_errors

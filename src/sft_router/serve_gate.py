@@ -75,8 +75,9 @@ def read_json(body: bytes) -> dict:
     try:
         value = json.loads(body)
     except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
-        raise RequestError(f"We could not parse the JSON body of your request ({exc}): send valid JSON",
-                           code="invalid_json") from None  # fmt: skip
+        raise RequestError(
+            f"We could not parse the JSON body of your request ({exc}): send valid JSON", code="invalid_json"
+        ) from None
     if not isinstance(value, dict):
         raise RequestError(f"The request body must be a JSON object, not {json_type(value)}", code="invalid_json")
     return value
@@ -128,19 +129,26 @@ def validate(schema, value, where: str = "") -> None:
 def check_messages(messages) -> None:
     """Each message against the type of its role (the union of every role's type reports every role's mismatch)."""
     if not isinstance(messages, list):
-        raise RequestError(f"Invalid 'messages': expected an array of messages, got {json_type(messages)}.",
-                           "messages", "invalid_type")  # fmt: skip
+        raise RequestError(
+            f"Invalid 'messages': expected an array of messages, got {json_type(messages)}.",
+            "messages",
+            "invalid_type",
+        )
     if not messages:
         raise RequestError("Invalid 'messages': empty array; send at least one message.", "messages", "empty_array")
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise RequestError(f"Invalid '{where}': expected an object, got {json_type(message)}.", where,
-                               "invalid_type")  # fmt: skip
+            raise RequestError(
+                f"Invalid '{where}': expected an object, got {json_type(message)}.", where, "invalid_type"
+            )
         if (role := message.get("role")) not in MESSAGE_TYPES:
             supported = ", ".join(f"'{name}'" for name in MESSAGE_TYPES)
-            raise RequestError(f"Invalid value for '{where}.role': {json.dumps(role)}. Supported values are: "
-                               f"{supported}.", f"{where}.role", "invalid_value")  # fmt: skip
+            raise RequestError(
+                f"Invalid value for '{where}.role': {json.dumps(role)}. Supported values are: {supported}.",
+                f"{where}.role",
+                "invalid_value",
+            )
         validate(MESSAGE_TYPES[message["role"]], message, where)
 
 
@@ -156,8 +164,11 @@ def check_chat_request(body: dict) -> dict:
         body.setdefault("max_tokens", body.pop("max_completion_tokens"))
     validate(types.CreateChatCompletionRequest, body)
     if body.get("max_tokens") is not None and body["max_tokens"] < 1:
-        raise RequestError(f"Invalid 'max_tokens': {body['max_tokens']}; expected a value >= 1.", "max_tokens",
-                           "integer_below_min_value")  # fmt: skip
+        raise RequestError(
+            f"Invalid 'max_tokens': {body['max_tokens']}; expected a value >= 1.",
+            "max_tokens",
+            "integer_below_min_value",
+        )
     return body
 
 
@@ -240,8 +251,9 @@ class RequestGate:
         except Exception as exc:
             print(f"serve: {scope['method']} {scope['path']} failed", file=sys.stderr)
             traceback.print_exc(file=sys.stderr)
-            raise RequestError("The server had an error while processing your request.", status=500,
-                               kind="server_error") from exc  # fmt: skip
+            raise RequestError(
+                "The server had an error while processing your request.", status=500, kind="server_error"
+            ) from exc
 
     def check_key(self, scope) -> None:
         """`Authorization: Bearer KEY`, compared in constant time (a timing difference would leak the key)."""
@@ -252,8 +264,12 @@ class RequestGate:
         if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.api_key.encode()):
             return
         problem = "Incorrect API key provided" if sent else "You didn't provide an API key"
-        raise RequestError(f"{problem}: send the server's key (its --api-key) as `Authorization: Bearer KEY`.",
-                           code="invalid_api_key", status=401, headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        raise RequestError(
+            f"{problem}: send the server's key (its --api-key) as `Authorization: Bearer KEY`.",
+            code="invalid_api_key",
+            status=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     async def read_body(self, scope, receive) -> bytes | None:
         """The whole body, refused (413) as soon as it is known to pass max_body_bytes: by its Content-Length before
@@ -274,8 +290,11 @@ class RequestGate:
                 return b"".join(chunks)
 
     def too_large(self, size: str) -> RequestError:
-        return RequestError(f"The request body is {size}; this server takes at most {self.max_body_bytes} "
-                            "(its --max-body-bytes).", code="request_too_large", status=413)  # fmt: skip
+        return RequestError(
+            f"The request body is {size}; this server takes at most {self.max_body_bytes} (its --max-body-bytes).",
+            code="request_too_large",
+            status=413,
+        )
 
     def check_queue(self) -> None:
         """503 past max_queue waiting requests; Retry-After: about as long as a request now takes to be answered (the
@@ -283,9 +302,14 @@ class RequestGate:
         if self.in_flight <= self.max_queue:
             return
         wait = max(1, math.ceil(self.seconds_per_answer))
-        raise RequestError(f"The server is busy: {self.in_flight - 1} requests wait for the one being answered "
-                           f"(its --max-queue is {self.max_queue}); retry after {wait} s.", code="server_overloaded",
-                           status=503, kind="server_error", headers={"Retry-After": str(wait)})  # fmt: skip
+        raise RequestError(
+            f"The server is busy: {self.in_flight - 1} requests wait for the one being answered "
+            f"(its --max-queue is {self.max_queue}); retry after {wait} s.",
+            code="server_overloaded",
+            status=503,
+            kind="server_error",
+            headers={"Retry-After": str(wait)},
+        )
 
 
 def json_headers(headers, length: int):
