@@ -77,8 +77,10 @@ serve: $(R)/gguf/manifest.json | $(RUNTIME)
 
 all: preflight push-data publish
 
+# Another tiny recipe (a second model family): `make smoke RECIPE=recipes/tiny-qwen3/router.yaml` (or SMOKE_RECIPE=).
+SMOKE_RECIPE ?= $(if $(filter command line,$(origin RECIPE)),$(RECIPE),recipes/tiny/router.yaml)
 smoke:
-	$(MAKE) publish RECIPE=recipes/tiny/router.yaml
+	$(MAKE) publish RECIPE=$(SMOKE_RECIPE)
 
 demo: .venv/.installed-demo
 	$(MAKE) publish RECIPE=recipes/gemma-3-270m-demo/router.yaml

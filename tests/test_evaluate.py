@@ -121,7 +121,7 @@ def plain_greedy(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=stop_token_ids(tokenizer), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+                             eos_token_id=stop_token_ids(tokenizer, model), pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 

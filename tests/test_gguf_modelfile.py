@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from sft_router.modelfile import GO_TEMPLATE, PARAMS, modelfile_section, render_modelfile
+from sft_router.families import GEMMA3
+from sft_router.modelfile import go_template, modelfile_section, ollama_params, render_modelfile
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "recipes/gemma-3-270m-it/chat_template.jinja"
@@ -68,7 +69,7 @@ CONVERSATIONS = [
 
 
 def test_ollama_template_equals_the_training_template_including_trimming(tmp_path):
-    prompts = go_render(GO_TEMPLATE, CONVERSATIONS, tmp_path)
+    prompts = go_render(go_template(GEMMA3), CONVERSATIONS, tmp_path)
     for conversation, prompt in zip(CONVERSATIONS, prompts, strict=True):
         assert "<bos>" + prompt == render_training_template(conversation)
 
@@ -87,16 +88,19 @@ def test_gguf_folder_carries_ollamas_hub_files_with_greedy_params_and_the_traine
     from sft_router.router_format import render_tool
 
     gguf = tiny_run / "runs/tiny/gguf"
-    assert (gguf / "template").read_text() == GO_TEMPLATE
+    assert (gguf / "template").read_text() == go_template(GEMMA3)
     params = json.loads((gguf / "params").read_text())
-    assert params == PARAMS and params["stop"] == ["<end_of_turn>"] and params["temperature"] == 0
+    assert params == ollama_params(GEMMA3) and params["stop"] == ["<end_of_turn>"] and params["temperature"] == 0
     system = (gguf / "system").read_text()
     template = (ROOT / "recipes/gemma-3-270m-it/system_prompt.txt").read_text()
     tools = load_catalog(ROOT / "recipes/gemma-3-270m-it/catalog.yaml").tools.values()
     assert system == template.replace("{tools}", " ".join(render_tool(tool) for tool in tools))
     modelfile = (gguf / "Modelfile").read_text()
-    assert modelfile == render_modelfile("tiny-Q8_0.gguf", system)
-    assert modelfile_section(modelfile, "TEMPLATE") == GO_TEMPLATE and modelfile_section(modelfile, "SYSTEM") == system
+    assert modelfile == render_modelfile("tiny-Q8_0.gguf", system, GEMMA3)
+    assert (
+        modelfile_section(modelfile, "TEMPLATE") == go_template(GEMMA3)
+        and modelfile_section(modelfile, "SYSTEM") == system
+    )
     lines = modelfile.splitlines()
     assert lines[0] == "FROM ./tiny-Q8_0.gguf" and 'PARAMETER stop "<end_of_turn>"' in lines
     assert "PARAMETER temperature 0" in lines and "PARAMETER top_k 1" in lines

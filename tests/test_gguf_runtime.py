@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import counting_evals
 
+from sft_router.families import GEMMA3
 from sft_router.gguf import check_gguf, convert_to_gguf, describe_gguf
-from sft_router.router_format import STOP_TOKEN
 
 ROOT = Path(__file__).resolve().parents[1]
 Q8_TOLERANCE = 0.05  # max |logit difference|, Q8_0 vs fp32 transformers, last prompt position, tiny model
@@ -48,7 +48,7 @@ def test_q8_gguf_metadata_carries_vocab_template_and_stop_tokens(tiny_run):
     facts = describe_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
     assert facts["architecture"] == "gemma3" and facts["tokenizer_model"] == "llama" and facts["has_scores"]
     assert facts["chat_template"] == (ROOT / "recipes/gemma-3-270m-it/chat_template.jinja").read_text()
-    assert facts["eot_token"] == STOP_TOKEN and facts["eos_token"] == "<eos>" and facts["bos_token"] == "<bos>"
+    assert facts["eot_token"] == GEMMA3.stop_token and facts["eos_token"] == "<eos>" and facts["bos_token"] == "<bos>"
     assert "Q8_0" in facts["tensor_types"] and facts["add_bos_token"]
 
 
@@ -96,7 +96,7 @@ def hf_greedy(merged, prompt: str) -> list[int]:
 
     model, tokenizer = merged
     ids = torch.tensor([hf_ids(tokenizer, prompt)])
-    stops = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(STOP_TOKEN)]
+    stops = GEMMA3.stop_token_ids(tokenizer)
     with torch.no_grad():
         out = model.generate(ids, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, eos_token_id=stops,
                              pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1] :].tolist()  # fmt: skip

@@ -10,10 +10,8 @@ from conftest import ROOT
 
 from sft_router.catalog import load_catalog
 from sft_router.errors import UsageError
+from sft_router.families import GEMMA3
 from sft_router.router_format import (
-    MODEL_TURN,
-    USER_TURN,
-    first_user_turn,
     load_system_prompt,
     render_call,
     render_system_prompt,
@@ -62,16 +60,16 @@ def test_a_rendered_prompt_splits_after_its_system_prompt_and_rows_of_a_scene_sh
         rendered = render_chat([{"role": "system", "content": system}, {"role": "user", "content": user}])
         prefix, request = split_prompt(rendered, system)
         assert prefix + request == rendered
-        assert prefix == f"<bos>{USER_TURN}{system}\n\n"
-        assert request.startswith(user.strip()) and request.endswith(MODEL_TURN)
-        assert first_user_turn(rendered) == f"{system}\n\n{user.strip()}"
+        assert prefix == f"<bos>{GEMMA3.user_turn}{system}\n\n"
+        assert request.startswith(user.strip()) and request.endswith(GEMMA3.model_turn)
+        assert GEMMA3.system_turn_text(rendered) == f"{system}\n\n{user.strip()}"
         prefixes.add(prefix)
     assert len(prefixes) == 1
 
 
 def test_a_prompt_without_its_system_prompt_fails_naming_the_fix():
     with pytest.raises(UsageError, match="does not hold its system prompt verbatim; render it with a chat template"):
-        split_prompt(f"<bos>{USER_TURN}hello", "You route tools: {tools}")
+        split_prompt(f"<bos>{GEMMA3.user_turn}hello", "You route tools: {tools}")
 
 
 @pytest.mark.parametrize(

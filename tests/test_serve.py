@@ -91,7 +91,7 @@ def raw_answer(llm, served, row, calls_only: bool) -> str:
 
     system = row["prompt"][0]["content"]
     grammar = LlamaGrammar.from_string(build_grammar(system, calls_only=True), verbose=False) if calls_only else None
-    prompt = render_chat(llm.metadata["tokenizer.chat_template"], row["prompt"], None)
+    prompt = render_chat(llm.metadata["tokenizer.chat_template"], row["prompt"], None, "<bos>")
     return complete(llm, prompt, served[1].eval.eval_max_new_tokens, grammar=grammar, reuse_prefix=False)
 
 
@@ -197,7 +197,8 @@ def test_requests_with_the_same_tools_reuse_the_prefix_and_answer_as_fresh_decod
     system = {"role": "system", "content": (ws / recipe.data.system_prompt).read_text()}
     tools, most = openai_tools(recipe, rows[0]["tools"]), recipe.eval.eval_max_new_tokens
     conversations = [[system, {"role": "user", "content": row["prompt"][1]["content"]}] for row in rows[:3]]
-    prompts = [render_chat(llm.metadata["tokenizer.chat_template"], messages, tools) for messages in conversations]
+    template = llm.metadata["tokenizer.chat_template"]
+    prompts = [render_chat(template, messages, tools, "<bos>") for messages in conversations]
     fresh = [openai_message(complete(llm, prompt, most, reuse_prefix=False))[0] for prompt in prompts]
     with counting_evals(llm) as evaluated:
         answers = [route_chat(llama=llm, messages=m, tools=tools, max_tokens=most) for m in conversations]

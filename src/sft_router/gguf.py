@@ -17,14 +17,15 @@ from pathlib import Path
 
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
-from sft_router.router_format import END_OF_TURN, START_OF_TURN, STOP_TOKEN
+from sft_router.families import family_of
 from sft_router.run import FILE_TYPES, gguf_path, stage_output
 from sft_router.runtime import LLAMA_CPP_PYTHON, fetch_converter, llama_cpp_commit, run_pinned
 
 
 def converter_input(merged: Path, staging: Path, card_metadata: str = "") -> Path:
     """The merged folder as the converter must see it: tokenizer_config.json with `added_tokens_decoder`
-    (`make merge` writes it; a merged folder from elsewhere may lack it), and a README.md holding the model card's
+    (`make merge` writes it; a merged folder from elsewhere may lack it) and, for a tokenizer without a BOS token
+    (Qwen's), `add_bos_token: false`, and a README.md holding the model card's
     metadata, from which the converter writes general.name, license, base_model.*, datasets, tags and languages
     (without it, it names the model after the staging folder and leaves the rest out)."""
     staging.mkdir(parents=True, exist_ok=True)
@@ -37,17 +38,20 @@ def converter_input(merged: Path, staging: Path, card_metadata: str = "") -> Pat
 
     config = json.loads((merged / "tokenizer_config.json").read_text())
     config["added_tokens_decoder"] = added_tokens_decoder(merged)
+    if not config.get("bos_token"):  # llama.cpp adds a BOS to a SentencePiece vocabulary unless the GGUF says not to
+        config["add_bos_token"] = False
     (staging / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     return staging
 
 
 def convert_to_gguf(merged: Path, outfile: Path, outtype: str, card_metadata: str = "") -> None:
-    """Convert, then name <end_of_turn> the end-of-turn token in the metadata.
+    """Convert, then name the family's end of turn (Gemma: <end_of_turn>) the end-of-turn token in the metadata.
 
     The converter leaves tokenizer.ggml.eot_token_id unset for Gemma 3. llama.cpp finds <end_of_turn> by its
     text anyway; runtimes that read the key instead would not stop, so it is written explicitly (the
     Modelfile also names the stop string).
     """
+    family = family_of(merged)
     converter = fetch_converter()
     raw = outfile.with_name(outfile.name + ".raw")
     staging = outfile.with_name(outfile.name + ".input")
@@ -64,14 +68,15 @@ def convert_to_gguf(merged: Path, outfile: Path, outtype: str, card_metadata: st
     run_pinned(
         converter,
         "gguf-py/gguf/scripts/gguf_new_metadata.py",
-        [str(raw), str(outfile), "--special-token", "eot", STOP_TOKEN, "--force"],
+        [str(raw), str(outfile), "--special-token", "eot", family.stop_token, "--force"],
         "metadata writer",
     )
     raw.unlink()
 
 
-def describe_gguf(path: Path) -> dict:
-    """The metadata a user's runtime depends on, read back with gguf.GGUFReader."""
+def describe_gguf(path: Path, family=None) -> dict:
+    """The metadata a user's runtime depends on, read back with gguf.GGUFReader; `family` (default: the one its
+    architecture names) says which turn tokens to look up."""
     from gguf import GGUFReader
 
     reader = GGUFReader(str(path))
@@ -91,6 +96,7 @@ def describe_gguf(path: Path) -> dict:
 
         return TokenType(value("tokenizer.ggml.token_type")[tokens.index(text)]).name if text in tokens else None
 
+    family = family or family_of(value("general.architecture"))
     return {
         "architecture": value("general.architecture"),
         "tokenizer_model": value("tokenizer.ggml.model"),
@@ -101,30 +107,42 @@ def describe_gguf(path: Path) -> dict:
         "eos_token": token_text("tokenizer.ggml.eos_token_id"),
         "eot_token": token_text("tokenizer.ggml.eot_token_id"),
         "eot_token_id": value("tokenizer.ggml.eot_token_id"),
-        "turn_token_types": [token_type(turn) for turn in (START_OF_TURN, END_OF_TURN)],
+        "turn_token_types": [token_type(turn) for turn in family.control_tokens],
         "tensor_types": sorted({tensor.tensor_type.name for tensor in reader.tensors}),
     }
 
 
-def check_gguf(path: Path, chat_template: str, outtype: str) -> dict:
-    facts = describe_gguf(path)
+def check_gguf(path: Path, chat_template: str, outtype: str, family=None) -> dict:
+    """The GGUF's metadata against what `family` (default: the one its architecture names) needs: its turn tokens
+    CONTROL, its stop tokens named, its BOS added exactly when it has one; one line listing what is wrong."""
+    facts = describe_gguf(path, family)
+    family = family or family_of(facts["architecture"])
     problems = []
-    if facts["architecture"] != "gemma3":
-        problems.append(f"architecture is {facts['architecture']}, not gemma3")
-    if facts["tokenizer_model"] != "llama" or not facts["has_scores"]:
-        problems.append("vocabulary is not SentencePiece with scores (is tokenizer.model beside the model?)")
+    if facts["architecture"] != family.name:
+        problems.append(f"architecture is {facts['architecture']}, not {family.name}")
+    if (
+        facts["tokenizer_model"] not in family.gguf_vocabs
+        or (facts["tokenizer_model"] == "llama") != facts["has_scores"]
+    ):
+        problems.append(
+            f"vocabulary is {facts['tokenizer_model']}, not {' or '.join(family.gguf_vocabs)} (SentencePiece with "
+            "scores: is tokenizer.model beside the model?)"
+        )
     if facts["chat_template"] != chat_template:
         problems.append("tokenizer.chat_template differs from the training template")
     if FILE_TYPES[outtype] not in facts["tensor_types"]:
         problems.append(f"no {FILE_TYPES[outtype]} tensors")
-    if facts["eot_token"] != STOP_TOKEN or facts["eos_token"] != "<eos>":
+    if facts["eot_token"] != family.stop_token or facts["eos_token"] != family.eos_token:
         problems.append(
-            f"stop tokens are eos={facts['eos_token']} eot={facts['eot_token']}, not <eos> and {STOP_TOKEN}"
+            f"stop tokens are eos={facts['eos_token']} eot={facts['eot_token']}, not {family.eos_token} and "
+            f"{family.stop_token}"
         )
-    if facts["turn_token_types"] != ["CONTROL", "CONTROL"]:
-        problems.append(f"{START_OF_TURN}/{END_OF_TURN} are {facts['turn_token_types']}, not CONTROL tokens")
-    if facts["bos_token"] != "<bos>" or not facts["add_bos_token"]:
-        problems.append("<bos> is not the BOS token added to every prompt")
+    if facts["turn_token_types"] != ["CONTROL"] * len(family.control_tokens):
+        problems.append(f"{'/'.join(family.control_tokens)} are {facts['turn_token_types']}, not CONTROL tokens")
+    if family.bos_token and (facts["bos_token"] != family.bos_token or not facts["add_bos_token"]):
+        problems.append(f"{family.bos_token} is not the BOS token added to every prompt")
+    if not family.bos_token and facts["add_bos_token"] is not False:
+        problems.append("the GGUF does not say add_bos_token false, so llama.cpp would add a BOS this family lacks")
     if problems:
         raise UsageError(f"{path.name}: {'; '.join(problems)}")
     return facts
@@ -139,14 +157,17 @@ def convert_locally(recipe, out: Path, facts: dict) -> None:
 
     template = Path(recipe.training.chat_template_path).read_text()
     card_metadata = converter_metadata(recipe)
+    family = family_of(recipe.stage_dir("merged"))
     for outtype in recipe.export.gguf_outtypes:
         path = out / gguf_path(recipe, outtype).name
         convert_to_gguf(recipe.stage_dir("merged"), path, outtype, card_metadata)
-        facts[path.name] = {k: v for k, v in check_gguf(path, template, outtype).items() if k != "chat_template"}
+        facts[path.name] = {
+            k: v for k, v in check_gguf(path, template, outtype, family).items() if k != "chat_template"
+        }
     facts["llama_cpp_commit"] = llama_cpp_commit()
     gguf_name = gguf_path(recipe, recipe.export.gguf_outtypes[0]).name
     tools = load_catalog(recipe.data.catalog).tools.values()
-    write_ollama_files(out, gguf_name, published_system_prompt(recipe.data, tools))
+    write_ollama_files(out, gguf_name, published_system_prompt(recipe.data, tools), family)
 
 
 @one_line_errors

@@ -47,7 +47,7 @@ def merge_adapter(recipe, out: Path) -> None:
     merged.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=stop_token_ids(tokenizer),
+        eos_token_id=stop_token_ids(tokenizer, merged),
         do_sample=False,
     )
     merged.save_pretrained(str(out))

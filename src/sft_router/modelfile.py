@@ -1,14 +1,15 @@
 """Ollama's files beside the GGUF: `template`, `params` and `system` (what `ollama run hf.co/<repo>` reads from a
 Hub repo, which never reads a Modelfile), and a `Modelfile` with the same three for `ollama create -f Modelfile`.
 
-Ollama renders prompts with a Go text/template, not the GGUF's Jinja chat template, so GO_TEMPLATE re-states
-the training format (recipes/gemma-3-270m-it/chat_template.jinja) in Go syntax: Gemma turns, the system prompt
-folded into the first user turn, every message's content trimmed as Jinja's `| trim` (Python's `str.strip`) does,
-`<start_of_turn>model` to open the answer. Ollama adds <bos> itself (the GGUF sets tokenizer.ggml.add_bos_token),
-so the template does not. tests/test_gguf_modelfile.py executes it with Go's own text/template in Ollama's data
-shape on every test-split row and compares with the Jinja template.
+Ollama renders prompts with a Go text/template, not the GGUF's Jinja chat template, so go_template(family)
+re-states the training format in Go syntax: the model family's turns (families.py: Gemma's with the system prompt
+folded into the first user turn, recipes/gemma-3-270m-it/chat_template.jinja; Qwen3's ChatML), every message's
+content trimmed as Jinja's `| trim` (Python's `str.strip`) does, the family's turn header to open the answer.
+Ollama adds <bos> itself where the family has one (the GGUF sets tokenizer.ggml.add_bos_token), so the template
+does not. tests/test_gguf_modelfile.py executes it with Go's own text/template in Ollama's data shape on every
+test-split row and compares with the Jinja template.
 
-Usage: write_ollama_files(Path("runs/tiny/gguf"), "tiny-Q8_0.gguf", system_prompt)
+Usage: write_ollama_files(Path("runs/tiny/gguf"), "tiny-Q8_0.gguf", system_prompt, family_of(merged_folder))
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import sys
 from pathlib import Path
 
 from sft_router.errors import UsageError
-from sft_router.router_format import STOP_TOKEN
 
 # Go's text/template has no trim function and Ollama adds none, so "trim" and "rtrim" are recursive templates that
 # cut one leading / trailing whitespace character at a time, comparing UTF-8 byte slices (len (slice . N) is
@@ -49,35 +49,26 @@ GO_TRIM = (
     + '{{ if $cut }}{{ template "trim" (slice . $cut) }}{{ else }}{{ template "rtrim" . }}{{ end }}{{ end }}\n'
 )
 
-# Trim markers ({{- -}}) keep the template's own newlines out of the prompt; the only newlines emitted are the ones
-# inside the quoted strings, exactly where the Jinja template puts them. As in Jinja, only a first message with the
-# system role is the system prompt, and it is not trimmed.
-GO_TEMPLATE = (
-    GO_TRIM
-    + r"""{{- $system := "" }}{{ $has_system := false }}
-{{- if .Messages }}{{ with index .Messages 0 }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ $has_system = true }}{{ end }}{{ end }}{{ end }}
-{{- $first := true }}
-{{- range .Messages }}
-{{- if eq .Role "user" }}
-{{- "<start_of_turn>user\n" }}
-{{- if and $first $has_system }}{{ $system }}{{ "\n\n" }}{{ end }}
-{{- $first = false }}
-{{- template "trim" .Content }}{{ "<end_of_turn>\n" }}
-{{- else if eq .Role "assistant" }}
-{{- "<start_of_turn>model\n" }}{{ template "trim" .Content }}{{ "<end_of_turn>\n" }}
-{{- end }}
-{{- end }}
-{{- "<start_of_turn>model\n" }}"""
-)
 
 # Greedy, as in `make eval`: the router must answer the same way every time. Ollama's defaults (temperature 0.8,
 # a 2048 or 4096-token context) would sample and could cut the tool list.
-PARAMS = {"stop": [STOP_TOKEN], "temperature": 0, "top_k": 1, "num_ctx": 4096}
+GREEDY = {"temperature": 0, "top_k": 1, "num_ctx": 4096}
 
 
-def render_modelfile(gguf_name: str, system_prompt: str) -> str:
-    lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{GO_TEMPLATE}"""', "", f'SYSTEM """{system_prompt}"""', ""]
-    for key, value in PARAMS.items():
+def go_template(family) -> str:
+    """Ollama's `template` for a model family (families.Family): the trim definitions, then its messages."""
+    return GO_TRIM + family.ollama_messages
+
+
+def ollama_params(family) -> dict:
+    """Ollama's `params`: greedy, stopping at the family's end of turn."""
+    return {"stop": [family.stop_token], **GREEDY}
+
+
+def render_modelfile(gguf_name: str, system_prompt: str, family) -> str:
+    template = go_template(family)
+    lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{template}"""', "", f'SYSTEM """{system_prompt}"""', ""]
+    for key, value in ollama_params(family).items():
         lines += (
             [f"PARAMETER {key} {json.dumps(v)}" for v in value]
             if isinstance(value, list)
@@ -86,15 +77,15 @@ def render_modelfile(gguf_name: str, system_prompt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_ollama_files(folder: Path, gguf_name: str, system_prompt: str) -> list[Path]:
+def write_ollama_files(folder: Path, gguf_name: str, system_prompt: str, family) -> list[Path]:
     """template, params and system (read by `ollama run hf.co/...`) and the Modelfile (for `ollama create`)."""
     if '"""' in system_prompt:
         raise UsageError('the system prompt contains """, which a Modelfile cannot quote: rephrase it')
     files = {
-        "template": GO_TEMPLATE,
-        "params": json.dumps(PARAMS, indent=2) + "\n",
+        "template": go_template(family),
+        "params": json.dumps(ollama_params(family), indent=2) + "\n",
         "system": system_prompt,
-        "Modelfile": render_modelfile(gguf_name, system_prompt),
+        "Modelfile": render_modelfile(gguf_name, system_prompt, family),
     }
     for name, text in files.items():
         (folder / name).write_text(text)

@@ -91,7 +91,7 @@ def base_file(recipe, filename: str) -> Path:
 def added_tokens_decoder(folder: Path) -> dict:
     """`added_tokens_decoder` rebuilt from tokenizer.json, which transformers 5 no longer writes to the config.
 
-    Without it llama.cpp's converter types <start_of_turn>/<end_of_turn> as text, so the GGUF splits them
+    Without it llama.cpp's converter types the turn tokens (Gemma's <start_of_turn>/<end_of_turn>) as text, so the GGUF splits them
     into characters and never stops at the turn end.
     """
     added = json.loads((folder / "tokenizer.json").read_text()).get("added_tokens", [])
@@ -194,7 +194,7 @@ def generate_batch(model, tokenizer, id_lists, prefixes: list[list[int]], caches
             max_new_tokens=max_new_tokens,
             do_sample=False,
             use_cache=True,
-            eos_token_id=stop_token_ids(tokenizer),
+            eos_token_id=stop_token_ids(tokenizer, model),
             pad_token_id=tokenizer.pad_token_id,
         )
     texts = tokenizer.batch_decode(generated[:, input_ids.shape[1] :], skip_special_tokens=True)

@@ -1,5 +1,5 @@
 """Prompt rendering and stop tokens: the one chat template every stage renders with, where generation stops (the
-router format's STOP_TOKEN, as token ids), and the scenes rows fall into (rows sharing one system prompt, so one tool
+model family's stop token, as token ids), and the scenes rows fall into (rows sharing one system prompt, so one tool
 list, whose prompts share that prefix).
 
 Usage: from sft_router.prompts import render_prompts, scenes, stop_token_ids
@@ -7,12 +7,13 @@ Usage: from sft_router.prompts import render_prompts, scenes, stop_token_ids
 
 from __future__ import annotations
 
-from sft_router.router_format import STOP_TOKEN
+from sft_router.families import family_of
 from sft_router.scoring import target_text
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    return [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(STOP_TOKEN)]
+def stop_token_ids(tokenizer, model) -> list[int]:
+    """EOS and the end of turn of `model`'s family (a model, or anything families.family_of reads)."""
+    return family_of(getattr(model, "config", model)).stop_token_ids(tokenizer)
 
 
 def render_prompts(tokenizer, rows) -> list[str]:

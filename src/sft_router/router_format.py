@@ -1,7 +1,7 @@
 """The router's prompt format, in one place: the system prompt template (read and checked), a tool and the tool list
-as the prompt shows them, a call as the model answers it, the tools read back out of a prompt, Gemma's turn markers
-and where generation stops, and a rendered prompt split into the prefix that every request of a scene shares (up to
-and including the system prompt with its tool list) and the request itself.
+as the prompt shows them, a call as the model answers it, the tools read back out of a prompt, and a rendered prompt
+split into the prefix that every request of a scene shares (up to and including the system prompt with its tool list)
+and the request itself. Turn markers and stop tokens differ by model family: sft_router.families.
 
 A tool is shown as `{"tool_name", "tool_description", "arguments": <JSON schema>}` (the seed's format), the tools
 joined by spaces where the template says `{tools}`; a call is `{"tool_name": ..., "arguments": {...}}` with
@@ -18,11 +18,6 @@ from pathlib import Path
 from sft_router.errors import UsageError
 
 TOOLS = "{tools}"  # where the tool list goes in the system prompt template
-START_OF_TURN = "<start_of_turn>"
-END_OF_TURN = "<end_of_turn>"
-USER_TURN = f"{START_OF_TURN}user\n"
-MODEL_TURN = f"{START_OF_TURN}model\n"
-STOP_TOKEN = END_OF_TURN  # generation stops here (or at <eos>)
 TOOL_KEYS = frozenset({"tool_name", "tool_description", "arguments"})
 
 
@@ -102,11 +97,6 @@ def tools_in_prompt(text: str) -> list[dict]:
     return tools
 
 
-def first_user_turn(rendered: str) -> str:
-    """The text of a rendered prompt's first user turn: the system prompt and its tool list, then the message."""
-    return rendered.split(USER_TURN, 1)[-1].split(END_OF_TURN, 1)[0]
-
-
 def shared_prefix_length(id_lists: list[list[int]]) -> int:
     """Tokens every list starts with: of rendered prompts, <bos>, the turn header, the system prompt and, within a
     scene, its tools. Compared as token ids, so a request keeps exactly its own tokens at the boundary."""
@@ -124,8 +114,8 @@ def split_prompt(rendered: str, system: str) -> tuple[str, str]:
     start = rendered.find(system) if system else -1
     if start < 0:
         raise UsageError(
-            "the rendered prompt does not hold its system prompt verbatim; render it with a chat template that folds "
-            "the system prompt into the first user turn unchanged (recipes/gemma-3-270m-it/chat_template.jinja)"
+            "the rendered prompt does not hold its system prompt verbatim; render it with a chat template that keeps "
+            "the system prompt unchanged (recipes/gemma-3-270m-it/chat_template.jinja, recipes/tiny-qwen3/...)"
         )
     end = start + len(system)
     rest = rendered[end:]

@@ -24,7 +24,6 @@ from pathlib import Path
 from sft_router.base_models import cache_root
 from sft_router.config import cpu_flags
 from sft_router.errors import UsageError, one_line_errors
-from sft_router.router_format import STOP_TOKEN
 
 LLAMA_CPP_PYTHON = "0.3.36"
 LLAMA_CPP_PYTHON_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
@@ -176,7 +175,7 @@ def prompt_ids(llm, rendered_prompt: str) -> list[int]:
 
 
 def greedy_ids(llm, ids: list[int], max_new_tokens: int, grammar=None, reuse_prefix: bool = True) -> list[int]:
-    """Greedy continuation of `ids`, stopping at an end-of-generation token (<end_of_turn>, <eos>)."""
+    """Greedy continuation of `ids`, stopping at an end-of-generation token (Gemma: <end_of_turn>, <eos>)."""
     llama_cpp = require_runtime()
     vocab = llm._model.vocab  # llama-cpp-python exposes the vocabulary only through its model wrapper
     if not reuse_prefix:
@@ -212,8 +211,15 @@ def complete_by_scene(
     return outputs
 
 
+def gguf_family(llm):
+    """The model family (sft_router.families) of a loaded GGUF, by the architecture llama.cpp wrote into it."""
+    from sft_router.families import family_of
+
+    return family_of(llm.metadata["general.architecture"])
+
+
 def stop_token_id(llm) -> int:
-    return prompt_ids(llm, STOP_TOKEN)[0]
+    return prompt_ids(llm, gguf_family(llm).stop_token)[0]
 
 
 @one_line_errors

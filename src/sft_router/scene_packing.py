@@ -6,8 +6,9 @@ row's remainder, so every request is made of exactly the tokens it has alone, wh
 boundary. `position_ids` restart at the prefix's length in every remainder; a remainder's tokens attend to the prefix
 and to their own earlier tokens, never to another remainder; the sliding-window layers limit by *position* distance
 (as each row alone has it), not by index. Gemma 3 takes these masks as its documented mapping
-`attention_mask={"full_attention": ..., "sliding_attention": ...}` and then builds none of its own, and RoPE reads
-`position_ids`, so a packed scene gives the same hidden states at every labelled position as its rows one by one.
+`attention_mask={"full_attention": ..., "sliding_attention": ...}` (Qwen3 the same, keyed by its layer types) and
+then builds none of its own, and RoPE reads `position_ids`, so a packed scene gives the same hidden states at every
+labelled position as its rows one by one. Which families do is sft_router.families' `scene_packing`.
 
 The prefix stops at least one token before a row's first label, so each row's first target is predicted from a token
 of its own remainder, and the token that starts a remainder is never a label: the shifted loss never crosses rows.
@@ -29,8 +30,6 @@ import torch
 
 from sft_router.router_format import shared_prefix_length
 
-# Model types whose attention takes a per-layer-type mask mapping and reads position_ids (transformers 5).
-PACKABLE_MODEL_TYPES = ("gemma3_text", "gemma3")
 PREFIX, PAD = -1, -2  # segment ids of the shared prefix and of padding; a remainder's id is its row's index
 
 
@@ -119,12 +118,14 @@ class ScenePackingCollator:
 def packing_collator(model, pad_token_id: int) -> ScenePackingCollator:
     """The collator for `model`'s attention; one line naming the fix for a family that cannot take the masks."""
     from sft_router.errors import UsageError
+    from sft_router.families import FAMILIES
 
     config = model.config.get_text_config()
-    if config.model_type not in PACKABLE_MODEL_TYPES:
+    packable = [t for family in FAMILIES.values() if family.scene_packing for t in family.model_types]
+    if config.model_type not in packable:
         raise UsageError(
             f"scene_packing needs an attention that takes a mask per layer type and position_ids; "
-            f"'{config.model_type}' is not known to (known: {', '.join(PACKABLE_MODEL_TYPES)}): "
+            f"'{config.model_type}' is not known to (known: {', '.join(packable)}): "
             "set `scene_packing: false` in the recipe"
         )
     layer_types = tuple(getattr(config, "layer_types", None) or ("full_attention",))

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError, one_line_errors
-from sft_router.router_format import first_user_turn
 from sft_router.run import gguf_path
 
 CHAT_FORMAT = "sft-router"
@@ -69,14 +68,22 @@ def serving_key(command: ServeCommand) -> str | None:
     return key
 
 
-def render_chat(chat_template: str, messages: list[dict], tools: list[dict] | None) -> str:
-    """The prompt `make eval` would render for this conversation (with <bos> as text, tokenized as a special)."""
+def render_chat(chat_template: str, messages: list[dict], tools: list[dict] | None, bos_token: str = "") -> str:
+    """The prompt `make eval` would render for this conversation (with the family's BOS as text, tokenized as a
+    special)."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
     rendered, _ = render_jinja_template(
-        [messages], chat_template=chat_template, tools=tools or None, add_generation_prompt=True, bos_token="<bos>"
+        [messages], chat_template=chat_template, tools=tools or None, add_generation_prompt=True, bos_token=bos_token
     )
     return rendered[0]
+
+
+def system_text(llama, prompt: str) -> str:
+    """The rendered prompt's turn holding the system prompt and its tools, where the grammar reads them."""
+    from sft_router.runtime import gguf_family
+
+    return gguf_family(llama).system_turn_text(prompt)
 
 
 def parse_call(answer: str) -> tuple[str, dict] | None:
@@ -169,7 +176,9 @@ def chat_prompt(llama, messages: list[dict], tools: list[dict] | None) -> str:
     if not template:
         raise ValueError("the GGUF has no tokenizer.chat_template: convert it with `make gguf`")
     try:
-        return render_chat(template, messages, tools)
+        from sft_router.runtime import gguf_family
+
+        return render_chat(template, messages, tools, gguf_family(llama).bos_token or "")
     except (TemplateError, TypeError) as exc:  # TypeError: a message the template cannot iterate (content null)
         raise RequestError(
             f"Invalid 'messages': the model's chat template cannot render them ({exc}).", "messages", "invalid_value"
@@ -200,7 +209,7 @@ def check_prompt(llama, request: dict) -> dict:
             "max_tokens",
             "context_length_exceeded",
         )
-    decoding_grammar(first_user_turn(prompt), request.get("tools"), request.get("tool_choice"))
+    decoding_grammar(system_text(llama, prompt), request.get("tools"), request.get("tool_choice"))
     return {**request, "max_tokens": wanted or min(MAX_NEW_TOKENS, context - used)}
 
 
@@ -212,7 +221,7 @@ def route_chat(*, llama, messages, tools=None, tool_choice=None, stream=False, m
 
     prompt = chat_prompt(llama, messages, tools)
     ids = prompt_ids(llama, prompt)
-    grammar_text = decoding_grammar(first_user_turn(prompt), tools, tool_choice)  # the grammar reads its tools
+    grammar_text = decoding_grammar(system_text(llama, prompt), tools, tool_choice)  # the grammar reads its tools
     grammar = LlamaGrammar.from_string(grammar_text, verbose=False) if grammar_text else None
     # From the KV state of the last request: an agent sends the same system prompt and tools every time, so only
     # the new messages are evaluated (the served model keeps its whole sliding-window cache, see create_app).
