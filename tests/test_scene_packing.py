@@ -28,20 +28,35 @@ def scene_rows(rows: list[dict], sizes: tuple[int, ...]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def workspace_recipe(tmp_path_factory):
+def packing_ws(tmp_path_factory):
+    """One workspace for the module, where each recipe's data is built."""
     ws = make_workspace(tmp_path_factory.mktemp("packing"))
     old = os.getcwd()
     os.chdir(ws)
     (ws / "short_prompt.txt").write_text(SHORT)
-    recipe_file = copy_recipe(
-        TINY, ws / "tiny/short.yaml", {"recipes/gemma-3-270m-it/system_prompt.txt": "short_prompt.txt"}
-    )
-    argv = ["--config", str(recipe_file), "--num_train", "16", "--num_validation", "1", "--num_test", "1"]
-    data.main(argv)
     try:
-        yield parse_recipe(argv[:2])[0]
+        yield ws
     finally:
         os.chdir(old)
+
+
+def short_recipe(ws, source: str, run: str):
+    """`source` with the short system prompt, and its data (16 train rows) built in `ws`."""
+    replace = {"recipes/gemma-3-270m-it/system_prompt.txt": "short_prompt.txt"}
+    recipe_file = copy_recipe(source, ws / f"{run}/short.yaml", replace)
+    argv = ["--config", str(recipe_file), "--num_train", "16", "--num_validation", "1", "--num_test", "1"]
+    data.main(argv)
+    return parse_recipe(argv[:2])[0]
+
+
+@pytest.fixture(scope="module")
+def workspace_recipe(packing_ws):
+    return short_recipe(packing_ws, TINY, "tiny")
+
+
+@pytest.fixture(scope="module")
+def qwen3_recipe(packing_ws):
+    return short_recipe(packing_ws, "recipes/tiny-qwen3/router.yaml", "tiny-qwen3")
 
 
 def trainer_for(recipe, rows: list[dict], packing: bool, window: int | None = None):
@@ -172,3 +187,15 @@ def test_generated_scenes_pack_one_sequence_each(workspace_recipe, train_rows):
     packed = loss_and_grads(trainer_for(workspace_recipe, rows, True))
     assert packed[2]["input_ids"].shape[0] == 2
     assert_exact(packed, loss_and_grads(trainer_for(workspace_recipe, rows, False)))
+
+
+def test_qwen3_packed_scenes_match_rows_one_by_one(qwen3_recipe):
+    """The second family: Qwen3 takes the mask of its one layer type (`full_attention`) and position_ids."""
+    from sft_router.catalog import load_split
+
+    rows = scene_rows([dict(row) for row in load_split(qwen3_recipe, "train")], (4, 3, 1))
+    packed = loss_and_grads(trainer_for(qwen3_recipe, rows, True))
+    padded = loss_and_grads(trainer_for(qwen3_recipe, rows, False))
+    assert packed[2]["input_ids"].shape[0] == 3 and set(packed[2]["attention_mask"]) == {"full_attention"}
+    assert packed[2]["input_ids"].numel() < padded[2]["input_ids"].numel() * 0.7
+    assert_exact(packed, padded)

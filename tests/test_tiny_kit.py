@@ -48,3 +48,18 @@ def test_model_keeps_gemma3_layer_pattern_and_sentencepiece_file(tiny_dir):
 def test_build_is_cached(tiny_dir):
     assert resolve_base_model("sft-router/tiny-gemma3") == tiny_dir
     assert resolve_base_model("google/gemma-3-270m-it") == "google/gemma-3-270m-it"
+
+
+def test_tiny_qwen3_has_qwens_special_tokens_no_bos_and_full_attention():
+    from transformers import AutoConfig, AutoTokenizer
+
+    qwen_dir = resolve_base_model("sft-router/tiny-qwen3")
+    tokenizer = AutoTokenizer.from_pretrained(qwen_dir)
+    for token in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
+        assert tokenizer(token, add_special_tokens=False).input_ids == [tokenizer.convert_tokens_to_ids(token)]
+    assert tokenizer.bos_token is None and tokenizer("x").input_ids == tokenizer("x", add_special_tokens=False).input_ids
+    assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    ids = tokenizer(SAMPLE).input_ids
+    assert tokenizer.unk_token_id not in ids and tokenizer.decode(ids) == SAMPLE
+    config = AutoConfig.from_pretrained(qwen_dir)
+    assert config.model_type == "qwen3" and config.layer_types == ["full_attention"] * 2
