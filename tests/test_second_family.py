@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT, llama_runtime_or_reason, make_workspace
 from test_chat_template import openai_tools
 from test_gguf_modelfile import go_render
+from test_publish import online  # noqa: F401 (a fixture: these tests read the loopback Hub)
 
 from sft_router.families import QWEN3
 
@@ -56,7 +57,7 @@ def llm(qwen3_run):
     return load_gguf(qwen3_run / RUN / "gguf/tiny-qwen3-Q8_0.gguf", n_ctx=4096)
 
 
-def test_every_stage_finishes_and_the_repos_reach_the_hub(qwen3_run):
+def test_every_stage_finishes_and_the_repos_reach_the_hub(qwen3_run, online):  # noqa: F811
     from huggingface_hub import HfApi
 
     run = qwen3_run / RUN

@@ -57,7 +57,9 @@ def test_tiny_qwen3_has_qwens_special_tokens_no_bos_and_full_attention():
     tokenizer = AutoTokenizer.from_pretrained(qwen_dir)
     for token in ("<|im_start|>", "<|im_end|>", "<|endoftext|>"):
         assert tokenizer(token, add_special_tokens=False).input_ids == [tokenizer.convert_tokens_to_ids(token)]
-    assert tokenizer.bos_token is None and tokenizer("x").input_ids == tokenizer("x", add_special_tokens=False).input_ids
+    assert (
+        tokenizer.bos_token is None and tokenizer("x").input_ids == tokenizer("x", add_special_tokens=False).input_ids
+    )
     assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|endoftext|>")
     ids = tokenizer(SAMPLE).input_ids
     assert tokenizer.unk_token_id not in ids and tokenizer.decode(ids) == SAMPLE

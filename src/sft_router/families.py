@@ -38,6 +38,9 @@ class Family:
     bos_token: str | None  # None: the prompt starts with no BOS token
     control_tokens: tuple[str, ...]  # must be single CONTROL tokens in the GGUF, or llama.cpp splits them
     gguf_vocabs: tuple[str, ...]  # tokenizer.ggml.model the converter may write: llama (SentencePiece), gpt2 (BPE)
+    gguf_flags: tuple[
+        tuple[str, bool], ...
+    ]  # boolean GGUF keys the converter leaves out for the family, written after
     scene_packing: bool  # attention takes a boolean mask per layer type (`full_attention`, ...) and position_ids
     ollama_messages: str  # Ollama's Go template for the messages; modelfile.py adds its "trim" definitions
 
@@ -97,6 +100,7 @@ GEMMA3 = register(
         bos_token="<bos>",
         control_tokens=("<start_of_turn>", "<end_of_turn>"),
         gguf_vocabs=("llama",),  # the converter's Gemma 3 path reads tokenizer.model
+        gguf_flags=(),
         scene_packing=True,
         ollama_messages=r"""{{- $system := "" }}{{ $has_system := false }}
 {{- if .Messages }}{{ with index .Messages 0 }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ $has_system = true }}{{ end }}{{ end }}{{ end }}
@@ -128,6 +132,9 @@ QWEN3 = register(
         bos_token=None,
         control_tokens=("<|im_start|>", "<|im_end|>"),
         gguf_vocabs=("llama", "gpt2"),  # the converter's Qwen path takes a tokenizer.model first, else the BPE
+        # Its SentencePiece path writes no add_space_prefix, and llama.cpp then puts a space after every special
+        # token (<|im_start|>system -> <|im_start|> system): the tiny tokenizer adds none (a BPE vocabulary ignores it)
+        gguf_flags=(("tokenizer.ggml.add_space_prefix", False),),
         scene_packing=True,
         ollama_messages=r"""{{- $system := "" }}{{ $has_system := false }}
 {{- if .Messages }}{{ with index .Messages 0 }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ $has_system = true }}{{ end }}{{ end }}{{ end }}

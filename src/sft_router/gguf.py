@@ -72,6 +72,38 @@ def convert_to_gguf(merged: Path, outfile: Path, outtype: str, card_metadata: st
         "metadata writer",
     )
     raw.unlink()
+    if family.gguf_flags:
+        set_gguf_flags(converter, outfile, dict(family.gguf_flags))
+
+
+# The pinned gguf-py's own metadata copier (gguf_new_metadata.py has no option for these keys), run as it runs.
+SET_FLAGS = """
+import json, sys
+import gguf
+from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+reader = gguf.GGUFReader(sys.argv[1], "r")
+writer = gguf.GGUFWriter(sys.argv[2], arch=reader.get_field("general.architecture").contents(), endianess=reader.endianess)
+if (alignment := reader.get_field("general.alignment")) is not None:
+    writer.data_alignment = alignment.contents()
+flags = {key: MetadataDetails(gguf.GGUFValueType.BOOL, value) for key, value in json.loads(sys.argv[3]).items()}
+copy_with_new_metadata(reader, writer, flags, [])
+"""
+
+
+def set_gguf_flags(converter: Path, path: Path, flags: dict[str, bool]) -> None:
+    """Write boolean keys into the GGUF at `path` (a model family's converter quirk, Family.gguf_flags)."""
+    import subprocess
+    import sys
+
+    staged = path.with_name(path.name + ".flags")
+    env = {**os.environ, "PYTHONPATH": str(converter / "gguf-py")}
+    command = [sys.executable, "-c", SET_FLAGS, str(path), str(staged), json.dumps(flags)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        staged.unlink(missing_ok=True)
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise UsageError(f"llama.cpp gguf-py metadata writer failed on {path.name}: {tail[0]}")
+    staged.replace(path)
 
 
 def describe_gguf(path: Path, family=None) -> dict:
