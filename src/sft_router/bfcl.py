@@ -48,6 +48,7 @@ from typing import NamedTuple
 
 from sft_router import router_format
 from sft_router.errors import UsageError, one_line_errors
+from sft_router.markdown_tables import markdown_table, percent_cell
 from sft_router.router_format import load_system_prompt, render_system_prompt
 from sft_router.scoring import BOOTSTRAP, attempted_call, bootstrap_interval, parse_lenient
 
@@ -58,8 +59,9 @@ CHECKER_MODEL_NAME = "sft-router"
 BFCL_DATASET_ID = "gorilla-llm/Berkeley-Function-Calling-Leaderboard"  # where BFCL publishes its data on the Hub
 INSTALL_HINT = f"run `make install` (installs bfcl-eval=={BFCL_EVAL_VERSION} without its dependencies)"
 # Cited, not measured: Google's FunctionGemma model card (BFCL simple and irrelevance accuracy).
+REFERENCE_MODEL = "FunctionGemma 270M"
 REFERENCE = {
-    "name": "FunctionGemma 270M (cited)",
+    "name": f"{REFERENCE_MODEL} (cited)",
     "source": "https://huggingface.co/google/functiongemma-270m-it",
     "accuracy": {"simple_python": 0.616, "irrelevance": 0.737},
 }
@@ -286,27 +288,21 @@ def run_bfcl(recipe, tokenizer, out: Path, cases: dict[str, list[dict]] | None =
     return results
 
 
-def percent(value: float) -> str:
-    return f"{100 * value:.1f}"
-
-
 def accuracy_cell(scores: dict | None) -> str:
-    if not scores:
-        return "-"
-    low, high = scores["accuracy_ci95"]
-    return f"{percent(scores['accuracy'])} [{percent(low)}, {percent(high)}] (n={scores['cases']})"
+    """`61.6 [52.0, 70.1] (n=400)`: one category's accuracy in % with its interval and its number of cases."""
+    return f"{percent_cell(scores, 'accuracy')} (n={scores['cases']})" if scores else "-"
 
 
 def bfcl_table(results: dict[str, dict]) -> str:
     """Markdown: accuracy (%) per category with bootstrap 95% intervals per variant, then the cited reference row."""
     categories = list(dict.fromkeys(c for metrics in results.values() for c in metrics["categories"]))
-    lines = ["| model | runtime | " + " | ".join(categories) + " |", "|" + "---|" * (len(categories) + 2)]
-    for variant, metrics in results.items():
-        cells = " | ".join(accuracy_cell(metrics["categories"].get(c)) for c in categories)
-        lines.append(f"| {variant} | {metrics['runtime']} | {cells} |")
-    cited = " | ".join(percent(REFERENCE["accuracy"][c]) if c in REFERENCE["accuracy"] else "-" for c in categories)
-    lines.append(f"| {REFERENCE['name']} | [model card]({REFERENCE['source']}), not measured here | {cited} |")
-    return "\n".join(lines)
+    rows = [
+        [variant, metrics["runtime"], *(accuracy_cell(metrics["categories"].get(c)) for c in categories)]
+        for variant, metrics in results.items()
+    ]
+    cited = [percent_cell(REFERENCE["accuracy"], c) for c in categories]
+    rows.append([REFERENCE["name"], f"[model card]({REFERENCE['source']}), not measured here", *cited])
+    return markdown_table(["model", "runtime", *categories], rows)
 
 
 def bfcl_section(results: dict[str, dict]) -> str:

@@ -28,10 +28,11 @@ from pathlib import Path
 
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.eval_data import HEADLINE_SPLIT, load_eval_splits
+from sft_router.markdown_tables import markdown_table, metric_cell, number_cell
 from sft_router.models import generate, load_finetuned_generation_model, load_generation_model
 from sft_router.prompts import new_tokens_needed, render_prompts, scenes
 from sft_router.run import stage_output
-from sft_router.scoring import interval, label_order, metric_definitions, score, with_interval, write_variant
+from sft_router.scoring import interval, label_order, metric_definitions, score, write_variant
 
 # (metrics.json key, label) in the order the comparison table and chart show them.
 COMPARED = [
@@ -55,6 +56,7 @@ CHARTED = [
     "exact_match_rate_strict",
     "no_call_accuracy",
 ]
+NA = "n/a"  # the comparison page's cell for a figure a variant does not have
 PREDICTION_FIELDS = ("text", "output")  # `output`: a predictions.jsonl written here
 REFERENCE_FIELDS = ("text", "expected")  # `expected`: a predictions.jsonl; a test-split row gives its completion
 LOOKUP_NOTE = (
@@ -166,20 +168,11 @@ def headline(metrics: dict) -> dict:
     return {key: value for key, value in metrics.items() if isinstance(value, int | float)}
 
 
-def _cell(metrics: dict, key: str) -> str:
-    return with_interval(metrics, key, missing="n/a")
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-
-
 def metrics_comparison_table(results: dict[str, dict]) -> str:
     """Markdown table, one column per variant; exact match and argument F1 carry their 95% intervals."""
-    rows = [[label, *(_cell(metrics, key) for metrics in results.values())] for key, label in COMPARED]
+    rows = [[label, *(metric_cell(m, key, missing=NA) for m in results.values())] for key, label in COMPARED]
     rows.append(["samples", *(metrics["total_samples"] for metrics in results.values())])
-    return "\n".join(_table(["metric", *results], rows))
+    return markdown_table(["metric", *results], rows)
 
 
 def per_tool_table(results: dict[str, dict]) -> str:
@@ -190,17 +183,17 @@ def per_tool_table(results: dict[str, dict]) -> str:
         [
             tool,
             first["per_tool"][tool]["support"],
-            *(f"{metrics['per_tool'].get(tool, {}).get('f1', 0.0):.3f}" for metrics in results.values()),
+            *(number_cell(metrics["per_tool"].get(tool, {}).get("f1", 0.0)) for metrics in results.values()),
         ]
         for tool in tools
     ]
-    return "\n".join(_table(["expected tool", "support", *(f"{name} F1" for name in results)], rows))
+    return markdown_table(["expected tool", "support", *(f"{name} F1" for name in results)], rows)
 
 
 def confusion_markdown(confusion: dict[str, dict[str, int]]) -> str:
     predicted = label_order(label for row in confusion.values() for label in row)
     rows = [[expected, *(row.get(label, 0) for label in predicted)] for expected, row in confusion.items()]
-    return "\n".join(_table(["expected \\ predicted", *predicted], rows))
+    return markdown_table(["expected \\ predicted", *predicted], rows)
 
 
 def split_markdown(split: str, results: dict[str, dict]) -> str:
@@ -228,11 +221,11 @@ def overview_table(by_split: dict[str, dict[str, dict]]) -> str:
         [
             f"`{split}`",
             next(iter(results.values()))["total_samples"],
-            *(_cell(results[name], "exact_match_rate") if name in results else "n/a" for name in variants),
+            *(metric_cell(results.get(name, {}), "exact_match_rate", missing=NA) for name in variants),
         ]
         for split, results in by_split.items()
     ]
-    return "\n".join(_table(["split", "rows", *variants], rows))
+    return markdown_table(["split", "rows", *variants], rows)
 
 
 def comparison_markdown(by_split: dict[str, dict[str, dict]], notes: list[str] = ()) -> str:
@@ -379,8 +372,8 @@ def main(argv: list[str] | None = None) -> None:
     for split, results in run_eval(recipe).items():
         for name, metrics in results.items():
             print(
-                f"eval {split} {name}: exact_match={_cell(metrics, 'exact_match_rate')} "
-                f"arg_f1={_cell(metrics, 'average_argument_f1')}"
+                f"eval {split} {name}: exact_match={metric_cell(metrics, 'exact_match_rate', missing=NA)} "
+                f"arg_f1={metric_cell(metrics, 'average_argument_f1', missing=NA)}"
             )
     if recipe.eval.bfcl_categories:
         from sft_router.bfcl import show

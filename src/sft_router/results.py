@@ -17,8 +17,8 @@ from pathlib import Path
 
 from sft_router.bfcl import bfcl_table, read_bfcl
 from sft_router.cards import split_exact_match_table
+from sft_router.markdown_tables import markdown_table, metric_cell
 from sft_router.run import read_manifest
-from sft_router.scoring import with_interval
 
 STAGES = ("dataset", "adapter", "eval", "merged", "gguf", "card", "hub")
 METRICS = (
@@ -48,17 +48,22 @@ def run_summary(run_dir: Path) -> dict | None:
     }
 
 
+def metrics_interval_table(metrics: dict[str, dict]) -> str:
+    """Every variant's headline metrics, each with its bootstrap interval."""
+    rows = [
+        [variant, *(metric_cell(values, key) for key, _ in METRICS), values.get("total_samples", "-")]
+        for variant, values in metrics.items()
+    ]
+    return markdown_table(["model", *(label for _, label in METRICS), "rows"], rows)
+
+
 def results_table(summary: dict) -> str:
     wall = ", ".join(f"{stage} {seconds:.0f}s" for stage, seconds in summary["wall"].items())
     lines = [
         f"`make publish RECIPE={summary['recipe']}` on {summary['machine']}; wall time: {wall}.",
         "",
-        "| model | " + " | ".join(label for _, label in METRICS) + " | rows |",
-        "|---|" + "---|" * (len(METRICS) + 1),
+        metrics_interval_table(summary["metrics"]),
     ]
-    for variant, metrics in summary["metrics"].items():
-        cells = " | ".join(with_interval(metrics, key) for key, _ in METRICS)
-        lines.append(f"| {variant} | {cells} | {metrics.get('total_samples', '-')} |")
     splits = split_exact_match_table(summary.get("split_metrics") or {})
     if splits:
         lines += ["", "Exact match on every evaluated split:", "", splits]
