@@ -145,17 +145,10 @@ def main(argv=None) -> None:
     print(table([point]))
 
 
-def _figure(scores: dict, key: str) -> str:
-    value, interval = scores.get(key), scores.get(f"{key}_ci95")
-    if value is None:
-        return "n/a"
-    return f"{value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else f"{value:.2f}"
-
-
 def table(points: list[dict]) -> str:
-    lines = ["| point | changes | steps x rows | train wall | " + " | ".join(label for _, label in SHOWN) + " |",
-             "|---|---|---|---|" + "---|" * len(SHOWN)]  # fmt: skip
-    notes = []
+    from sft_router.markdown_tables import markdown_table, metric_cell
+
+    rows, notes = [], []
     for point in points:
         changes = ", ".join(f"{k}={v}" for k, v in point["set"].items()) or "(the recipe)"
         wall = f"{point['train_wall_s'] / 60:.1f} min" if point.get("train_wall_s") else "n/a"
@@ -167,8 +160,9 @@ def table(points: list[dict]) -> str:
             checkpoint = scores["weights"] != "adapter"
             label = point["name"] + (f" @{scores['weights']}" if checkpoint else "") + mark
             steps = f"{scores['weights'].split('-')[-1]} of {point['max_steps']}" if checkpoint else point["max_steps"]
-            figures = " | ".join(_figure(scores, key) for key, _ in SHOWN)
-            lines.append(f"| {label} | {changes} | {steps} x {point['rows_a_step']} | {wall} | {figures} |")
+            figures = [metric_cell(scores, key, digits=2, missing="n/a") for key, _ in SHOWN]
+            rows.append([label, changes, f"{steps} x {point['rows_a_step']}", wall, *figures])
+    lines = [markdown_table(["point", "changes", "steps x rows", "train wall", *(label for _, label in SHOWN)], rows)]
     return "\n".join(lines + [""] + [f"({i}) {note}" for i, note in enumerate(notes, 1)] if notes else lines)
 
 
