@@ -19,8 +19,8 @@ from sft_router.bfcl import bfcl_table, read_bfcl
 from sft_router.cards import split_exact_match_table
 from sft_router.run import read_manifest
 from sft_router.scoring import with_interval
+from sft_router.stages import STAGES
 
-STAGES = ("dataset", "adapter", "eval", "merged", "gguf", "card", "hub")
 METRICS = (
     ("exact_match_rate", "exact match"),
     ("average_argument_f1", "argument F1"),
