@@ -41,7 +41,7 @@ def run_summary(run_dir: Path) -> dict | None:
         "run": run_dir.name,
         "recipe": first["recipe"],
         "machine": first.get("hardware") or first.get("machine", "?"),
-        "wall": {stage: m.get("train_wall_time_s", m["wall_time_s"]) for stage, m in manifests.items() if m},
+        "wall": {stage: m["wall_time_s"] for stage, m in manifests.items() if m},
         "metrics": metrics,
         "split_metrics": (manifests["eval"] or {}).get("split_metrics") or {},
         "bfcl": read_bfcl(eval_dir),

@@ -6,8 +6,8 @@ aside and removed only once the new one is in place, so a failure at any point k
 killed process left behind (`.<stage>.tmp-<pid>`, `.<stage>.old-<pid>`) is cleaned by the next run of that stage.
 
 Each stage's manifest records the fingerprint of exactly what the stage reads (sft_router.stages lists it): its
-recipe keys, the files it reads (catalog, system prompt, chat template) and the fingerprints of the stages it reads.
-`python -m sft_router.run
+recipe keys, the files it reads (catalog, system prompt, chat template) and the fingerprints of the stages it reads,
+and the stage's wall time from the start of its main. `python -m sft_router.run
 --config RECIPE` writes them to runs/<name>/.inputs/<stage>.sha256, rewriting a file only when it changed, and the
 Makefile lists those files as prerequisites: editing what a stage reads reruns it and the stages below it, editing
 anything else reruns nothing.
@@ -185,14 +185,18 @@ def replace_folder(new: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def stage_output(recipe, stage: str, **facts):
-    """Yield a temporary folder for `stage`; on success write its manifest and move it to runs/<name>/<stage>."""
+def stage_output(recipe, stage: str, started: float | None = None, **facts):
+    """Yield a temporary folder for `stage`; on success write its manifest and move it to runs/<name>/<stage>.
+
+    `started` is when the stage began (`time.time()` first thing in its main), so that the manifest's wall_time_s
+    covers the whole stage (loading, training, scoring), not only what runs inside this block (the default).
+    """
     final = recipe.stage_dir(stage)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(final)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"  # a nested stage (eval/bfcl) too
     tmp.mkdir()
-    start = time.time()
+    start = time.time() if started is None else started
     extra: dict = {}
     try:
         yield tmp, extra
