@@ -41,6 +41,7 @@ import json
 import os
 import random
 import sys
+import time
 import types
 from importlib import metadata
 from pathlib import Path
@@ -351,11 +352,11 @@ def read_bfcl(eval_dir: Path) -> dict[str, dict]:
 
 
 @contextlib.contextmanager
-def bfcl_output(recipe):
+def bfcl_output(recipe, started: float):
     """runs/<name>/eval/bfcl/ written whole or not at all, with a manifest, beside an existing evaluation."""
     from sft_router.run import stage_output
 
-    with stage_output(recipe, "eval/bfcl") as (out, facts):
+    with stage_output(recipe, "eval/bfcl", started) as (out, facts):
         yield out, facts
 
 
@@ -374,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     from sft_router.config import parse_recipe
     from sft_router.models import load_tokenizer
 
+    started = time.time()
     argv = list(sys.argv[1:] if argv is None else argv)
     only_show = "--show" in argv
     (recipe,) = parse_recipe([arg for arg in argv if arg != "--show"])
@@ -383,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     adapter = recipe.stage_dir("adapter")
     if not (adapter / "manifest.json").is_file():
         raise UsageError(f"no finished adapter at {adapter}: run `make train RECIPE={recipe.path}` first")
-    with bfcl_output(recipe) as (out, facts):
+    with bfcl_output(recipe, started) as (out, facts):
         results = run_bfcl(recipe, load_tokenizer(recipe), out)
         facts["bfcl"] = {variant: metrics["categories"] for variant, metrics in results.items()}
     cases = sum(scores["cases"] for scores in next(iter(results.values()))["categories"].values())

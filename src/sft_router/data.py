@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -246,12 +247,13 @@ def write_dataset(splits: dict[str, list[dict]], out: Path, digest: str | None =
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
+    started = time.time()
     (recipe,) = parse_recipe(argv)
     catalog = load_catalog(recipe.data.catalog)
     applied: dict = {}
     splits = build_splits(recipe, catalog, applied)
     facts = dataset_facts(splits, catalog, recipe, applied)
-    with stage_output(recipe, "dataset", **facts) as (out, _):
+    with stage_output(recipe, "dataset", started, **facts) as (out, _):
         write_dataset(splits, out, facts["content_sha256"])
     print(f"dataset: {facts['rows']}, {facts['leaks']} leaks -> {recipe.stage_dir('dataset')}")
 

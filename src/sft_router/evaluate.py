@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 from sft_router.errors import UsageError, one_line_errors
@@ -131,6 +132,7 @@ def score_variants(recipe, tokenizer, splits: dict[str, list[dict]], out: Path, 
 
 def run_eval(recipe) -> dict[str, dict[str, dict]]:
     """Metrics by split, then by variant; the lookup is scored last, beside the models."""
+    started = time.time()
     from sft_router.bfcl import run_bfcl, selected_cases  # BFCL v4 with its checker, when the recipe asks
     from sft_router.lookup import build_lookup
     from sft_router.models import load_tokenizer
@@ -144,7 +146,7 @@ def run_eval(recipe) -> dict[str, dict[str, dict]]:
     lookup = build_lookup(recipe)
     tokenizer = load_tokenizer(recipe)
     rows_per_split = {split: len(rows) for split, rows in splits.items()}
-    with stage_output(recipe, "eval", test_rows=len(splits[HEADLINE_SPLIT]), split_rows=rows_per_split) as (
+    with stage_output(recipe, "eval", started, test_rows=len(splits[HEADLINE_SPLIT]), split_rows=rows_per_split) as (
         out,
         facts,
     ):

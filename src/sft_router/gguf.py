@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from sft_router.config import parse_recipe
@@ -151,6 +152,7 @@ def convert_locally(recipe, out: Path, facts: dict) -> None:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
+    started = time.time()
     (recipe,) = parse_recipe(argv)
     merged = recipe.stage_dir("merged")
     if not (merged / "manifest.json").is_file():
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if backend != "local":
         raise UsageError(f"gguf_backend is '{backend}'; use `local` or `space`")
-    with stage_output(recipe, "gguf", llama_cpp_python=LLAMA_CPP_PYTHON, backend="local") as (out, facts):
+    with stage_output(recipe, "gguf", started, llama_cpp_python=LLAMA_CPP_PYTHON, backend="local") as (out, facts):
         convert_locally(recipe, out, facts)
     print(f"gguf: {', '.join(str(gguf_path(recipe, t)) for t in recipe.export.gguf_outtypes)} and Ollama's files")
 

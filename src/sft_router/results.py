@@ -19,8 +19,8 @@ from sft_router.bfcl import bfcl_table, read_bfcl
 from sft_router.cards import split_exact_match_table
 from sft_router.markdown_tables import markdown_table, metric_cell
 from sft_router.run import read_manifest
+from sft_router.stages import STAGES
 
-STAGES = ("dataset", "adapter", "eval", "merged", "gguf", "card", "hub")
 METRICS = (
     ("exact_match_rate", "exact match"),
     ("average_argument_f1", "argument F1"),
@@ -41,7 +41,7 @@ def run_summary(run_dir: Path) -> dict | None:
         "run": run_dir.name,
         "recipe": first["recipe"],
         "machine": first.get("hardware") or first.get("machine", "?"),
-        "wall": {stage: m.get("train_wall_time_s", m["wall_time_s"]) for stage, m in manifests.items() if m},
+        "wall": {stage: m["wall_time_s"] for stage, m in manifests.items() if m},
         "metrics": metrics,
         "split_metrics": (manifests["eval"] or {}).get("split_metrics") or {},
         "bfcl": read_bfcl(eval_dir),
