@@ -80,7 +80,12 @@ class StageInputs:
 
 
 STAGE_INPUTS = {
-    "dataset": StageInputs(sections=("data",), files=("data.catalog", "data.system_prompt")),
+    # The dataset is held to max_length under the base model's tokenizer and the chat template (context_length).
+    "dataset": StageInputs(
+        sections=("data",),
+        keys=("training.max_length", "model.model_name_or_path"),
+        files=("data.catalog", "data.system_prompt", "training.chat_template_path"),
+    ),
     "adapter": StageInputs(
         sections=("training", "model", "scenes"), files=("training.chat_template_path",), stages=("dataset",)
     ),
@@ -89,6 +94,7 @@ STAGE_INPUTS = {
     # too, but a namespace or repo name changed at publish time does not reconvert the GGUF and rescore it.
     "gguf": StageInputs(
         sections=("export",),
+        keys=("training.max_length", "eval.eval_max_new_tokens", "eval.bfcl_max_new_tokens"),  # its n_ctx
         files=("training.chat_template_path", "data.catalog", "data.system_prompt"),
         stages=("merged",),
     ),
