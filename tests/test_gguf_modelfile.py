@@ -85,7 +85,7 @@ def test_test_split_prompts_render_identically_through_the_repo_template(tiny_ru
 
 def test_the_gguf_manifest_holds_the_context_the_recipe_derives(tiny_run, monkeypatch):
     """n_ctx, decided once by make gguf: the published system prompt (every tool) or max_length, plus the most new
-    tokens, rounded up to a power of two; load_gguf's default reads it."""
+    tokens, rounded up to a power of two; load_gguf's default and the GGUF card's snippets read it."""
     from sft_router.config import parse_recipe
     from sft_router.context_length import context_length, gguf_context_length
     from sft_router.models import load_tokenizer
@@ -97,6 +97,8 @@ def test_the_gguf_manifest_holds_the_context_the_recipe_derives(tiny_run, monkey
     n_ctx = read_manifest(gguf)["n_ctx"]
     assert n_ctx == context_length(recipe, tokenizer, (gguf / "system").read_text()) > recipe.training.max_length
     assert gguf_context_length(gguf / "tiny-Q8_0.gguf") == n_ctx
+    card = (tiny_run / "runs/tiny/card/gguf/README.md").read_text()  # llama-cpp-python, llama-cli/-server, Ollama
+    assert f"n_ctx={n_ctx}," in card and card.count(f" -c {n_ctx} ") == 2 and f"{n_ctx}-token context" in card
 
 
 def test_gguf_folder_carries_ollamas_hub_files_with_greedy_params_and_the_trained_system_prompt(tiny_run):
