@@ -63,7 +63,7 @@ def context_length(recipe, tokenizer, system_prompt: str) -> int:
     (published,) = conversation_lengths(
         tokenizer, [[{"role": "system", "content": system_prompt}, {"role": "user", "content": ""}]], True
     )
-    return power_of_two(max(recipe.training.max_length, published) + new_tokens_allowed(recipe))
+    return power_of_two(max(recipe.training.max_length or 0, published) + new_tokens_allowed(recipe))
 
 
 def gguf_context_length(gguf_file: Path) -> int:
