@@ -136,10 +136,11 @@ def near_tie(merged, prompt: str, ours: list[int], theirs: list[int], margin: fl
     return abs(float(logits[ours[split]] - logits[theirs[split]])) < margin
 
 
-def test_f16_greedy_tokens_equal_transformers(runtime, f16_gguf, merged, prompts, hf_answers):
+def test_f16_greedy_tokens_equal_transformers(runtime, tiny_run, f16_gguf, merged, prompts, hf_answers):
+    from sft_router.context_length import gguf_context_length
     from sft_router.runtime import greedy_ids, load_gguf, prompt_ids
 
-    llm = load_gguf(f16_gguf)
+    llm = load_gguf(f16_gguf, n_ctx=gguf_context_length(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf"))  # no manifest
     answers = [greedy_ids(llm, prompt_ids(llm, prompt), MAX_NEW_TOKENS) for prompt in prompts[: len(hf_answers)]]
     # f16 weights round a near-tied argmax of the random model now and then (one of 8 answers seen differing, at its
     # 24th token, then earlier once the data came in scenes): at most one answer may part, and only at a near-tie.

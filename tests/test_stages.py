@@ -133,10 +133,21 @@ BELOW = {"dataset": {"dataset", "adapter", "merged", "gguf", "eval", "card", "hu
         ({"num_train: 96": "num_train: 95"}, BELOW["dataset"]),
         ({"eval_batch_size: 8": "eval_batch_size: 4"}, {"eval", "card", "hub"}),
         ({"gguf_outtypes: [q8_0]": "gguf_outtypes: [f16]"}, {"gguf", "eval", "card", "hub"}),
+        ({"max_length: 2048": "max_length: 1536"}, BELOW["dataset"]),  # every row is held to it, and the n_ctx
+        ({"bfcl_max_new_tokens: 16": "bfcl_max_new_tokens: 24"}, {"gguf", "eval", "card", "hub"}),  # the n_ctx
         ({"model_repo: tiny-router": "model_repo: other-router"}, {"card", "hub", "hub-data"}),
         ({"# Tiny CPU recipe": "# A comment"}, set()),
     ],
-    ids=["learning_rate", "num_train", "eval_batch_size", "gguf_outtypes", "model_repo", "comment"],
+    ids=[
+        "learning_rate",
+        "num_train",
+        "eval_batch_size",
+        "gguf_outtypes",
+        "max_length",
+        "bfcl_max_new_tokens",
+        "model_repo",
+        "comment",
+    ],
 )
 def test_editing_what_a_stage_reads_changes_its_fingerprint_and_those_below_only(workspace, replace, rerun):
     before, after = changed(workspace, {}), changed(workspace, replace)

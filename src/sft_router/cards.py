@@ -212,6 +212,7 @@ def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
         "system_prompt": published_system_prompt(recipe.data, load_catalog(recipe.data.catalog).tools.values()),
         "llama_cpp_commit": gguf_manifest.get("llama_cpp_commit"),
         "llama_cpp_python": gguf_manifest.get("llama_cpp_python"),
+        "n_ctx": gguf_manifest.get("n_ctx"),
         "adapter_base": adapter_base(recipe),
         "local_dir": ids["gguf"].split("/")[-1],
         "serve_url": SERVE_URL,

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from sft_router.config import parse_recipe
+from sft_router.context_length import context_length
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.router_format import END_OF_TURN, START_OF_TURN, STOP_TOKEN
 from sft_router.run import FILE_TYPES, gguf_path, stage_output
@@ -132,10 +133,12 @@ def check_gguf(path: Path, chat_template: str, outtype: str) -> dict:
 
 
 def convert_locally(recipe, out: Path, facts: dict) -> None:
-    """Every requested GGUF type from runs/<name>/merged, checked, plus Ollama's files beside them."""
+    """Every requested GGUF type from runs/<name>/merged, checked, plus Ollama's files beside them; the context the
+    GGUF is run with (context_length) goes to the manifest as `n_ctx` and to Ollama's `num_ctx`."""
     from sft_router.cards import converter_metadata
     from sft_router.catalog import load_catalog
     from sft_router.modelfile import write_ollama_files
+    from sft_router.models import load_tokenizer
     from sft_router.router_format import published_system_prompt
 
     template = Path(recipe.training.chat_template_path).read_text()
@@ -146,8 +149,10 @@ def convert_locally(recipe, out: Path, facts: dict) -> None:
         facts[path.name] = {k: v for k, v in check_gguf(path, template, outtype).items() if k != "chat_template"}
     facts["llama_cpp_commit"] = llama_cpp_commit()
     gguf_name = gguf_path(recipe, recipe.export.gguf_outtypes[0]).name
-    tools = load_catalog(recipe.data.catalog).tools.values()
-    write_ollama_files(out, gguf_name, published_system_prompt(recipe.data, tools))
+    system_prompt = published_system_prompt(recipe.data, load_catalog(recipe.data.catalog).tools.values())
+    tokenizer = load_tokenizer(recipe, str(recipe.stage_dir("merged")))
+    facts["n_ctx"] = context_length(recipe, tokenizer, system_prompt)
+    write_ollama_files(out, gguf_name, system_prompt, facts["n_ctx"])
 
 
 @one_line_errors

@@ -8,7 +8,7 @@ folded into the first user turn, every message's content trimmed as Jinja's `| t
 so the template does not. tests/test_gguf_modelfile.py executes it with Go's own text/template in Ollama's data
 shape on every test-split row and compares with the Jinja template.
 
-Usage: write_ollama_files(Path("runs/tiny/gguf"), "tiny-Q8_0.gguf", system_prompt)
+Usage: write_ollama_files(Path("runs/tiny/gguf"), "tiny-Q8_0.gguf", system_prompt, n_ctx)
 """
 
 from __future__ import annotations
@@ -70,14 +70,16 @@ GO_TEMPLATE = (
 {{- "<start_of_turn>model\n" }}"""
 )
 
-# Greedy, as in `make eval`: the router must answer the same way every time. Ollama's defaults (temperature 0.8,
-# a 2048 or 4096-token context) would sample and could cut the tool list.
-PARAMS = {"stop": [STOP_TOKEN], "temperature": 0, "top_k": 1, "num_ctx": 4096}
+
+def ollama_params(n_ctx: int) -> dict:
+    """Greedy, as in `make eval`: the router must answer the same way every time. Ollama's defaults (temperature 0.8,
+    a context of its own choosing) would sample and could cut the tool list; `num_ctx` is the GGUF's n_ctx."""
+    return {"stop": [STOP_TOKEN], "temperature": 0, "top_k": 1, "num_ctx": n_ctx}
 
 
-def render_modelfile(gguf_name: str, system_prompt: str) -> str:
+def render_modelfile(gguf_name: str, system_prompt: str, n_ctx: int) -> str:
     lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{GO_TEMPLATE}"""', "", f'SYSTEM """{system_prompt}"""', ""]
-    for key, value in PARAMS.items():
+    for key, value in ollama_params(n_ctx).items():
         lines += (
             [f"PARAMETER {key} {json.dumps(v)}" for v in value]
             if isinstance(value, list)
@@ -86,15 +88,15 @@ def render_modelfile(gguf_name: str, system_prompt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_ollama_files(folder: Path, gguf_name: str, system_prompt: str) -> list[Path]:
+def write_ollama_files(folder: Path, gguf_name: str, system_prompt: str, n_ctx: int) -> list[Path]:
     """template, params and system (read by `ollama run hf.co/...`) and the Modelfile (for `ollama create`)."""
     if '"""' in system_prompt:
         raise UsageError('the system prompt contains """, which a Modelfile cannot quote: rephrase it')
     files = {
         "template": GO_TEMPLATE,
-        "params": json.dumps(PARAMS, indent=2) + "\n",
+        "params": json.dumps(ollama_params(n_ctx), indent=2) + "\n",
         "system": system_prompt,
-        "Modelfile": render_modelfile(gguf_name, system_prompt),
+        "Modelfile": render_modelfile(gguf_name, system_prompt, n_ctx),
     }
     for name, text in files.items():
         (folder / name).write_text(text)

@@ -52,7 +52,15 @@ class Command:
 
 
 _PIPELINE = (
-    Stage("dataset", "data", "data", sections=("data",), files=("data.catalog", "data.system_prompt")),
+    # The dataset is held to max_length under the base model's tokenizer and the chat template (context_length).
+    Stage(
+        "dataset",
+        "data",
+        "data",
+        sections=("data",),
+        keys=("training.max_length", "model.model_name_or_path"),
+        files=("data.catalog", "data.system_prompt", "training.chat_template_path"),
+    ),
     Stage(
         "hub-data",
         "publish",
@@ -81,6 +89,7 @@ _PIPELINE = (
         "gguf",
         upstream=("merged",),
         sections=("export",),
+        keys=("training.max_length", "eval.eval_max_new_tokens", "eval.bfcl_max_new_tokens"),  # its n_ctx
         files=("training.chat_template_path", "data.catalog", "data.system_prompt"),
     ),
     Stage(
