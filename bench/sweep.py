@@ -19,6 +19,7 @@ Usage: python bench/sweep.py --config recipes/gemma-3-270m-laptop/router.yaml --
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -96,15 +97,19 @@ def score_validation(recipe_path: Path, folders: list[Path], out: Path) -> list[
     its predictions in out/<folder>/ (never inside a stage folder, which make and the Hub push own)."""
     from sft_router.config import parse_recipe
     from sft_router.eval_data import _generated
-    from sft_router.evaluate import evaluate_model
-    from sft_router.models import load_finetuned_generation_model, load_generation_model, load_tokenizer
+    from sft_router.models import load_finetuned_generation_model, load_tokenizer
+    from sft_router.prompts import prompt_set
+    from sft_router.scoring import write_variant
+    from sft_router.variants import transformers_variant
 
     (recipe,) = parse_recipe(["--config", str(recipe_path)])
     rows, tokenizer, scored = _generated(recipe, SPLIT), load_tokenizer(recipe), []
+    asked = prompt_set(tokenizer, rows, recipe.eval.eval_max_new_tokens, SPLIT)
     for folder in folders:
         start = time.perf_counter()
-        model = load_finetuned_generation_model(recipe, load_generation_model(recipe), folder)
-        metrics = evaluate_model(model, tokenizer, rows, recipe, out / folder.name, f"{folder.name} ({SPLIT})")
+        model = functools.partial(load_finetuned_generation_model, recipe, folder)  # loaded by the first answer
+        variant = transformers_variant(folder.name, model, tokenizer, recipe.eval.eval_batch_size)
+        metrics = write_variant(out / folder.name, rows, variant.answer(asked))
         scored.append({"weights": folder.name, "score_wall_s": round(time.perf_counter() - start, 1), **metrics})
     return scored
 
