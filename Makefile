@@ -1,5 +1,6 @@
 # Wiring only: each pipeline target is one `python -m sft_router.<stage>` call that writes a manifest under
 # runs/<run>/<stage>/; make compares those files, so a rerun skips finished stages. Logic lives in src/.
+# src/sft_router/stages.py lists the stages and the other commands; tests/test_stages.py holds this file to it.
 # Each stage also depends on runs/<run>/.inputs/<stage>.sha256, the fingerprint of what it reads (recipe keys, files,
 # upstream stages), which `python -m sft_router.run` rewrites only when it changed: editing what a stage reads reruns
 # it and the stages below it, editing anything else reruns nothing.
@@ -13,7 +14,7 @@ VENV := .venv/.installed
 RUNTIME := .venv/.runtime
 IN := $(R)/.inputs
 
-.PHONY: inputs install runtime demo laptop results preflight data push-data train eval bfcl merge gguf card publish serve all smoke test test-slow lint clean
+.PHONY: inputs install runtime demo laptop results preflight data push-data train eval bfcl lookup merge gguf card publish serve all smoke test test-slow lint clean
 
 install: $(VENV) $(RUNTIME)
 $(VENV): pyproject.toml
@@ -54,6 +55,10 @@ bfcl: $(R)/eval/bfcl/summary.json
 $(R)/eval/bfcl/summary.json: $(IN)/eval.sha256 $(R)/adapter/manifest.json $(R)/gguf/manifest.json | $(RUNTIME)
 	$(PY) -m sft_router.bfcl --config $(RECIPE)
 
+# The no-model control's metrics on each eval split (seconds; `make eval` scores it as the `lookup` variant).
+lookup: $(R)/dataset/manifest.json
+	$(PY) -m sft_router.lookup --config $(RECIPE)
+
 merge: $(R)/merged/manifest.json
 $(R)/merged/manifest.json: $(IN)/merged.sha256 $(R)/adapter/manifest.json
 	$(PY) -m sft_router.merge --config $(RECIPE)
@@ -63,7 +68,7 @@ $(R)/gguf/manifest.json: $(IN)/gguf.sha256 $(R)/merged/manifest.json
 	$(PY) -m sft_router.gguf --config $(RECIPE)
 
 card: $(R)/card/manifest.json
-$(R)/card/manifest.json: $(IN)/card.sha256 $(R)/eval/manifest.json $(R)/gguf/manifest.json
+$(R)/card/manifest.json: $(IN)/card.sha256 $(R)/dataset/manifest.json $(R)/eval/manifest.json $(R)/gguf/manifest.json
 	$(PY) -m sft_router.card --config $(RECIPE)
 
 publish: $(R)/hub/manifest.json

@@ -18,6 +18,7 @@ from sft_router.catalog import ARGUMENT_TYPES, load_catalog
 from sft_router.config import parse_recipe
 from sft_router.data import argument_types, build_splits
 from sft_router.eval_data import read_handwritten
+from sft_router.markdown_tables import markdown_table
 from sft_router.router_format import load_system_prompt
 
 INFORMAL = re.compile(r"\b(pls|plz|u|ur|ok|k|thx|ty|gonna|wanna|gotta|rn|im|tmrw|tmr|lol|btw|tbh|abt|cuz|bc|w/|ya)\b"
@@ -42,7 +43,7 @@ def share(part: int, whole: int) -> str:
     return f"{part / whole:.0%}" if whole else "-"
 
 
-def mix_row(name: str, rows: list[dict], catalog) -> str:
+def mix_row(name: str, rows: list[dict], catalog) -> list[str]:
     marker, starts = catalog.image_marker, prefixes(catalog)
     english = [message(row, marker) for row in rows if row["lang"] == "en"]
     lower = sum(bool(m) and (first := LETTER.search(m)) is not None and first.group().islower() for m in english)
@@ -58,7 +59,7 @@ def mix_row(name: str, rows: list[dict], catalog) -> str:
     cells = [name, str(len(rows)), share(lower, len(english)), share(informal, len(texts)), share(single, len(rows)),
              share(single_calls, len(calls)), *(share(kinds[k], total) for k in ARGUMENT_TYPES), share(typed, total),
              str(kinds["object"]), share(prefixed, len(texts))]  # fmt: skip
-    return "| " + " | ".join(cells) + " |"
+    return cells
 
 
 def main() -> None:
@@ -70,13 +71,11 @@ def main() -> None:
     splits = build_splits(recipe, catalog)
     header = ["split", "rows", "en lower-case start", "informal token", "1-tool prompts", "1-tool call prompts",
               *ARGUMENT_TYPES, "non-string args", "object args", "affix prefix"]  # fmt: skip
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for name, rows in splits.items():
-        print(mix_row(name, rows, catalog))
+    table = [mix_row(name, rows, catalog) for name, rows in splits.items()]
     if recipe.eval.handwritten:
         system = load_system_prompt(recipe.data.system_prompt)
-        print(mix_row("handwritten", read_handwritten(recipe.eval.handwritten, catalog, system), catalog))
+        table.append(mix_row("handwritten", read_handwritten(recipe.eval.handwritten, catalog, system), catalog))
+    print(markdown_table(header, table))
 
 
 if __name__ == "__main__":

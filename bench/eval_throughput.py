@@ -82,30 +82,31 @@ def report(modes: dict[str, tuple[float, list[str]]], rows: int) -> dict:
             for name, (seconds, outputs) in modes.items()}  # fmt: skip
 
 
-def llama_cpp_modes(path: Path, prompts, rows, max_new_tokens: int, threads: int) -> dict:
+def llama_cpp_modes(path: Path, asked, threads: int) -> dict:
     from sft_router.gguf_eval import gguf_outputs
     from sft_router.runtime import complete, load_gguf
 
+    prompts, max_new_tokens = asked.texts, asked.max_new_tokens
     llm = load_gguf(path, n_threads=threads)
     complete(llm, prompts[0], 2)  # warm-up: first-call allocations are not throughput
     return {
         "fresh": timed(lambda: [complete(llm, p, max_new_tokens, reuse_prefix=False) for p in prompts]),
         "row order": timed(lambda: [complete(llm, p, max_new_tokens) for p in prompts]),
-        "scene order": timed(lambda: gguf_outputs(llm, prompts, rows, max_new_tokens, False, "scene order")),
+        "scene order": timed(lambda: gguf_outputs(llm, asked, False, "scene order")),
     }
 
 
-def transformers_modes(recipe, tokenizer, prompts, rows, max_new_tokens: int) -> dict:
+def transformers_modes(recipe, tokenizer, asked) -> dict:
     from sft_router.models import generate, load_generation_model
-    from sft_router.prompts import scenes
 
+    prompts, max_new_tokens = asked.texts, asked.max_new_tokens
     model = load_generation_model(recipe)
     size = recipe.eval.eval_batch_size
     generate(model, tokenizer, prompts[:2], 2, 2)  # warm-up
     return {
         "no cache": timed(lambda: generate(model, tokenizer, prompts, size, max_new_tokens, reuse_prefix=False)),
         "one prefix": timed(lambda: generate(model, tokenizer, prompts, size, max_new_tokens)),
-        "scenes": timed(lambda: generate(model, tokenizer, prompts, size, max_new_tokens, scenes=scenes(rows))),
+        "scenes": timed(lambda: generate(model, tokenizer, prompts, size, max_new_tokens, scenes=asked.scenes)),
     }
 
 
@@ -124,25 +125,22 @@ def main() -> None:
 
     from sft_router.config import parse_recipe
     from sft_router.models import load_tokenizer
-    from sft_router.prompts import new_tokens_needed, render_prompts, scenes
+    from sft_router.prompts import prompt_set
     from sft_router.run import gguf_path
 
     torch.set_num_threads(args.threads)
     (recipe,) = parse_recipe(["--config", args.config])
     rows = test_rows(recipe, args.rows, args.scene_size)
     tokenizer = load_tokenizer(recipe)
-    prompts = render_prompts(tokenizer, rows)
-    max_new_tokens = new_tokens_needed(tokenizer, rows, recipe.eval.eval_max_new_tokens)
+    asked = prompt_set(tokenizer, rows, recipe.eval.eval_max_new_tokens, "test")
     gguf = Path(args.gguf) if args.gguf else gguf_path(recipe, recipe.export.gguf_outtypes[0])
-    results = {"llama.cpp": report(llama_cpp_modes(gguf, prompts, rows, max_new_tokens, args.threads), len(rows))}
+    results = {"llama.cpp": report(llama_cpp_modes(gguf, asked, args.threads), len(rows))}
     if not args.skip_transformers:
-        results["transformers"] = report(
-            transformers_modes(recipe, tokenizer, prompts, rows, max_new_tokens), len(rows)
-        )
-    sizes = [len(scene) for scene in scenes(rows)]
+        results["transformers"] = report(transformers_modes(recipe, tokenizer, asked), len(rows))
+    sizes = [len(scene) for scene in asked.scenes]
     print(json.dumps({"cpu": cpu_name(), "threads": args.threads, "recipe": str(recipe.path), "gguf": gguf.name,
                       "rows": len(rows), "scenes": len(sizes), "largest_scene": max(sizes),
-                      "max_new_tokens": max_new_tokens, **results}, indent=2))  # fmt: skip
+                      "max_new_tokens": asked.max_new_tokens, **results}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Usage: python bench/sweep.py --config recipes/gemma-3-270m-laptop/router.yaml --
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -96,15 +97,19 @@ def score_validation(recipe_path: Path, folders: list[Path], out: Path) -> list[
     its predictions in out/<folder>/ (never inside a stage folder, which make and the Hub push own)."""
     from sft_router.config import parse_recipe
     from sft_router.eval_data import _generated
-    from sft_router.evaluate import evaluate_model
-    from sft_router.models import load_finetuned_generation_model, load_generation_model, load_tokenizer
+    from sft_router.models import load_finetuned_generation_model, load_tokenizer
+    from sft_router.prompts import prompt_set
+    from sft_router.scoring import write_variant
+    from sft_router.variants import transformers_variant
 
     (recipe,) = parse_recipe(["--config", str(recipe_path)])
     rows, tokenizer, scored = _generated(recipe, SPLIT), load_tokenizer(recipe), []
+    asked = prompt_set(tokenizer, rows, recipe.eval.eval_max_new_tokens, SPLIT)
     for folder in folders:
         start = time.perf_counter()
-        model = load_finetuned_generation_model(recipe, load_generation_model(recipe), folder)
-        metrics = evaluate_model(model, tokenizer, rows, recipe, out / folder.name, f"{folder.name} ({SPLIT})")
+        model = functools.partial(load_finetuned_generation_model, recipe, folder)  # loaded by the first answer
+        variant = transformers_variant(folder.name, model, tokenizer, recipe.eval.eval_batch_size)
+        metrics = write_variant(out / folder.name, rows, variant.answer(asked))
         scored.append({"weights": folder.name, "score_wall_s": round(time.perf_counter() - start, 1), **metrics})
     return scored
 
@@ -145,17 +150,10 @@ def main(argv=None) -> None:
     print(table([point]))
 
 
-def _figure(scores: dict, key: str) -> str:
-    value, interval = scores.get(key), scores.get(f"{key}_ci95")
-    if value is None:
-        return "n/a"
-    return f"{value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else f"{value:.2f}"
-
-
 def table(points: list[dict]) -> str:
-    lines = ["| point | changes | steps x rows | train wall | " + " | ".join(label for _, label in SHOWN) + " |",
-             "|---|---|---|---|" + "---|" * len(SHOWN)]  # fmt: skip
-    notes = []
+    from sft_router.markdown_tables import markdown_table, metric_cell
+
+    rows, notes = [], []
     for point in points:
         changes = ", ".join(f"{k}={v}" for k, v in point["set"].items()) or "(the recipe)"
         wall = f"{point['train_wall_s'] / 60:.1f} min" if point.get("train_wall_s") else "n/a"
@@ -167,8 +165,9 @@ def table(points: list[dict]) -> str:
             checkpoint = scores["weights"] != "adapter"
             label = point["name"] + (f" @{scores['weights']}" if checkpoint else "") + mark
             steps = f"{scores['weights'].split('-')[-1]} of {point['max_steps']}" if checkpoint else point["max_steps"]
-            figures = " | ".join(_figure(scores, key) for key, _ in SHOWN)
-            lines.append(f"| {label} | {changes} | {steps} x {point['rows_a_step']} | {wall} | {figures} |")
+            figures = [metric_cell(scores, key, digits=2, missing="n/a") for key, _ in SHOWN]
+            rows.append([label, changes, f"{steps} x {point['rows_a_step']}", wall, *figures])
+    lines = [markdown_table(["point", "changes", "steps x rows", "train wall", *(label for _, label in SHOWN)], rows)]
     return "\n".join(lines + [""] + [f"({i}) {note}" for i, note in enumerate(notes, 1)] if notes else lines)
 
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import sys
 import tomllib
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -169,6 +170,21 @@ def test_table_carries_intervals_and_the_cited_reference_row():
     assert "| baseline | transformers | 50.0 [25.0, 75.0] (n=4) | 50.0 [25.0, 75.0] (n=4) |" in table
     assert "| FunctionGemma 270M (cited) | [model card](https://huggingface.co/google/functiongemma-270m-it)" in table
     assert table.endswith("| 61.6 | - |")
+
+
+@pytest.mark.parametrize("limit", [None, 5])
+def test_card_partial_says_what_was_sampled_and_shows_the_chart_it_has(limit):
+    import jinja2
+
+    partial = (Path(__file__).parents[1] / "model_card/partials/bfcl.md").read_text()
+    table = bfcl.bfcl_table({"baseline": {"runtime": "transformers", "categories": {}}})
+    values = {"bfcl_table": table, "bfcl_limit": limit, "bfcl_reference": bfcl.REFERENCE_MODEL}
+    text = jinja2.Template(partial).render(images=["bfcl.png"] if limit else [], **values)
+    assert text.startswith("## BFCL v4\n") and f"\n\n{table}\n" in text
+    assert ("A seeded sample of 5 cases per category" in text) == bool(
+        limit
+    ) and "FunctionGemma 270M's figures" in text
+    assert ("![BFCL v4](bfcl.png)" in text) == bool(limit)
 
 
 def bfcl_cases() -> list[dict]:

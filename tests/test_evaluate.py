@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sft_router import evaluate, models
-from sft_router.prompts import scenes, stop_token_ids
+from sft_router.prompts import render_prompts, scenes, stop_token_ids
 from sft_router.router_format import shared_prefix_length
 from sft_router.scoring import score
 
@@ -101,15 +101,15 @@ def tiny_model():
     (recipe,) = parse_recipe(["--config", str(ROOT / TINY)])
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("sft-router/tiny-gemma3"))
     tokenizer.chat_template = (ROOT / "recipes/gemma-3-270m-it/chat_template.jinja").read_text()
-    return evaluate.load_generation_model(recipe), tokenizer
+    return models.load_generation_model(recipe), tokenizer
 
 
 def test_batched_generation_matches_one_at_a_time_in_prompt_order(tiny_model):
     model, tokenizer = tiny_model
     users = ["你好", "帮我查一下今天的日程安排，谢谢", "set a timer", "明天下午三点提醒我开会，地点在三楼会议室"]
-    prompts = evaluate.render_prompts(tokenizer, [{"prompt": [{"role": "user", "content": u}]} for u in users])
-    batched = evaluate.generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=6)
-    single = [evaluate.generate(model, tokenizer, [p], batch_size=1, max_new_tokens=6)[0] for p in prompts]
+    prompts = render_prompts(tokenizer, [{"prompt": [{"role": "user", "content": u}]} for u in users])
+    batched = models.generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=6)
+    single = [models.generate(model, tokenizer, [p], batch_size=1, max_new_tokens=6)[0] for p in prompts]
     assert batched == single and len(set(batched)) > 1  # the random model answers prompts differently
     assert model.config._attn_implementation == "sdpa" and model.device.type == "cpu"  # the tiny recipe: use_cpu
 
@@ -132,10 +132,10 @@ def test_shared_prefix_cache_gives_the_same_answers_as_plain_generation(tiny_mod
     system = "You route requests. Tools: " + "get_calendar_events set_timer send_message " * 4
     users = ["你好", "帮我查一下今天的日程安排，谢谢，顺便看看明天", "set a timer", "明天下午三点提醒我开会"]
     rows = [{"prompt": [{"role": "system", "content": system}, {"role": "user", "content": u}]} for u in users]
-    prompts = evaluate.render_prompts(tokenizer, rows)
+    prompts = render_prompts(tokenizer, rows)
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     assert shared_prefix_length(ids) > 20  # the system prompt is shared, the messages are not
-    batched = evaluate.generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=8)
+    batched = models.generate(model, tokenizer, prompts, batch_size=4, max_new_tokens=8)
     assert batched == [plain_greedy(model, tokenizer, p, 8) for p in prompts] and len(set(batched)) > 1
 
 
@@ -153,11 +153,11 @@ def test_prompts_longer_than_the_sliding_window_give_plain_generations(tiny_mode
         "明天下午三点提醒我开会",
     ]
     rows = scene_rows(systems, users, [0, 1, 0, 1, 0])
-    prompts = evaluate.render_prompts(tokenizer, rows)
+    prompts = render_prompts(tokenizer, rows)
     assert min(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]) > (
         model.config.sliding_window
     )
-    answers = evaluate.generate(model, tokenizer, prompts, 4, 6, scenes=scenes(rows))
+    answers = models.generate(model, tokenizer, prompts, 4, 6, scenes=scenes(rows))
     assert answers == [plain_greedy(model, tokenizer, p, 6) for p in prompts]
 
 
@@ -190,14 +190,14 @@ def test_each_scene_prefills_its_prompt_prefix_once_and_answers_as_plain_generat
         "thanks",
     ]
     rows = scene_rows(systems, users, [0, 1, 0, 2, 1, 0, 1])
-    prompts = evaluate.render_prompts(tokenizer, rows)
+    prompts = render_prompts(tokenizer, rows)
     prefilled, prefill = [], models.prefill_prefix
     monkeypatch.setattr(models, "prefill_prefix", lambda m, ids: prefilled.append(ids) or prefill(m, ids))
     forwarded = []  # input positions of every forward pass: prefills and decoding steps
     hook = model.register_forward_pre_hook(
         lambda _, args, kw: forwarded.append(kw["input_ids"].shape[1]), with_kwargs=True
     )
-    answers = evaluate.generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=8, scenes=scenes(rows))
+    answers = models.generate(model, tokenizer, prompts, batch_size=2, max_new_tokens=8, scenes=scenes(rows))
     hook.remove()
     assert answers == [plain_greedy(model, tokenizer, p, 8) for p in prompts] and len(set(answers)) > 1
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -206,7 +206,7 @@ def test_each_scene_prefills_its_prompt_prefix_once_and_answers_as_plain_generat
     assert min(map(len, prefilled)) > system_tokens  # the whole system prompt and its tools, computed once
     *requests, lone = sorted(n for n in forwarded if n > 1 and n not in map(len, prefilled))  # each batch's first pass
     assert lone == len(ids[3]) and max(requests) < 40 < system_tokens  # only requests, and the lone prompt whole
-    assert evaluate.generate(model, tokenizer, prompts, 2, 8, scenes=scenes(rows), reuse_prefix=False) == answers
+    assert models.generate(model, tokenizer, prompts, 2, 8, scenes=scenes(rows), reuse_prefix=False) == answers
 
 
 def test_shared_prefix_length():

@@ -20,6 +20,7 @@ import pytest
 
 from sft_router.families import GEMMA3
 from sft_router.modelfile import go_template, modelfile_section, ollama_params, render_modelfile
+from sft_router.run import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "recipes/gemma-3-270m-it/chat_template.jinja"
@@ -83,24 +84,47 @@ def test_test_split_prompts_render_identically_through_the_repo_template(tiny_ru
         assert "<bos>" + prompt == render_training_template(row["prompt"])
 
 
+def test_the_gguf_manifest_holds_the_context_the_recipe_derives(tiny_run, monkeypatch):
+    """n_ctx, decided once by make gguf: the published system prompt (every tool) or max_length, plus the most new
+    tokens, rounded up to a power of two; load_gguf's default and the GGUF card's snippets read it."""
+    from sft_router.config import parse_recipe
+    from sft_router.context_length import context_length, gguf_context_length
+    from sft_router.models import load_tokenizer
+
+    monkeypatch.chdir(tiny_run)
+    (recipe,) = parse_recipe(["--config", "recipes/tiny/router.yaml"])
+    gguf = tiny_run / "runs/tiny/gguf"
+    tokenizer = load_tokenizer(recipe, str(tiny_run / "runs/tiny/merged"))
+    n_ctx = read_manifest(gguf)["n_ctx"]
+    assert n_ctx == context_length(recipe, tokenizer, (gguf / "system").read_text()) > recipe.training.max_length
+    assert gguf_context_length(gguf / "tiny-Q8_0.gguf") == n_ctx
+    card = (tiny_run / "runs/tiny/card/gguf/README.md").read_text()  # llama-cpp-python, llama-cli/-server, Ollama
+    assert f"n_ctx={n_ctx}," in card and card.count(f" -c {n_ctx} ") == 2 and f"{n_ctx}-token context" in card
+
+
 def test_gguf_folder_carries_ollamas_hub_files_with_greedy_params_and_the_trained_system_prompt(tiny_run):
     from sft_router.catalog import load_catalog
     from sft_router.router_format import render_tool
 
     gguf = tiny_run / "runs/tiny/gguf"
     assert (gguf / "template").read_text() == go_template(GEMMA3)
-    params = json.loads((gguf / "params").read_text())
-    assert params == ollama_params(GEMMA3) and params["stop"] == ["<end_of_turn>"] and params["temperature"] == 0
+    params, n_ctx = json.loads((gguf / "params").read_text()), read_manifest(gguf)["n_ctx"]
+    assert (
+        params == ollama_params(GEMMA3, n_ctx) and params["stop"] == ["<end_of_turn>"] and params["temperature"] == 0
+    )
+    assert params["num_ctx"] == n_ctx  # the context make eval and make serve load the GGUF with
     system = (gguf / "system").read_text()
     template = (ROOT / "recipes/gemma-3-270m-it/system_prompt.txt").read_text()
     tools = load_catalog(ROOT / "recipes/gemma-3-270m-it/catalog.yaml").tools.values()
     assert system == template.replace("{tools}", " ".join(render_tool(tool) for tool in tools))
     modelfile = (gguf / "Modelfile").read_text()
-    assert modelfile == render_modelfile("tiny-Q8_0.gguf", system, GEMMA3)
+    assert modelfile == render_modelfile("tiny-Q8_0.gguf", system, GEMMA3, n_ctx)
     assert (
         modelfile_section(modelfile, "TEMPLATE") == go_template(GEMMA3)
         and modelfile_section(modelfile, "SYSTEM") == system
     )
     lines = modelfile.splitlines()
     assert lines[0] == "FROM ./tiny-Q8_0.gguf" and 'PARAMETER stop "<end_of_turn>"' in lines
-    assert "PARAMETER temperature 0" in lines and "PARAMETER top_k 1" in lines
+    assert (
+        "PARAMETER temperature 0" in lines and "PARAMETER top_k 1" in lines and f"PARAMETER num_ctx {n_ctx}" in lines
+    )

@@ -136,10 +136,11 @@ def near_tie(merged, prompt: str, ours: list[int], theirs: list[int], margin: fl
     return abs(float(logits[ours[split]] - logits[theirs[split]])) < margin
 
 
-def test_f16_greedy_tokens_equal_transformers(runtime, f16_gguf, merged, prompts, hf_answers):
+def test_f16_greedy_tokens_equal_transformers(runtime, tiny_run, f16_gguf, merged, prompts, hf_answers):
+    from sft_router.context_length import gguf_context_length
     from sft_router.runtime import greedy_ids, load_gguf, prompt_ids
 
-    llm = load_gguf(f16_gguf)
+    llm = load_gguf(f16_gguf, n_ctx=gguf_context_length(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf"))  # no manifest
     answers = [greedy_ids(llm, prompt_ids(llm, prompt), MAX_NEW_TOKENS) for prompt in prompts[: len(hf_answers)]]
     # f16 weights round a near-tied argmax of the random model now and then (one of 8 answers seen differing, at its
     # 24th token, then earlier once the data came in scenes): at most one answer may part, and only at a near-tie.
@@ -220,7 +221,7 @@ def test_scene_order_evaluates_each_prefix_once_and_changes_no_answer(
 
     from sft_router.gguf_eval import gguf_outputs
     from sft_router.grammar import build_grammar
-    from sft_router.prompts import render_prompts, scenes
+    from sft_router.prompts import prompt_set, render_prompts, scenes
     from sft_router.runtime import complete, load_gguf, prompt_ids
 
     llm = load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
@@ -228,9 +229,10 @@ def test_scene_order_evaluates_each_prefix_once_and_changes_no_answer(
     grammars = [LlamaGrammar.from_string(build_grammar(row["prompt"][0]["content"]), verbose=False) if constrained
                 else None for row in scene_rows]  # fmt: skip
     fresh = [complete(llm, p, MAX_NEW_TOKENS, grammar, reuse_prefix=False) for p, grammar in zip(prompts, grammars)]
-    llm.reset()
-    with counting_evals(llm) as evaluated:
-        reused = gguf_outputs(llm, prompts, scene_rows, MAX_NEW_TOKENS, constrained, "scenes")
+    with counting_evals(
+        llm
+    ) as evaluated:  # gguf_outputs starts from an empty cache: the first prompt is evaluated whole
+        reused = gguf_outputs(llm, prompt_set(merged[1], scene_rows, MAX_NEW_TOKENS, "scenes"), constrained, "scenes")
     # In row order. A reused prefix is exact in what it attends to but llama.cpp evaluates the request in another
     # batch than a fresh prompt (logits seen within 6e-3): the random model's near-ties may flip one answer in nine.
     assert len(reused) == len(fresh) and sum(a != b for a, b in zip(reused, fresh)) <= 1, (reused, fresh)

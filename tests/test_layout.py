@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from sft_router.stages import STAGES as PIPELINE
+
 PACKAGE = Path(__file__).parents[1] / "src" / "sft_router"
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
-# One module per pipeline stage; a stage's own helpers (gguf_eval, gguf_space, modelfile) may be imported by it.
-STAGES = {"data", "train", "evaluate", "merge", "gguf", "card", "publish"}
+# The pipeline stages' modules (sft_router.stages); a stage's own helpers (gguf_eval, gguf_space, modelfile) may be
+# imported by it.
+STAGES = {stage.module for stage in PIPELINE.values()}
 
 
 def imports_of(module: str) -> set[str]:

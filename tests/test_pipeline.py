@@ -6,15 +6,20 @@ import json
 
 import pytest
 
+from sft_router.stages import STAGES
+
 SEED_KEYS = ["exact_match_rate", "tool_name_accuracy", "average_argument_precision", "average_argument_recall",
              "average_argument_f1", "total_samples"]  # fmt: skip
 
 
 def test_every_stage_writes_its_output_and_manifest(tiny_run):
     run = tiny_run / "runs" / "tiny"
-    for stage in ("dataset", "adapter", "eval", "merged", "gguf", "card", "hub"):
+    for stage in [name for name in STAGES if name != "hub-data"]:  # (the tiny run publishes every repo at once)
         manifest = json.loads((run / stage / "manifest.json").read_text())
         assert manifest["run"] == "tiny" and manifest["stage"] == stage and len(manifest["recipe_sha256"]) == 64
+        assert manifest["wall_time_s"] > 0
+    adapter = json.loads((run / "adapter" / "manifest.json").read_text())
+    assert adapter["wall_time_s"] >= adapter["train_wall_time_s"] > 0  # the stage's wall time covers its training
     assert (run / "dataset" / "test.jsonl").is_file() and (run / "adapter" / "adapter_model.safetensors").is_file()
     assert (run / "gguf" / "tiny-Q8_0.gguf").stat().st_size > 100_000
     assert not list(run.glob(".*.tmp-*"))  # no half-written stage folders

@@ -11,9 +11,10 @@ def test_table_reads_wall_times_and_metrics_from_the_run(tiny_run):
     run = tiny_run / "runs/tiny"
     summary = run_summary(run)
     table = results_table(summary)
-    train_wall = json.loads((run / "adapter/manifest.json").read_text())["train_wall_time_s"]  # the training itself
+    adapter = json.loads((run / "adapter/manifest.json").read_text())  # the whole stage: loading and training
     finetuned = json.loads((run / "eval/finetuned/metrics.json").read_text())
-    assert f"adapter {train_wall:.0f}s" in table and "CPU cores" in table
+    assert f"adapter {adapter['wall_time_s']:.0f}s" in table and "CPU cores" in table
+    assert table.index("dataset ") < table.index("adapter ") < table.index("merged ") < table.index("eval ")
     assert f"| finetuned | {finetuned['exact_match_rate']:.3f}" in table
     assert "make publish RECIPE=recipes/tiny/router.yaml" in table
     low, high = finetuned["exact_match_rate_ci95"]

@@ -74,11 +74,19 @@ def _wait_for(url: str, server, log, seconds: float = 180) -> None:
     pytest.fail("make serve did not answer within 3 minutes")
 
 
+def served_context(ws) -> int:
+    """The context `make gguf` chose, which every runtime of the GGUF uses; Ollama's `params` say the same."""
+    folder = ws / "runs/tiny/gguf"
+    n_ctx = json.loads((folder / "manifest.json").read_text())["n_ctx"]
+    assert json.loads((folder / "params").read_text())["num_ctx"] == n_ctx
+    return n_ctx
+
+
 @pytest.fixture(scope="module")
 def llm(served):
     from sft_router.runtime import load_gguf
 
-    return load_gguf(served[3] / "runs/tiny/gguf/tiny-Q8_0.gguf", n_ctx=4096)
+    return load_gguf(served[3] / "runs/tiny/gguf/tiny-Q8_0.gguf")  # with the context make gguf chose
 
 
 def raw_answer(llm, served, row, calls_only: bool) -> str:
@@ -222,7 +230,8 @@ def test_the_served_model_keeps_its_whole_sliding_window_cache(served, monkeypat
     create_app(recipe, ServeCommand())
     model = server._llama_proxy()
     try:
-        assert model.context_params.swa_full and model.chat_format == CHAT_FORMAT and model.n_ctx() == 4096
+        assert model.context_params.swa_full and model.chat_format == CHAT_FORMAT
+        assert model.n_ctx() == served_context(ws)  # serve's default: the gguf manifest's n_ctx, Ollama's num_ctx
     finally:
         server._llama_proxy.free()
     assert server.LlamaProxy is LlamaProxy  # stood in for only while the app was built

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from conftest import ROOT, TINY
 from test_chat_template import openai_tools
-from test_serve import message_fields, running_server, served  # noqa: F401  (served: fixture)
+from test_serve import message_fields, running_server, served, served_context  # noqa: F401  (served: fixture)
 
 KEY = "sk-test-0123456789"
 
@@ -88,13 +88,13 @@ HOSTILE = [
     ("max_tokens -5", changed(max_tokens=-5), 400, "integer_below_min_value", "'max_tokens': -5"),
     ("max_tokens 0", changed(max_tokens=0), 400, "integer_below_min_value", "'max_tokens': 0"),
     ("max_tokens a string", changed(max_tokens="5"), 400, "invalid_value", "'max_tokens'"),
-    ("max_tokens 10**9", changed(max_tokens=10**9), 400, "context_length_exceeded", "context length is 4096 tokens"),
+    ("max_tokens 10**9", changed(max_tokens=10**9), 400, "context_length_exceeded", "maximum context length is"),
     ("600 tools", changed(tools=[tool(f"tool_{i}") for i in range(600)]), 400, "context_length_exceeded",
-     "context length is 4096 tokens"),
+     "maximum context length is"),
     ("a 200k-character message", changed(messages=user("lamp " * 40_000)), 400, "context_length_exceeded",
-     "context length is 4096 tokens"),
+     "maximum context length is"),
     ("the same, streamed", changed(messages=user("lamp " * 40_000), stream=True), 400, "context_length_exceeded",
-     "context length is 4096 tokens"),
+     "maximum context length is"),
     ("a 5 MB body", changed(messages=user("x" * 5_000_000)), 413, "request_too_large", "at most 1048576"),
     ("a 5 MB chunked body", chunked(5_000_000), 413, "request_too_large", "at most 1048576"),
     ("an unknown parameter", changed(foo=1), 400, "unknown_parameter", "Unknown parameter: 'foo'"),
@@ -132,6 +132,7 @@ def test_a_hostile_request_gets_openais_error_and_the_next_good_one_an_answer(se
     message = assert_openai_error(post(served[0], make(good)), status, code, fragment)
     if code == "context_length_exceeded":  # both numbers: the prompt's tokens and the context's
         assert re.search(r"(resulted in|requested) \d+ tokens", message), message
+        assert f"maximum context length is {served_context(served[3])} tokens" in message
     assert_answered(served[0], good)
 
 
@@ -140,12 +141,13 @@ def test_a_prompt_filling_the_context_leaves_max_tokens_its_room(served, good): 
     from sft_router.runtime import load_gguf, prompt_ids
     from sft_router.serve import chat_prompt
 
-    llm = load_gguf(served[3] / "runs/tiny/gguf/tiny-Q8_0.gguf", n_ctx=4096)
+    n_ctx = served_context(served[3])
+    llm = load_gguf(served[3] / "runs/tiny/gguf/tiny-Q8_0.gguf", n_ctx=n_ctx)
     used = len(prompt_ids(llm, chat_prompt(llm, good["messages"], good["tools"])))
-    assert_answered(served[0], {**good, "max_tokens": 4096 - used})
-    message = assert_openai_error(post(served[0], {**good, "max_tokens": 4097 - used}), 400,
-                                  "context_length_exceeded", f"({used} in the messages, {4097 - used} in")  # fmt: skip
-    assert "4096 tokens" in message
+    assert_answered(served[0], {**good, "max_tokens": n_ctx - used})
+    message = assert_openai_error(post(served[0], {**good, "max_tokens": n_ctx + 1 - used}), 400,
+                                  "context_length_exceeded", f"({used} in the messages, {n_ctx + 1 - used} in")  # fmt: skip
+    assert f"{n_ctx} tokens" in message
 
 
 def test_a_body_sent_as_curl_d_sends_it_is_read_as_json(served, good):  # noqa: F811

@@ -1,10 +1,13 @@
 """Stages that cannot lose a finished result, and stale means rerun: atomic replacement, leftovers of dead runs,
-incomplete checkpoints, and the per-stage input fingerprints that make compares."""
+incomplete checkpoints, the per-stage input fingerprints that make compares, and the Makefile wired as the stage
+registry (sft_router.stages) says."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,7 +18,8 @@ from conftest import ROOT, TINY, copy_recipe
 
 from sft_router import run, train
 from sft_router.config import parse_recipe
-from sft_router.run import STAGE_INPUTS, fingerprint, stage_output, write_fingerprints
+from sft_router.run import fingerprint, stage_output, write_fingerprints
+from sft_router.stages import COMMANDS, STAGES
 
 
 @pytest.fixture
@@ -129,23 +133,34 @@ BELOW = {"dataset": {"dataset", "adapter", "merged", "gguf", "eval", "card", "hu
         ({"num_train: 96": "num_train: 95"}, BELOW["dataset"]),
         ({"eval_batch_size: 8": "eval_batch_size: 4"}, {"eval", "card", "hub"}),
         ({"gguf_outtypes: [q8_0]": "gguf_outtypes: [f16]"}, {"gguf", "eval", "card", "hub"}),
+        ({"max_length: 2048": "max_length: 1536"}, BELOW["dataset"]),  # every row is held to it, and the n_ctx
+        ({"bfcl_max_new_tokens: 16": "bfcl_max_new_tokens: 24"}, {"gguf", "eval", "card", "hub"}),  # the n_ctx
         ({"model_repo: tiny-router": "model_repo: other-router"}, {"card", "hub", "hub-data"}),
         ({"# Tiny CPU recipe": "# A comment"}, set()),
     ],
-    ids=["learning_rate", "num_train", "eval_batch_size", "gguf_outtypes", "model_repo", "comment"],
+    ids=[
+        "learning_rate",
+        "num_train",
+        "eval_batch_size",
+        "gguf_outtypes",
+        "max_length",
+        "bfcl_max_new_tokens",
+        "model_repo",
+        "comment",
+    ],
 )
 def test_editing_what_a_stage_reads_changes_its_fingerprint_and_those_below_only(workspace, replace, rerun):
     before, after = changed(workspace, {}), changed(workspace, replace)
-    assert {stage for stage in STAGE_INPUTS if fingerprint(before, stage) != fingerprint(after, stage)} == rerun
+    assert {stage for stage in STAGES if fingerprint(before, stage) != fingerprint(after, stage)} == rerun
 
 
 def test_editing_the_catalog_file_reruns_the_dataset_and_everything_below(workspace):
     catalog = workspace / "catalog.yaml"
     catalog.write_text((ROOT / "recipes/gemma-3-270m-it/catalog.yaml").read_text())
     recipe = changed(workspace, {"recipes/gemma-3-270m-it/catalog.yaml": str(catalog)})
-    before = {stage: fingerprint(recipe, stage) for stage in STAGE_INPUTS}
+    before = {stage: fingerprint(recipe, stage) for stage in STAGES}
     catalog.write_text(catalog.read_text() + "\n# one more line\n")
-    assert {stage for stage in STAGE_INPUTS if fingerprint(recipe, stage) != before[stage]} == BELOW["dataset"]
+    assert {stage for stage in STAGES if fingerprint(recipe, stage) != before[stage]} == BELOW["dataset"]
 
 
 def test_fingerprint_files_change_only_with_their_inputs_and_date_back_to_a_matching_stage(workspace):
@@ -155,7 +170,7 @@ def test_fingerprint_files_change_only_with_their_inputs_and_date_back_to_a_matc
     os.utime(manifest, (made, made))  # a run made an hour ago, before the fingerprint files existed
     assert write_fingerprints(recipe) == []
     inputs = recipe.run_dir / ".inputs"
-    assert sorted(p.stem for p in inputs.iterdir()) == sorted(STAGE_INPUTS)
+    assert sorted(p.stem for p in inputs.iterdir()) == sorted(STAGES)
     assert (inputs / "dataset.sha256").stat().st_mtime_ns == manifest.stat().st_mtime_ns  # make: current
     times = {p.name: p.stat().st_mtime_ns for p in inputs.iterdir()}
     write_fingerprints(recipe)
@@ -217,3 +232,146 @@ def test_make_reruns_a_stage_whose_inputs_changed_and_nothing_else(workspace):
     assert json.loads((workspace / "runs/tiny/adapter/manifest.json").read_text())["fingerprint"] == fingerprint(
         parse_recipe(["--config", "tiny/router.yaml"])[0], "adapter"
     )
+
+
+@dataclasses.dataclass
+class Rule:
+    prerequisites: list[str]
+    order_only: list[str]
+    recipe: list[str]
+
+
+def makefile_rules(text: str) -> dict[str, Rule]:
+    """Each target's prerequisites, order-only prerequisites and recipe lines, with make's variables unexpanded."""
+    rules: dict[str, Rule] = {}
+    current = None
+    for line in text.splitlines():
+        if line.startswith("\t") and current is not None:
+            current.recipe.append(line.strip())
+            continue
+        match = re.match(r"([^\s#:=][^:=]*):(?!=)(.*)", line)
+        current = None
+        if match and match[1].strip() != ".PHONY":
+            normal, _, order_only = match[2].split(";")[0].partition("|")
+            current = Rule(normal.split(), order_only.split(), [])
+            rules.update({target: current for target in match[1].split()})
+    return rules
+
+
+def launched(line: str) -> str:
+    """The train line's accelerate variant, read as the `$(PY) -m` line it falls back to (the same module)."""
+    return re.sub(r"\$\(if \$\(ACCELERATE_CONFIG\),[^,]* -m (sft_router\.\w+),\$\(PY\) -m \1\)", r"$(PY) -m \1", line)
+
+
+def stage_misfits(rules: dict[str, Rule], stage) -> list[str]:
+    output = f"$(R)/{stage.folder}/manifest.json"
+    if stage.target not in rules or rules[stage.target].prerequisites != [output] or output not in rules:
+        return [f"{stage.folder}: `make {stage.target}` is not `{stage.target}: {output}` with a rule for {output}"]
+    rule, misfits = rules[output], []
+    command = " ".join(("$(PY) -m", f"sft_router.{stage.module}", "--config $(RECIPE)", *stage.args))
+    if [launched(line) for line in rule.recipe] != [command]:
+        misfits.append(f"{stage.folder}: recipe {rule.recipe}, the registry says {command}")
+    # A stage that reads no other stage waits for the venv itself; the others have it through what they read.
+    wanted = {f"$(IN)/{stage.folder}.sha256", *(f"$(R)/{name}/manifest.json" for name in stage.upstream)}
+    wanted |= set() if stage.upstream else {"$(VENV)"}
+    if sorted(rule.prerequisites) != sorted(wanted):
+        misfits.append(
+            f"{stage.folder}: prerequisites {sorted(rule.prerequisites)}, the registry says {sorted(wanted)}"
+        )
+    if rule.order_only != (["$(RUNTIME)"] if stage.runtime else []):
+        misfits.append(f"{stage.folder}: order-only {rule.order_only}, the registry says runtime={stage.runtime}")
+    return misfits
+
+
+def command_misfits(rules: dict[str, Rule], command) -> list[str]:
+    """The target's rule and those of its prerequisites that run the same module (`bfcl` writes summary.json)."""
+    if command.target not in rules:
+        return [f"{command.name}: no `make {command.target}`"]
+    first = rules[command.target]
+    chain = [first, *(rules[p] for p in first.prerequisites if p in rules and runs(rules[p], command.module))]
+    prerequisites = {p for rule in chain for p in rule.prerequisites}
+    found = {
+        "runs": any(runs(rule, command.module) for rule in chain),
+        "output": command.output is None or f"$(R)/{command.output}" in first.prerequisites,
+        "upstream": {p for p in prerequisites if re.fullmatch(r"\$\(R\)/[^/]+/manifest\.json", p)},
+        "fingerprints": {p for p in prerequisites if p.startswith("$(IN)/")},
+        "runtime": any("$(RUNTIME)" in rule.order_only for rule in chain),
+    }
+    wanted = {
+        "runs": True,
+        "output": True,
+        "upstream": {f"$(R)/{name}/manifest.json" for name in command.upstream},
+        "fingerprints": {f"$(IN)/{command.part_of}.sha256"} if command.part_of else set(),
+        "runtime": command.runtime,
+    }
+    return [
+        f"{command.name}: {key} is {found[key]}, the registry says {wanted[key]}"
+        for key in found
+        if found[key] != wanted[key]
+    ]
+
+
+def runs(rule: Rule, module: str) -> bool:
+    return any(re.search(rf"\$\(PY\) -m sft_router\.{module}\b", line) for line in rule.recipe)
+
+
+def makefile_misfits(text: str) -> list[str]:
+    """Where the Makefile and the stage registry disagree, one line each; [] when they agree."""
+    rules = makefile_rules(text)
+    misfits = [m for stage in STAGES.values() for m in stage_misfits(rules, stage)]
+    misfits += [m for command in COMMANDS for m in command_misfits(rules, command)]
+    run_modules = {
+        m for rule in rules.values() for line in rule.recipe for m in re.findall(r"-m sft_router\.(\w+)", line)
+    }
+    registered = {stage.module for stage in STAGES.values()} | {command.module for command in COMMANDS}
+    misfits += [
+        f"`python -m sft_router.{m}` runs in the Makefile but is not registered"
+        for m in sorted(run_modules - registered)
+    ]
+    folders = {match[1] for target in rules if (match := re.fullmatch(r"\$\(R\)/(.+)/manifest\.json", target))}
+    misfits += [
+        f"the Makefile writes $(R)/{f}/manifest.json, no registered stage" for f in sorted(folders - set(STAGES))
+    ]
+    return misfits
+
+
+MAKEFILE = (ROOT / "Makefile").read_text()
+
+
+def test_the_makefile_wires_every_stage_and_command_as_the_registry_says():
+    assert makefile_misfits(MAKEFILE) == []
+
+
+EVAL_RULE = "$(R)/eval/manifest.json: $(IN)/eval.sha256 $(R)/adapter/manifest.json"
+EXPORT_STAGE = (
+    "export: $(R)/export/manifest.json\n$(R)/export/manifest.json: $(IN)/export.sha256\n\t$(PY) -m sft_router.export"
+)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        (f"{EVAL_RULE} $(R)/gguf/manifest.json", EVAL_RULE, "eval: prerequisites"),
+        (
+            "gguf/manifest.json\n\t$(PY) -m sft_router.card",
+            "gguf/manifest.json | $(RUNTIME)\n\t$(PY) -m sft_router.card",
+            "card: order-only",
+        ),
+        ("-m sft_router.merge --config $(RECIPE)", "-m sft_router.merge --config $(RECIPE) --fast", "merged: recipe"),
+        ("\nclean:", f"\n{EXPORT_STAGE} --config $(RECIPE)\n\nclean:", "sft_router.export` runs"),
+        ("lookup: $(R)/dataset/manifest.json", "lookup:", "lookup: upstream"),
+        ("\nbfcl: $(R)/eval/bfcl/summary.json", "\nbfcl-scores: $(R)/eval/bfcl/summary.json", "no `make bfcl`"),
+    ],
+    ids=[
+        "a prerequisite dropped",
+        "llama.cpp added",
+        "another command",
+        "a new stage",
+        "lookup's input",
+        "a renamed target",
+    ],
+)
+def test_a_makefile_that_parts_from_the_registry_is_named(old, new, named):
+    assert MAKEFILE.count(old) == 1
+    misfits = makefile_misfits(MAKEFILE.replace(old, new))
+    assert any(named in misfit for misfit in misfits), misfits

@@ -23,10 +23,12 @@ the router is shown BFCL's function names with their dots and answers with them,
 written. Every line of checking code that runs is BFCL's.
 
 Outputs: runs/<name>/eval/bfcl/<variant>/{metrics.json,predictions.jsonl}, and in runs/<name>/eval/bfcl/ the
-table (comparison.md), the chart (bfcl.png) and summary.json. `baseline` is the base model under transformers;
-`finetuned` is the Q8_0 GGUF under llama.cpp on a CPU, where that runtime is the faster one, else the adapter under
-transformers (on a GPU, or with no GGUF yet); metrics.json says which runtime scored. `make eval` runs this too
-when the recipe sets `bfcl_categories`; `bfcl_limit` scores a seeded sample of that many cases per category.
+table (comparison.md), the chart (bfcl.png) and summary.json. The answers come from the evaluation's variants
+(sft_router.variants; `make eval` hands over the ones its splits were scored with, so no model is loaded again):
+`baseline` is the base model under transformers; `finetuned` is the Q8_0 GGUF under llama.cpp on a CPU, where that
+runtime is the faster one, else the adapter under transformers (on a GPU, or with no GGUF yet); metrics.json says
+which runtime scored. `make eval` runs this when the recipe sets `bfcl_categories`; `bfcl_limit` scores a seeded
+sample of that many cases per category.
 
 Usage: python -m sft_router.bfcl --config recipes/gemma-3-270m-demo/router.yaml          (scores; make bfcl)
        python -m sft_router.bfcl --config recipes/gemma-3-270m-demo/router.yaml --show   (prints the table)
@@ -38,16 +40,16 @@ import contextlib
 import functools
 import importlib
 import json
-import os
 import random
 import sys
+import time
 import types
 from importlib import metadata
 from pathlib import Path
-from typing import NamedTuple
 
 from sft_router import router_format
 from sft_router.errors import UsageError, one_line_errors
+from sft_router.markdown_tables import markdown_table, percent_cell
 from sft_router.router_format import load_system_prompt, render_system_prompt
 from sft_router.scoring import BOOTSTRAP, attempted_call, bootstrap_interval, parse_lenient
 
@@ -58,8 +60,9 @@ CHECKER_MODEL_NAME = "sft-router"
 BFCL_DATASET_ID = "gorilla-llm/Berkeley-Function-Calling-Leaderboard"  # where BFCL publishes its data on the Hub
 INSTALL_HINT = f"run `make install` (installs bfcl-eval=={BFCL_EVAL_VERSION} without its dependencies)"
 # Cited, not measured: Google's FunctionGemma model card (BFCL simple and irrelevance accuracy).
+REFERENCE_MODEL = "FunctionGemma 270M"
 REFERENCE = {
-    "name": "FunctionGemma 270M (cited)",
+    "name": f"{REFERENCE_MODEL} (cited)",
     "source": "https://huggingface.co/google/functiongemma-270m-it",
     "accuracy": {"simple_python": 0.616, "irrelevance": 0.737},
 }
@@ -199,81 +202,44 @@ def selected_cases(recipe) -> dict[str, list[dict]]:
     return {category: load_cases(category, recipe.eval.bfcl_limit) for category in chosen}
 
 
-class CategoryPrompts(NamedTuple):
-    """One category's rendered prompts and its scenes (cases showing the same functions, decoded together)."""
-
-    texts: list[str]
-    scenes: list[list[int]]
-
-
-def category_prompts(tokenizer, cases: list[dict], system_template: str) -> CategoryPrompts:
-    from sft_router.prompts import render_prompts, scenes
+def category_prompts(tokenizer, cases: list[dict], system_template: str, limit: int, category: str):
+    """One category's cases as the router's prompts (prompts.PromptSet: rendered once, cases showing the same
+    functions decoded together as one scene), answers capped at `limit` (bfcl_max_new_tokens)."""
+    from sft_router.prompts import prompt_set
 
     rows = [{"prompt": case_prompt(case, system_template)} for case in cases]
-    return CategoryPrompts(render_prompts(tokenizer, rows), scenes(rows))
+    return prompt_set(tokenizer, rows, limit, f"bfcl {category}")
 
 
-def rendered_prompts(tokenizer, cases: dict[str, list[dict]], system_template: str) -> dict[str, CategoryPrompts]:
-    return {category: category_prompts(tokenizer, rows, system_template) for category, rows in cases.items()}
-
-
-def transformers_answers(model, tokenizer, prompts: dict[str, CategoryPrompts], recipe, desc: str):
-    from sft_router.models import generate
-
-    size, most = recipe.eval.eval_batch_size, recipe.eval.bfcl_max_new_tokens
-    return {
-        category: generate(model, tokenizer, texts, size, most, f"bfcl {desc} {category}", scenes=groups)
-        for category, (texts, groups) in prompts.items()
-    }
-
-
-def gguf_answers(path: Path, prompts: dict[str, CategoryPrompts], recipe) -> dict[str, list[str]]:
-    from sft_router.runtime import complete_by_scene, load_gguf
-
-    llm = load_gguf(path)
-    most = recipe.eval.bfcl_max_new_tokens
-    return {
-        category: complete_by_scene(llm, texts, groups, most, desc=f"bfcl gguf {category}")
-        for category, (texts, groups) in prompts.items()
-    }
-
-
-def finetuned_gguf(recipe) -> Path | None:
-    """The Q8_0 GGUF `make gguf` converted, where llama.cpp is the faster runtime (on a CPU) and the GGUF is there."""
+def llama_cpp_is_faster(recipe) -> bool:
+    """This llama.cpp build runs on the CPU: on a GPU (unless the recipe says `use_cpu`) transformers is faster."""
     import torch
 
-    from sft_router.run import gguf_path, read_manifest
-
-    if torch.cuda.is_available() and not recipe.training.use_cpu:
-        return None  # this llama.cpp build runs on the CPU; transformers on the GPU is faster
-    if read_manifest(recipe.stage_dir("gguf")) is None or os.environ.get("SFT_ROUTER_GGUF_EVAL") == "skip":
-        return None
-    path = gguf_path(recipe, recipe.export.gguf_outtypes[0])
-    return path if path.is_file() else None
+    return not (torch.cuda.is_available() and not recipe.training.use_cpu)
 
 
-def variant_answers(recipe, tokenizer, prompts: dict[str, CategoryPrompts]):
-    """(variant, runtime, answers) for the base model, then the fine-tuned one (its GGUF where that is faster)."""
-    from sft_router.models import load_finetuned_generation_model, load_generation_model
+def bfcl_variants(recipe, variants: dict) -> dict:
+    """BFCL's two of the evaluation's variants (sft_router.variants): `baseline`, and as `finetuned` the fine-tuned
+    model under the faster runtime, its GGUF (the `gguf` variant) where that is llama.cpp, else transformers."""
+    from sft_router.gguf_eval import eval_gguf_file
 
-    model = load_generation_model(recipe)
-    yield "baseline", "transformers", transformers_answers(model, tokenizer, prompts, recipe, "baseline")
-    path = finetuned_gguf(recipe)
-    if path is not None:
-        yield "finetuned", f"llama.cpp ({path.name})", gguf_answers(path, prompts, recipe)
-        return
-    finetuned = load_finetuned_generation_model(recipe, model, recipe.stage_dir("adapter"))
-    yield "finetuned", "transformers", transformers_answers(finetuned, tokenizer, prompts, recipe, "finetuned")
+    gguf = variants.get("gguf")
+    use_gguf = gguf is not None and llama_cpp_is_faster(recipe) and eval_gguf_file(recipe).is_file()
+    return {"baseline": variants["baseline"], "finetuned": gguf if use_gguf else variants["finetuned"]}
 
 
-def run_bfcl(recipe, tokenizer, out: Path, cases: dict[str, list[dict]] | None = None) -> dict[str, dict]:
-    """Score every variant on `cases` (default: the recipe's selection); write each variant's files, the table, the
-    chart and summary.json under `out`."""
+def run_bfcl(recipe, tokenizer, variants: dict, out: Path, cases: dict[str, list[dict]] | None = None) -> dict:
+    """Ask BFCL's two variants (bfcl_variants) every case of `cases` (default: the recipe's selection); write each
+    variant's files, the table, the chart and summary.json under `out`."""
     cases = cases or selected_cases(recipe)
-    prompts = rendered_prompts(tokenizer, cases, load_system_prompt(recipe.data.system_prompt))
+    template, limit = load_system_prompt(recipe.data.system_prompt), recipe.eval.bfcl_max_new_tokens
+    prompts = {
+        category: category_prompts(tokenizer, rows, template, limit, category) for category, rows in cases.items()
+    }
     results = {}
-    for variant, runtime, answers in variant_answers(recipe, tokenizer, prompts):
-        results[variant] = write_bfcl_variant(out / variant, cases, answers, runtime)
+    for name, variant in bfcl_variants(recipe, variants).items():
+        answers = {category: variant.answer(asked) for category, asked in prompts.items()}
+        results[name] = write_bfcl_variant(out / name, cases, answers, variant.runtime)
     summary = {
         "variants": results,
         "reference": REFERENCE,
@@ -286,27 +252,21 @@ def run_bfcl(recipe, tokenizer, out: Path, cases: dict[str, list[dict]] | None =
     return results
 
 
-def percent(value: float) -> str:
-    return f"{100 * value:.1f}"
-
-
 def accuracy_cell(scores: dict | None) -> str:
-    if not scores:
-        return "-"
-    low, high = scores["accuracy_ci95"]
-    return f"{percent(scores['accuracy'])} [{percent(low)}, {percent(high)}] (n={scores['cases']})"
+    """`61.6 [52.0, 70.1] (n=400)`: one category's accuracy in % with its interval and its number of cases."""
+    return f"{percent_cell(scores, 'accuracy')} (n={scores['cases']})" if scores else "-"
 
 
 def bfcl_table(results: dict[str, dict]) -> str:
     """Markdown: accuracy (%) per category with bootstrap 95% intervals per variant, then the cited reference row."""
     categories = list(dict.fromkeys(c for metrics in results.values() for c in metrics["categories"]))
-    lines = ["| model | runtime | " + " | ".join(categories) + " |", "|" + "---|" * (len(categories) + 2)]
-    for variant, metrics in results.items():
-        cells = " | ".join(accuracy_cell(metrics["categories"].get(c)) for c in categories)
-        lines.append(f"| {variant} | {metrics['runtime']} | {cells} |")
-    cited = " | ".join(percent(REFERENCE["accuracy"][c]) if c in REFERENCE["accuracy"] else "-" for c in categories)
-    lines.append(f"| {REFERENCE['name']} | [model card]({REFERENCE['source']}), not measured here | {cited} |")
-    return "\n".join(lines)
+    rows = [
+        [variant, metrics["runtime"], *(accuracy_cell(metrics["categories"].get(c)) for c in categories)]
+        for variant, metrics in results.items()
+    ]
+    cited = [percent_cell(REFERENCE["accuracy"], c) for c in categories]
+    rows.append([REFERENCE["name"], f"[model card]({REFERENCE['source']}), not measured here", *cited])
+    return markdown_table(["model", "runtime", *categories], rows)
 
 
 def bfcl_section(results: dict[str, dict]) -> str:
@@ -355,11 +315,11 @@ def read_bfcl(eval_dir: Path) -> dict[str, dict]:
 
 
 @contextlib.contextmanager
-def bfcl_output(recipe):
+def bfcl_output(recipe, started: float):
     """runs/<name>/eval/bfcl/ written whole or not at all, with a manifest, beside an existing evaluation."""
     from sft_router.run import stage_output
 
-    with stage_output(recipe, "eval/bfcl") as (out, facts):
+    with stage_output(recipe, "eval/bfcl", started) as (out, facts):
         yield out, facts
 
 
@@ -377,7 +337,9 @@ def show(recipe) -> None:
 def main(argv: list[str] | None = None) -> None:
     from sft_router.config import parse_recipe
     from sft_router.models import load_tokenizer
+    from sft_router.variants import build_variants
 
+    started = time.time()
     argv = list(sys.argv[1:] if argv is None else argv)
     only_show = "--show" in argv
     (recipe,) = parse_recipe([arg for arg in argv if arg != "--show"])
@@ -387,8 +349,9 @@ def main(argv: list[str] | None = None) -> None:
     adapter = recipe.stage_dir("adapter")
     if not (adapter / "manifest.json").is_file():
         raise UsageError(f"no finished adapter at {adapter}: run `make train RECIPE={recipe.path}` first")
-    with bfcl_output(recipe) as (out, facts):
-        results = run_bfcl(recipe, load_tokenizer(recipe), out)
+    with bfcl_output(recipe, started) as (out, facts):
+        tokenizer = load_tokenizer(recipe)
+        results = run_bfcl(recipe, tokenizer, build_variants(recipe, tokenizer), out)
         facts["bfcl"] = {variant: metrics["categories"] for variant, metrics in results.items()}
     cases = sum(scores["cases"] for scores in next(iter(results.values()))["categories"].values())
     print(f"bfcl: {cases} cases per variant scored -> {recipe.stage_dir('eval') / 'bfcl'} (print: --show)")

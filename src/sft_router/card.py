@@ -6,6 +6,8 @@ Usage: python -m sft_router.card --config recipes/tiny/router.yaml
 
 from __future__ import annotations
 
+import time
+
 from sft_router.cards import read_metrics, render_dataset_card, render_gguf_card, render_model_card, save_card
 from sft_router.config import parse_recipe
 from sft_router.errors import one_line_errors
@@ -14,11 +16,12 @@ from sft_router.run import stage_output
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
+    started = time.time()
     (recipe,) = parse_recipe(argv)
     metrics = read_metrics(recipe)
     model_card, gguf_card = render_model_card(recipe, metrics), render_gguf_card(recipe, metrics)
     dataset_card = render_dataset_card(recipe)
-    with stage_output(recipe, "card") as (out, _):
+    with stage_output(recipe, "card", started) as (out, _):
         save_card(recipe, model_card, out)
         save_card(recipe, gguf_card, out / "gguf")
         (out / "dataset").mkdir()

@@ -18,6 +18,7 @@ from pathlib import Path
 from sft_router.catalog import load_catalog
 from sft_router.config import repo_ids
 from sft_router.errors import UsageError
+from sft_router.markdown_tables import markdown_table, number_cell, span_cell
 from sft_router.run import library_versions, read_manifest
 from sft_router.scoring import interval
 
@@ -50,17 +51,13 @@ def read_metrics(recipe) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(eval_dir.glob("*/metrics.json"))}
 
 
-def _cell(values: dict, key: str) -> str:
-    return f"{values[key]:.3f}" if isinstance(values.get(key), (int, float)) else "-"
-
-
 def metrics_table(metrics: dict[str, dict]) -> str:
-    header = "| model | " + " | ".join(label for _, label in HEADLINE) + " | rows |"
-    lines = [header, "|" + "---|" * (len(HEADLINE) + 2)]
-    for name, values in metrics.items():
-        cells = " | ".join(_cell(values, key) for key, _ in HEADLINE)
-        lines.append(f"| {name} | {cells} | {values.get('total_samples', '-')} |")
-    return "\n".join(lines)
+    """The headline figures alone (their intervals go in `intervals_table`, so this table stays narrow)."""
+    rows = [
+        [name, *(number_cell(values.get(key)) for key, _ in HEADLINE), values.get("total_samples", "-")]
+        for name, values in metrics.items()
+    ]
+    return markdown_table(["model", *(label for _, label in HEADLINE), "rows"], rows)
 
 
 def intervals_table(metrics: dict[str, dict]) -> str:
@@ -68,11 +65,8 @@ def intervals_table(metrics: dict[str, dict]) -> str:
     keys = [(key, label) for key, label in HEADLINE if any(interval(v, key) for v in metrics.values())]
     if not keys:
         return ""
-    lines = ["| model | " + " | ".join(label for _, label in keys) + " |", "|" + "---|" * (len(keys) + 1)]
-    for name, values in metrics.items():
-        spans = [interval(values, key) for key, _ in keys]
-        lines.append(f"| {name} | " + " | ".join(f"[{s[0]:.3f}, {s[1]:.3f}]" if s else "-" for s in spans) + " |")
-    return "\n".join(lines)
+    rows = [[name, *(span_cell(interval(values, key)) for key, _ in keys)] for name, values in metrics.items()]
+    return markdown_table(["model", *(label for _, label in keys)], rows)
 
 
 def splits_table(recipe) -> str:
@@ -85,15 +79,12 @@ def split_exact_match_table(by_split: dict[str, dict[str, dict]]) -> str:
     if len(by_split) < 2:
         return ""
     variants = list(dict.fromkeys(name for metrics in by_split.values() for name in metrics))
-    lines = ["| split | rows | " + " | ".join(variants) + " |", "|" + "---|" * (len(variants) + 2)]
-    for split, metrics in by_split.items():
-        rows = next(iter(metrics.values()))["total_samples"]
-        lines.append(
-            f"| {split} | {rows} | "
-            + " | ".join(_cell(metrics.get(v, {}), "exact_match_rate") for v in variants)
-            + " |"
-        )
-    return "\n".join(lines)
+    rows = [
+        [split, next(iter(metrics.values()))["total_samples"]]
+        + [number_cell(metrics.get(v, {}).get("exact_match_rate")) for v in variants]
+        for split, metrics in by_split.items()
+    ]
+    return markdown_table(["split", "rows", *variants], rows)
 
 
 def hyperparameters_table(recipe) -> str:
@@ -106,7 +97,7 @@ def hyperparameters_table(recipe) -> str:
         ("lora_dropout", model.lora_dropout),
         ("lora_target_modules", ", ".join(model.lora_target_modules or [])),
     ]
-    return "\n".join(["| hyperparameter | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+    return markdown_table(["hyperparameter", "value"], rows)
 
 
 def eval_results(recipe, values: dict, label_suffix: str = ""):
@@ -129,7 +120,6 @@ def eval_results(recipe, values: dict, label_suffix: str = ""):
     ]
 
 
-# --- BFCL v4 (sft_router.bfcl): the card's table beside FunctionGemma's cited figures, and model-index entries ---
 def bfcl_eval_results(recipe, runtime: str = ""):
     """One model-index entry per BFCL category the fine-tuned model was scored on (dataset "BFCL v4", split = the
     category); none unless it was scored under `runtime` (a prefix: "llama.cpp" for the GGUF's card)."""
@@ -154,29 +144,17 @@ def bfcl_eval_results(recipe, runtime: str = ""):
     ]
 
 
-def bfcl_card_section(recipe) -> str:
-    """The cards' BFCL section: what was run, the table beside the cited FunctionGemma row, the chart ("" if not run)."""
-    from sft_router.bfcl import bfcl_table, read_bfcl
+def bfcl_card_values(recipe) -> dict:
+    """What model_card/partials/bfcl.md shows: the table ("" when BFCL was not run, and the cards leave the section
+    out), the sample size and the cited model."""
+    from sft_router.bfcl import REFERENCE_MODEL, bfcl_table, read_bfcl
 
     results = read_bfcl(recipe.stage_dir("eval"))
-    if not results:
-        return ""
-    limit = recipe.eval.bfcl_limit
-    sample = f"A seeded sample of {limit} cases per category, the same for every row. " if limit else ""
-    chart = "\n\n![BFCL v4](bfcl.png)" if "bfcl.png" in card_images(recipe) else ""
-    return (
-        "## BFCL v4\n\nThe Berkeley Function Calling Leaderboard's non-live single-turn categories, graded by BFCL's "
-        "own `ast_checker` (the pinned `bfcl-eval` package): `simple_python` (one function shown), `multiple` (two to "
-        "four shown, one right) and `irrelevance` (none fits: right when no call is attempted). Each case is prompted "
-        "the way this model is (the router's system prompt with the case's functions in its tool list), decoded "
-        f"greedily and parsed by the same lenient parser. {sample}Accuracy in %, bootstrap 95% intervals in "
-        "brackets, the runtime that scored each row beside it. FunctionGemma 270M's figures are copied from Google's "
-        "model card (measured by Google with its own prompt format and setup), not measured here.\n\n"
-        f"{bfcl_table(results)}{chart}\n"
-    )
-
-
-# --- end BFCL ---
+    return {
+        "bfcl_table": bfcl_table(results) if results else "",
+        "bfcl_limit": recipe.eval.bfcl_limit,
+        "bfcl_reference": REFERENCE_MODEL,
+    }
 
 
 def card_images(recipe) -> dict[str, Path]:
@@ -234,11 +212,12 @@ def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
         "system_prompt": published_system_prompt(recipe.data, load_catalog(recipe.data.catalog).tools.values()),
         "llama_cpp_commit": gguf_manifest.get("llama_cpp_commit"),
         "llama_cpp_python": gguf_manifest.get("llama_cpp_python"),
+        "n_ctx": gguf_manifest.get("n_ctx"),
         "adapter_base": adapter_base(recipe),
         "local_dir": ids["gguf"].split("/")[-1],
         "serve_url": SERVE_URL,
         "versions": ", ".join(f"{k} {v}" for k, v in library_versions().items()),
-        "bfcl_section": bfcl_card_section(recipe),
+        **bfcl_card_values(recipe),
     }
 
 
@@ -383,13 +362,12 @@ def _size_category(rows: int) -> str:
 def dataset_splits_table(manifest: dict) -> str:
     from sft_router.catalog import KINDS
 
-    header = "| split | rows | " + " | ".join(KINDS) + " | no-call share | unseen values |"
-    lines = [header, "|" + "---|" * (len(KINDS) + 4)]
-    for split, rows in manifest["rows"].items():
+    rows = []
+    for split, count in manifest["rows"].items():
         mix = manifest["mix"][split]
-        kinds = " | ".join(str(mix["kind"][kind]) for kind in KINDS)
-        lines.append(f"| {split} | {rows} | {kinds} | {mix['no_call_share']:.2f} | {mix['rows_with_unseen_values']} |")
-    return "\n".join(lines)
+        kinds = [mix["kind"][kind] for kind in KINDS]
+        rows.append([split, count, *kinds, f"{mix['no_call_share']:.2f}", mix["rows_with_unseen_values"]])
+    return markdown_table(["split", "rows", *KINDS, "no-call share", "unseen values"], rows)
 
 
 def _share(part: int, whole: int) -> str:
@@ -399,33 +377,39 @@ def _share(part: int, whole: int) -> str:
 def dataset_variety_table(manifest: dict) -> str:
     """Per split: distinct templates and messages, calls with a value never in train or a confusable tool beside the
     target, and how many tools the prompts show."""
-    lines = [
-        "| split | distinct templates | distinct messages | calls with an unseen value | calls beside a confusable "
-        "tool | tools per prompt (min-max, mean) |",
-        "|---|---|---|---|---|---|",
+    header = [
+        "split",
+        "distinct templates",
+        "distinct messages",
+        "calls with an unseen value",
+        "calls beside a confusable tool",
+        "tools per prompt (min-max, mean)",
     ]
-    for split, rows in manifest["rows"].items():
-        mix = manifest["mix"][split]
-        calls = mix["kind"]["call"] + mix["kind"]["image_call"]
-        sizes = {int(size): count for size, count in mix["tool_list_sizes"].items()}
-        mean = sum(size * count for size, count in sizes.items()) / max(sum(sizes.values()), 1)
-        span = f"{min(sizes, default=0)}-{max(sizes, default=0)}, {mean:.1f}"
-        lines.append(
-            f"| {split} | {mix['distinct_templates']} | {_share(mix['distinct_messages'], rows)} | "
-            f"{_share(mix['call_rows_with_unseen_values'], calls)} | "
-            f"{_share(mix['calls_with_confusable_distractor'], calls)} | {span} |"
-        )
-    return "\n".join(lines)
+    return markdown_table(
+        header, [_variety_row(split, rows, manifest["mix"][split]) for split, rows in manifest["rows"].items()]
+    )
+
+
+def _variety_row(split: str, rows: int, mix: dict) -> list:
+    calls = mix["kind"]["call"] + mix["kind"]["image_call"]
+    sizes = {int(size): count for size, count in mix["tool_list_sizes"].items()}
+    mean = sum(size * count for size, count in sizes.items()) / max(sum(sizes.values()), 1)
+    return [
+        split,
+        mix["distinct_templates"],
+        _share(mix["distinct_messages"], rows),
+        _share(mix["call_rows_with_unseen_values"], calls),
+        _share(mix["calls_with_confusable_distractor"], calls),
+        f"{min(sizes, default=0)}-{max(sizes, default=0)}, {mean:.1f}",
+    ]
 
 
 def dataset_mix_table(manifest: dict) -> str:
     """Per split: how many prompts show one tool, two to five, or more, and the call arguments of each kind."""
     from sft_router.catalog import ARGUMENT_TYPES
 
-    lines = [
-        "| split | prompts with 1 tool | 2-5 tools | 6+ tools | call arguments: " + ", ".join(ARGUMENT_TYPES) + " |",
-        "|---|---|---|---|---|",
-    ]
+    header = ["split", "prompts with 1 tool", "2-5 tools", "6+ tools", "call arguments: " + ", ".join(ARGUMENT_TYPES)]
+    table = []
     for split, rows in manifest["rows"].items():
         mix = manifest["mix"][split]
         sizes = {int(size): count for size, count in mix["tool_list_sizes"].items()}
@@ -437,58 +421,52 @@ def dataset_mix_table(manifest: dict) -> str:
         kinds = mix.get("argument_types", {})
         total = sum(kinds.values())
         arguments = ", ".join(f"{kinds.get(kind, 0) / total:.0%}" if total else "0" for kind in ARGUMENT_TYPES)
-        lines.append(f"| {split} | " + " | ".join(_share(count, rows) for count in buckets) + f" | {arguments} |")
-    return "\n".join(lines)
+        table.append([split, *(_share(count, rows) for count in buckets), arguments])
+    return markdown_table(header, table)
 
 
 def dataset_scenes_table(manifest: dict) -> str:
     """Per split: how many scenes, and how many of them have each number of rows."""
-    lines = ["| split | rows | scenes | rows per scene (scenes) |", "|---|---|---|---|"]
-    for split, rows in manifest["rows"].items():
+    rows = []
+    for split, count in manifest["rows"].items():
         mix = manifest["mix"][split]
-        sizes = ", ".join(f"{size} ({count})" for size, count in mix["rows_per_scene"].items())
-        lines.append(f"| {split} | {rows} | {mix['scenes']} | {sizes} |")
-    return "\n".join(lines)
+        sizes = ", ".join(f"{size} ({scenes})" for size, scenes in mix["rows_per_scene"].items())
+        rows.append([split, count, mix["scenes"], sizes])
+    return markdown_table(["split", "rows", "scenes", "rows per scene (scenes)"], rows)
 
 
 def dataset_pools_table(manifest: dict) -> str:
-    lines = ["| pool | zh | en |", "|---|---|---|"]
-    lines += [f"| `{name}` | {sizes['zh']} | {sizes['en']} |" for name, sizes in manifest["pool_sizes"].items()]
-    return "\n".join(lines)
+    rows = [[f"`{name}`", sizes["zh"], sizes["en"]] for name, sizes in manifest["pool_sizes"].items()]
+    return markdown_table(["pool", "zh", "en"], rows)
 
 
 def dataset_noise_table(manifest: dict) -> str:
     """Each rate the recipe set and how many rows of each split the rule changed."""
     splits = list(manifest["noise_applied"])
-    lines = ["| rule | rate | " + " | ".join(splits) + " |", "|" + "---|" * (2 + len(splits))]
+    rows = []
     for key, rate in manifest["rates"].items():
         rule = key.removeprefix("noise_").removesuffix("_rate")
         if key in ("no_call_share", "procedural_share"):
             continue
-        counts = " | ".join(str(manifest["noise_applied"][split].get(rule, 0)) for split in splits)
-        lines.append(f"| {rule.replace('_', ' ')} | {rate} | {counts} |")
-    return "\n".join(lines)
+        rows.append(
+            [rule.replace("_", " "), rate, *(manifest["noise_applied"][split].get(rule, 0) for split in splits)]
+        )
+    return markdown_table(["rule", "rate", *splits], rows)
 
 
 def dataset_language_table(manifest: dict) -> str:
-    lines = ["| split | zh | en |", "|---|---|---|"]
-    for split, mix in manifest["mix"].items():
-        lines.append(f"| {split} | {mix['lang']['zh']} | {mix['lang']['en']} |")
-    return "\n".join(lines)
+    rows = [[split, mix["lang"]["zh"], mix["lang"]["en"]] for split, mix in manifest["mix"].items()]
+    return markdown_table(["split", "zh", "en"], rows)
 
 
 def dataset_tools_table(manifest: dict, catalog) -> str:
     splits = list(manifest["mix"])
-    lines = [
-        "| tool | domain | required | optional | description | " + " | ".join(splits) + " |",
-        "|" + "---|" * (5 + len(splits)),
-    ]
+    rows = []
     for name, tool in catalog.tools.items():
         required = tool["parameters"].get("required", [])
         optional = [arg for arg in tool["parameters"].get("properties", {}) if arg not in required]
-        counts = " | ".join(str(manifest["mix"][split]["tool"].get(name, 0)) for split in splits)
-        lines.append(
-            f"| `{name}` | {tool['domain']} | {', '.join(required)} | {', '.join(optional)} | "
-            f"{tool['description']} | {counts} |"
+        counts = [manifest["mix"][split]["tool"].get(name, 0) for split in splits]
+        rows.append(
+            [f"`{name}`", tool["domain"], ", ".join(required), ", ".join(optional), tool["description"], *counts]
         )
-    return "\n".join(lines)
+    return markdown_table(["tool", "domain", "required", "optional", "description", *splits], rows)

@@ -11,8 +11,9 @@ appears in train; the catalog's `unseen_tools` are left out of train, validation
 scenes of BFCL-style functions (sft_router.functions: typed arguments in English prose), the other rows keeping
 the catalog's mix; the `test_procedural` split calls only functions of domains no other split shows.
 Messages get seeded noise (typos, fillers, politeness, curt forms, context, mixed languages, numbers as words,
-corrections) at the recipe's rates. Every row is checked (schema, tool in prompt, replies, no leak) before
-anything is written, and the same recipe and seed give the same bytes.
+corrections) at the recipe's rates. Every row is checked (schema, tool in prompt, replies, no leak, its tokens under
+the recipe's tokenizer within `max_length`) before anything is written, and the same recipe and seed give the same
+bytes.
 
 Usage: python -m sft_router.data --config recipes/gemma-3-270m-it/router.yaml   (writes runs/<name>/dataset/)
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from sft_router.catalog import (
     load_catalog,
 )
 from sft_router.config import parse_recipe
+from sft_router.context_length import check_row_lengths
 from sft_router.data_checks import TrainMessages, assert_no_leaks, check_leaks, check_rows
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.functions import FAMILY as FUNCTION_FAMILY
@@ -244,14 +247,25 @@ def write_dataset(splits: dict[str, list[dict]], out: Path, digest: str | None =
         (out / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
 
 
+def longest_row_tokens(recipe, splits: dict[str, list[dict]]) -> int:
+    """Tokens of the longest row under the recipe's tokenizer and chat template; a row past `max_length` fails the
+    build before anything is written (training would silently cut its answer)."""
+    from sft_router.models import load_tokenizer
+
+    max_length = recipe.training.max_length or float("inf")  # max_length: null truncates nothing
+    return check_row_lengths(load_tokenizer(recipe), splits, max_length, recipe.path)
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
+    started = time.time()
     (recipe,) = parse_recipe(argv)
     catalog = load_catalog(recipe.data.catalog)
     applied: dict = {}
     splits = build_splits(recipe, catalog, applied)
     facts = dataset_facts(splits, catalog, recipe, applied)
-    with stage_output(recipe, "dataset", **facts) as (out, _):
+    facts["longest_row_tokens"] = longest_row_tokens(recipe, splits)
+    with stage_output(recipe, "dataset", started, **facts) as (out, _):
         write_dataset(splits, out, facts["content_sha256"])
     print(f"dataset: {facts['rows']}, {facts['leaks']} leaks -> {recipe.stage_dir('dataset')}")
 

@@ -6,7 +6,8 @@ The recipe's `eval_splits` names the splits (`test` first; see sft_router.eval_d
 runs/<name>/eval/<split>/<variant>/. The fine-tuned model is scored on every split as users run it, its GGUF under
 llama.cpp (`gguf`, `gguf_grammar`, see sft_router.gguf_eval); `finetuned`, the same model under transformers, on the
 test split only, where the share of answers identical to the GGUF's is the agreement figure (`gguf_agreement` in the
-manifest, a note in comparison.md); without a scored GGUF, `finetuned` covers every split. Then
+manifest, a note in comparison.md); without a scored GGUF, `finetuned` covers every split. The variants
+(sft_router.variants) are built once and asked for every split and for BFCL, so no model is loaded twice. Then
 runs/<name>/eval/comparison.md (per split: a table of every variant with bootstrap intervals, per-tool F1 and
 confusion tables) and comparison.png (a bar chart of the test split). When the recipe sets `bfcl_categories`, BFCL v4
 is scored too (sft_router.bfcl, into runs/<name>/eval/bfcl/) and its table joins comparison.md. Generation
@@ -24,14 +25,15 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.eval_data import HEADLINE_SPLIT, load_eval_splits
-from sft_router.models import generate, load_finetuned_generation_model, load_generation_model
-from sft_router.prompts import new_tokens_needed, render_prompts, scenes
+from sft_router.markdown_tables import markdown_table, metric_cell, number_cell
+from sft_router.prompts import PromptSet, prompt_set
 from sft_router.run import stage_output
-from sft_router.scoring import interval, label_order, metric_definitions, score, with_interval, write_variant
+from sft_router.scoring import interval, label_order, metric_definitions, score, write_variant
 
 # (metrics.json key, label) in the order the comparison table and chart show them.
 COMPARED = [
@@ -55,6 +57,7 @@ CHARTED = [
     "exact_match_rate_strict",
     "no_call_accuracy",
 ]
+NA = "n/a"  # the comparison page's cell for a figure a variant does not have
 PREDICTION_FIELDS = ("text", "output")  # `output`: a predictions.jsonl written here
 REFERENCE_FIELDS = ("text", "expected")  # `expected`: a predictions.jsonl; a test-split row gives its completion
 LOOKUP_NOTE = (
@@ -64,30 +67,21 @@ LOOKUP_NOTE = (
 )
 
 
-def evaluate_model(model, tokenizer, rows, recipe, out: Path, desc: str) -> dict:
-    prompts = render_prompts(tokenizer, rows)
-    max_new_tokens = new_tokens_needed(tokenizer, rows, recipe.eval.eval_max_new_tokens)
-    outputs = generate(model, tokenizer, prompts, recipe.eval.eval_batch_size, max_new_tokens, desc, scenes(rows))
-    return write_variant(out, rows, outputs)
-
-
 def split_dir(out: Path, split: str) -> Path:
     """Where a split's variants go: the test split's at eval/<variant>/ (cards, results tables), others below it."""
     return out if split == HEADLINE_SPLIT else out / split
 
 
-def model_variants(recipe, adapter: Path):
-    """(name, model) for each model scored: the base model, then the same weights with the adapter merged in
-    (in memory: a merged projection costs one matmul, an unmerged LoRA one pays two more in every layer)."""
-    model = load_generation_model(recipe)
-    yield "baseline", model
-    yield "finetuned", load_finetuned_generation_model(recipe, model, adapter)
+def variants_of_split(variants: dict, split: str) -> list[str]:
+    """The variants a split is scored with. Where the GGUF is scored, it is the fine-tuned model on every split (what
+    users run), and transformers scores the fine-tuned model on the test split only: the agreement figure."""
+    gguf_scored = "gguf" in variants
+    return [name for name in variants if not (name == "finetuned" and gguf_scored and split != HEADLINE_SPLIT)]
 
 
-def transformers_splits(name: str, splits: dict[str, list[dict]], gguf_scored: bool) -> list[str]:
-    """The splits a transformers variant scores. Where the GGUF is scored, it is the fine-tuned model on every split
-    (what users run), and transformers scores the fine-tuned model on the test split only: the agreement figure."""
-    return [HEADLINE_SPLIT] if name == "finetuned" and gguf_scored else list(splits)
+def score_split(variants: dict, names: list[str], prompts: PromptSet, out: Path) -> dict[str, dict]:
+    """Each named variant's answers to one split, scored and written under `out`, in the variants' order."""
+    return {name: write_variant(out / name, prompts.rows, variants[name].answer(prompts)) for name in names}
 
 
 def agreement(out: Path) -> dict | None:
@@ -108,30 +102,21 @@ def agreement_note(figure: dict) -> str:
     )
 
 
-def score_variants(recipe, tokenizer, splits: dict[str, list[dict]], out: Path, lookup) -> dict[str, dict[str, dict]]:
-    """Metrics by split, then by variant: the transformers models, the GGUF's two variants, then the lookup."""
-    from sft_router.gguf_eval import eval_gguf_file, evaluate_gguf  # the GGUF under llama.cpp, free and constrained
-
-    results: dict[str, dict[str, dict]] = {split: {} for split in splits}
-    dirs = {split: split_dir(out, split) for split in splits}
-    gguf_scored = eval_gguf_file(recipe) is not None
-    for name, model in model_variants(recipe, recipe.stage_dir("adapter")):
-        for split in transformers_splits(name, splits, gguf_scored):
-            results[split][name] = evaluate_model(
-                model, tokenizer, splits[split], recipe, dirs[split] / name, f"{name} ({split})"
-            )
-    for split, variants in evaluate_gguf(recipe, tokenizer, splits, dirs).items():
-        results[split].update(variants)
+def score_variants(variants: dict, tokenizer, splits: dict[str, list[dict]], out: Path, limit: int):
+    """Metrics by split, then by variant: each split rendered once and asked of every variant that scores it."""
+    results = {}
     for split, rows in splits.items():
-        results[split]["lookup"] = write_variant(dirs[split] / "lookup", rows, lookup.route_rows(rows))
+        prompts = prompt_set(tokenizer, rows, limit, split)
+        results[split] = score_split(variants, variants_of_split(variants, split), prompts, split_dir(out, split))
     return results
 
 
 def run_eval(recipe) -> dict[str, dict[str, dict]]:
     """Metrics by split, then by variant; the lookup is scored last, beside the models."""
+    started = time.time()
     from sft_router.bfcl import run_bfcl, selected_cases  # BFCL v4 with its checker, when the recipe asks
-    from sft_router.lookup import build_lookup
     from sft_router.models import load_tokenizer
+    from sft_router.variants import build_variants
 
     adapter = recipe.stage_dir("adapter")
     if not (adapter / "manifest.json").is_file():
@@ -139,16 +124,20 @@ def run_eval(recipe) -> dict[str, dict[str, dict]]:
     notes: list[str] = []
     splits = load_eval_splits(recipe, notes)
     bfcl_cases = selected_cases(recipe) if recipe.eval.bfcl_categories else {}  # a bad category fails before decoding
-    lookup = build_lookup(recipe)
     tokenizer = load_tokenizer(recipe)
+    variants = build_variants(recipe, tokenizer)
+    if "gguf" not in variants:
+        print(
+            f"eval: the GGUF in {recipe.stage_dir('gguf')} is not scored (not converted, or SFT_ROUTER_GGUF_EVAL=skip)"
+        )
     rows_per_split = {split: len(rows) for split, rows in splits.items()}
-    with stage_output(recipe, "eval", test_rows=len(splits[HEADLINE_SPLIT]), split_rows=rows_per_split) as (
+    with stage_output(recipe, "eval", started, test_rows=len(splits[HEADLINE_SPLIT]), split_rows=rows_per_split) as (
         out,
         facts,
     ):
-        results = score_variants(recipe, tokenizer, splits, out, lookup)
+        results = score_variants(variants, tokenizer, splits, out, recipe.eval.eval_max_new_tokens)
         facts["gguf_agreement"] = agreement(out)
-        bfcl = run_bfcl(recipe, tokenizer, out / "bfcl", bfcl_cases) if bfcl_cases else {}
+        bfcl = run_bfcl(recipe, tokenizer, variants, out / "bfcl", bfcl_cases) if bfcl_cases else {}
         page_notes = notes + ([agreement_note(facts["gguf_agreement"])] if facts["gguf_agreement"] else [])
         write_comparison(out, results, page_notes, bfcl)
         facts["metrics"] = {name: headline(metrics) for name, metrics in results[HEADLINE_SPLIT].items()}
@@ -166,20 +155,11 @@ def headline(metrics: dict) -> dict:
     return {key: value for key, value in metrics.items() if isinstance(value, int | float)}
 
 
-def _cell(metrics: dict, key: str) -> str:
-    return with_interval(metrics, key, missing="n/a")
-
-
-def _table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-
-
 def metrics_comparison_table(results: dict[str, dict]) -> str:
     """Markdown table, one column per variant; exact match and argument F1 carry their 95% intervals."""
-    rows = [[label, *(_cell(metrics, key) for metrics in results.values())] for key, label in COMPARED]
+    rows = [[label, *(metric_cell(m, key, missing=NA) for m in results.values())] for key, label in COMPARED]
     rows.append(["samples", *(metrics["total_samples"] for metrics in results.values())])
-    return "\n".join(_table(["metric", *results], rows))
+    return markdown_table(["metric", *results], rows)
 
 
 def per_tool_table(results: dict[str, dict]) -> str:
@@ -190,17 +170,17 @@ def per_tool_table(results: dict[str, dict]) -> str:
         [
             tool,
             first["per_tool"][tool]["support"],
-            *(f"{metrics['per_tool'].get(tool, {}).get('f1', 0.0):.3f}" for metrics in results.values()),
+            *(number_cell(metrics["per_tool"].get(tool, {}).get("f1", 0.0)) for metrics in results.values()),
         ]
         for tool in tools
     ]
-    return "\n".join(_table(["expected tool", "support", *(f"{name} F1" for name in results)], rows))
+    return markdown_table(["expected tool", "support", *(f"{name} F1" for name in results)], rows)
 
 
 def confusion_markdown(confusion: dict[str, dict[str, int]]) -> str:
     predicted = label_order(label for row in confusion.values() for label in row)
     rows = [[expected, *(row.get(label, 0) for label in predicted)] for expected, row in confusion.items()]
-    return "\n".join(_table(["expected \\ predicted", *predicted], rows))
+    return markdown_table(["expected \\ predicted", *predicted], rows)
 
 
 def split_markdown(split: str, results: dict[str, dict]) -> str:
@@ -228,11 +208,11 @@ def overview_table(by_split: dict[str, dict[str, dict]]) -> str:
         [
             f"`{split}`",
             next(iter(results.values()))["total_samples"],
-            *(_cell(results[name], "exact_match_rate") if name in results else "n/a" for name in variants),
+            *(metric_cell(results.get(name, {}), "exact_match_rate", missing=NA) for name in variants),
         ]
         for split, results in by_split.items()
     ]
-    return "\n".join(_table(["split", "rows", *variants], rows))
+    return markdown_table(["split", "rows", *variants], rows)
 
 
 def comparison_markdown(by_split: dict[str, dict[str, dict]], notes: list[str] = ()) -> str:
@@ -379,8 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     for split, results in run_eval(recipe).items():
         for name, metrics in results.items():
             print(
-                f"eval {split} {name}: exact_match={_cell(metrics, 'exact_match_rate')} "
-                f"arg_f1={_cell(metrics, 'average_argument_f1')}"
+                f"eval {split} {name}: exact_match={metric_cell(metrics, 'exact_match_rate', missing=NA)} "
+                f"arg_f1={metric_cell(metrics, 'average_argument_f1', missing=NA)}"
             )
     if recipe.eval.bfcl_categories:
         from sft_router.bfcl import show

@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from sft_router.config import parse_recipe
+from sft_router.context_length import context_length
 from sft_router.errors import UsageError, one_line_errors
 from sft_router.families import family_of
 from sft_router.run import FILE_TYPES, gguf_path, stage_output
@@ -181,10 +183,12 @@ def check_gguf(path: Path, chat_template: str, outtype: str, family=None) -> dic
 
 
 def convert_locally(recipe, out: Path, facts: dict) -> None:
-    """Every requested GGUF type from runs/<name>/merged, checked, plus Ollama's files beside them."""
+    """Every requested GGUF type from runs/<name>/merged, checked, plus Ollama's files beside them; the context the
+    GGUF is run with (context_length) goes to the manifest as `n_ctx` and to Ollama's `num_ctx`."""
     from sft_router.cards import converter_metadata
     from sft_router.catalog import load_catalog
     from sft_router.modelfile import write_ollama_files
+    from sft_router.models import load_tokenizer
     from sft_router.router_format import published_system_prompt
 
     template = Path(recipe.training.chat_template_path).read_text()
@@ -198,12 +202,15 @@ def convert_locally(recipe, out: Path, facts: dict) -> None:
         }
     facts["llama_cpp_commit"] = llama_cpp_commit()
     gguf_name = gguf_path(recipe, recipe.export.gguf_outtypes[0]).name
-    tools = load_catalog(recipe.data.catalog).tools.values()
-    write_ollama_files(out, gguf_name, published_system_prompt(recipe.data, tools), family)
+    system_prompt = published_system_prompt(recipe.data, load_catalog(recipe.data.catalog).tools.values())
+    tokenizer = load_tokenizer(recipe, str(recipe.stage_dir("merged")))
+    facts["n_ctx"] = context_length(recipe, tokenizer, system_prompt)
+    write_ollama_files(out, gguf_name, system_prompt, family, facts["n_ctx"])
 
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
+    started = time.time()
     (recipe,) = parse_recipe(argv)
     merged = recipe.stage_dir("merged")
     if not (merged / "manifest.json").is_file():
@@ -221,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if backend != "local":
         raise UsageError(f"gguf_backend is '{backend}'; use `local` or `space`")
-    with stage_output(recipe, "gguf", llama_cpp_python=LLAMA_CPP_PYTHON, backend="local") as (out, facts):
+    with stage_output(recipe, "gguf", started, llama_cpp_python=LLAMA_CPP_PYTHON, backend="local") as (out, facts):
         convert_locally(recipe, out, facts)
     print(f"gguf: {', '.join(str(gguf_path(recipe, t)) for t in recipe.export.gguf_outtypes)} and Ollama's files")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 from sft_router.config import parse_recipe
@@ -56,10 +57,11 @@ def merge_adapter(recipe, out: Path) -> None:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
+    started = time.time()
     (recipe,) = parse_recipe(argv)
     if not (recipe.stage_dir("adapter") / "manifest.json").is_file():
         raise UsageError(f"no finished adapter in {recipe.stage_dir('adapter')}: run `make train` first")
-    with stage_output(recipe, "merged") as (out, _):
+    with stage_output(recipe, "merged", started) as (out, _):
         merge_adapter(recipe, out)
     print(f"merge: merged model written to {recipe.stage_dir('merged')}")
 

@@ -9,7 +9,7 @@ Ollama adds <bos> itself where the family has one (the GGUF sets tokenizer.ggml.
 does not. tests/test_gguf_modelfile.py executes it with Go's own text/template in Ollama's data shape on every
 test-split row and compares with the Jinja template.
 
-Usage: write_ollama_files(Path("runs/tiny/gguf"), "tiny-Q8_0.gguf", system_prompt, family_of(merged_folder))
+Usage: write_ollama_files(Path("runs/tiny/gguf"), "tiny-Q8_0.gguf", system_prompt, family_of(merged_folder), n_ctx)
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ GO_TRIM = (
 
 
 # Greedy, as in `make eval`: the router must answer the same way every time. Ollama's defaults (temperature 0.8,
-# a 2048 or 4096-token context) would sample and could cut the tool list.
-GREEDY = {"temperature": 0, "top_k": 1, "num_ctx": 4096}
+# a context of its own choosing) would sample and could cut the tool list; `num_ctx` is the GGUF's n_ctx.
+GREEDY = {"temperature": 0, "top_k": 1}
 
 
 def go_template(family) -> str:
@@ -60,15 +60,15 @@ def go_template(family) -> str:
     return GO_TRIM + family.ollama_messages
 
 
-def ollama_params(family) -> dict:
-    """Ollama's `params`: greedy, stopping at the family's end of turn."""
-    return {"stop": [family.stop_token], **GREEDY}
+def ollama_params(family, n_ctx: int) -> dict:
+    """Ollama's `params`: greedy, stopping at the family's end of turn, the GGUF's context."""
+    return {"stop": [family.stop_token], **GREEDY, "num_ctx": n_ctx}
 
 
-def render_modelfile(gguf_name: str, system_prompt: str, family) -> str:
+def render_modelfile(gguf_name: str, system_prompt: str, family, n_ctx: int) -> str:
     template = go_template(family)
     lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{template}"""', "", f'SYSTEM """{system_prompt}"""', ""]
-    for key, value in ollama_params(family).items():
+    for key, value in ollama_params(family, n_ctx).items():
         lines += (
             [f"PARAMETER {key} {json.dumps(v)}" for v in value]
             if isinstance(value, list)
@@ -77,15 +77,15 @@ def render_modelfile(gguf_name: str, system_prompt: str, family) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_ollama_files(folder: Path, gguf_name: str, system_prompt: str, family) -> list[Path]:
+def write_ollama_files(folder: Path, gguf_name: str, system_prompt: str, family, n_ctx: int) -> list[Path]:
     """template, params and system (read by `ollama run hf.co/...`) and the Modelfile (for `ollama create`)."""
     if '"""' in system_prompt:
         raise UsageError('the system prompt contains """, which a Modelfile cannot quote: rephrase it')
     files = {
         "template": go_template(family),
-        "params": json.dumps(ollama_params(family), indent=2) + "\n",
+        "params": json.dumps(ollama_params(family, n_ctx), indent=2) + "\n",
         "system": system_prompt,
-        "Modelfile": render_modelfile(gguf_name, system_prompt, family),
+        "Modelfile": render_modelfile(gguf_name, system_prompt, family, n_ctx),
     }
     for name, text in files.items():
         (folder / name).write_text(text)

@@ -7,6 +7,7 @@ Usage: from sft_router.models import load_tokenizer, load_base_model, load_train
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -65,14 +66,17 @@ def load_generation_model(recipe, source: str | None = None):
     return model.to("cuda") if torch.cuda.is_available() and not recipe.training.use_cpu else model
 
 
-def load_finetuned_generation_model(recipe, base, adapter: Path):
-    """The fine-tuned model for generation: `base` (from load_generation_model) with the LoRA adapter merged in (in
-    memory: a merged projection costs one matmul, an unmerged LoRA one pays two more in every layer), or, after full
-    fine-tuning (`use_peft: false`), the whole model the adapter folder holds."""
+def load_finetuned_generation_model(recipe, adapter: Path, base=None):
+    """The fine-tuned model for generation: the base model with the LoRA adapter merged in (in memory: a merged
+    projection costs one matmul, an unmerged LoRA one pays two more in every layer), or, after full fine-tuning
+    (`use_peft: false`), the whole model the adapter folder holds. `base`, when given, returns the base model already
+    loaded for generation (load_generation_model's): the merge goes into a copy of it, so that it stays the base
+    model and no weights are read twice; without it the base model is loaded here."""
     if (adapter / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().eval()
+        model = copy.deepcopy(base()) if base is not None else load_generation_model(recipe)
+        return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
     return load_generation_model(recipe, source=str(adapter))
 
 

@@ -28,6 +28,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -368,6 +369,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def publish(argv: list[str] | None) -> None:
+    started = time.time()
     recipe, command = parse_recipe(argv, extra=(PublishCommand,))
     kinds = [command.only] if command.only else list(STAGERS)
     if any(kind not in STAGERS for kind in kinds):
@@ -377,7 +379,7 @@ def publish(argv: list[str] | None) -> None:
     check_repo_ids({kind: ids[kind] for kind in kinds})
     token = os.environ.get("HF_TOKEN")
     api = connect(recipe, token) if token else None
-    with stage_output(recipe, stage, repos={k: ids[k] for k in kinds}) as (out, facts):
+    with stage_output(recipe, stage, started, repos={k: ids[k] for k in kinds}) as (out, facts):
         staged = {kind: out / ids[kind] for kind in kinds}
         for kind, path in staged.items():
             STAGERS[kind](recipe, path)

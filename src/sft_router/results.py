@@ -17,10 +17,10 @@ from pathlib import Path
 
 from sft_router.bfcl import bfcl_table, read_bfcl
 from sft_router.cards import split_exact_match_table
+from sft_router.markdown_tables import markdown_table, metric_cell
 from sft_router.run import read_manifest
-from sft_router.scoring import with_interval
+from sft_router.stages import STAGES
 
-STAGES = ("dataset", "adapter", "eval", "merged", "gguf", "card", "hub")
 METRICS = (
     ("exact_match_rate", "exact match"),
     ("average_argument_f1", "argument F1"),
@@ -41,11 +41,20 @@ def run_summary(run_dir: Path) -> dict | None:
         "run": run_dir.name,
         "recipe": first["recipe"],
         "machine": first.get("hardware") or first.get("machine", "?"),
-        "wall": {stage: m.get("train_wall_time_s", m["wall_time_s"]) for stage, m in manifests.items() if m},
+        "wall": {stage: m["wall_time_s"] for stage, m in manifests.items() if m},
         "metrics": metrics,
         "split_metrics": (manifests["eval"] or {}).get("split_metrics") or {},
         "bfcl": read_bfcl(eval_dir),
     }
+
+
+def metrics_interval_table(metrics: dict[str, dict]) -> str:
+    """Every variant's headline metrics, each with its bootstrap interval."""
+    rows = [
+        [variant, *(metric_cell(values, key) for key, _ in METRICS), values.get("total_samples", "-")]
+        for variant, values in metrics.items()
+    ]
+    return markdown_table(["model", *(label for _, label in METRICS), "rows"], rows)
 
 
 def results_table(summary: dict) -> str:
@@ -53,12 +62,8 @@ def results_table(summary: dict) -> str:
     lines = [
         f"`make publish RECIPE={summary['recipe']}` on {summary['machine']}; wall time: {wall}.",
         "",
-        "| model | " + " | ".join(label for _, label in METRICS) + " | rows |",
-        "|---|" + "---|" * (len(METRICS) + 1),
+        metrics_interval_table(summary["metrics"]),
     ]
-    for variant, metrics in summary["metrics"].items():
-        cells = " | ".join(with_interval(metrics, key) for key, _ in METRICS)
-        lines.append(f"| {variant} | {cells} | {metrics.get('total_samples', '-')} |")
     splits = split_exact_match_table(summary.get("split_metrics") or {})
     if splits:
         lines += ["", "Exact match on every evaluated split:", "", splits]

@@ -5,8 +5,9 @@ stage never leaves output that looks finished (and `make` reruns it). The finish
 aside and removed only once the new one is in place, so a failure at any point keeps one complete stage; what a
 killed process left behind (`.<stage>.tmp-<pid>`, `.<stage>.old-<pid>`) is cleaned by the next run of that stage.
 
-Each stage's manifest records the fingerprint of exactly what the stage reads: its recipe keys, the files it reads
-(catalog, system prompt, chat template) and the fingerprints of the stages it reads. `python -m sft_router.run
+Each stage's manifest records the fingerprint of exactly what the stage reads (sft_router.stages lists it): its
+recipe keys, the files it reads (catalog, system prompt, chat template) and the fingerprints of the stages it reads,
+and the stage's wall time from the start of its main. `python -m sft_router.run
 --config RECIPE` writes them to runs/<name>/.inputs/<stage>.sha256, rewriting a file only when it changed, and the
 Makefile lists those files as prerequisites: editing what a stage reads reruns it and the stages below it, editing
 anything else reruns nothing.
@@ -30,6 +31,7 @@ from importlib import metadata
 from pathlib import Path
 
 from sft_router.errors import one_line_errors
+from sft_router.stages import STAGES
 
 MANIFEST = "manifest.json"
 INPUTS = ".inputs"
@@ -69,39 +71,6 @@ def read_manifest(stage_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-@dataclasses.dataclass(frozen=True)
-class StageInputs:
-    """What a stage reads: recipe sections (all their keys), single keys, files named by recipe keys, stages."""
-
-    sections: tuple[str, ...] = ()
-    keys: tuple[str, ...] = ()
-    files: tuple[str, ...] = ()
-    stages: tuple[str, ...] = ()
-
-
-STAGE_INPUTS = {
-    "dataset": StageInputs(sections=("data",), files=("data.catalog", "data.system_prompt")),
-    "adapter": StageInputs(
-        sections=("training", "model", "scenes"), files=("training.chat_template_path",), stages=("dataset",)
-    ),
-    "merged": StageInputs(sections=("model",), files=("training.chat_template_path",), stages=("adapter",)),
-    # Ollama's system file holds the catalog's tools in the system prompt. The general.* metadata names the repos
-    # too, but a namespace or repo name changed at publish time does not reconvert the GGUF and rescore it.
-    "gguf": StageInputs(
-        sections=("export",),
-        files=("training.chat_template_path", "data.catalog", "data.system_prompt"),
-        stages=("merged",),
-    ),
-    "eval": StageInputs(
-        sections=("eval", "model"),
-        files=("training.chat_template_path", "eval.handwritten"),
-        stages=("adapter", "gguf"),
-    ),
-    # The card stage is a preview: publish renders the cards again for the namespace it pushes to.
-    "card": StageInputs(sections=("publish",), stages=("dataset", "eval", "gguf")),
-    "hub-data": StageInputs(sections=("publish",), keys=("hub_namespace",), stages=("dataset",)),
-    "hub": StageInputs(sections=("publish",), keys=("hub_namespace",), stages=("card",)),
-}
 # Keys that name where things go or hold secrets, not what a stage computes.
 UNHASHED = {"output_dir", "logging_dir", "hub_token"}
 
@@ -126,12 +95,12 @@ def _file_sha256(path: str | None) -> str | None:
 
 def fingerprint(recipe, stage: str) -> str:
     """sha256 over what `stage` reads, including the fingerprints of the stages it reads."""
-    inputs = STAGE_INPUTS[stage]
+    reads = STAGES[stage]
     facts = {
-        "sections": {name: _section(recipe, name) for name in inputs.sections},
-        "keys": {key: _key(recipe, key) for key in inputs.keys},
-        "files": {key: _file_sha256(_key(recipe, key)) for key in inputs.files},
-        "stages": {name: fingerprint(recipe, name) for name in inputs.stages},
+        "sections": {name: _section(recipe, name) for name in reads.sections},
+        "keys": {key: _key(recipe, key) for key in reads.keys},
+        "files": {key: _file_sha256(_key(recipe, key)) for key in reads.files},
+        "stages": {name: fingerprint(recipe, name) for name in reads.upstream},
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=repr).encode()).hexdigest()
 
@@ -146,7 +115,7 @@ def write_fingerprints(recipe) -> list[Path]:
     folder = recipe.run_dir / INPUTS
     folder.mkdir(parents=True, exist_ok=True)
     stale = []
-    for stage in STAGE_INPUTS:
+    for stage in STAGES:
         path, current = folder / f"{stage}.sha256", fingerprint(recipe, stage)
         if not path.is_file() or path.read_text() != current + "\n":
             path.write_text(current + "\n")
@@ -216,14 +185,18 @@ def replace_folder(new: Path, final: Path) -> None:
 
 
 @contextlib.contextmanager
-def stage_output(recipe, stage: str, **facts):
-    """Yield a temporary folder for `stage`; on success write its manifest and move it to runs/<name>/<stage>."""
+def stage_output(recipe, stage: str, started: float | None = None, **facts):
+    """Yield a temporary folder for `stage`; on success write its manifest and move it to runs/<name>/<stage>.
+
+    `started` is when the stage began (`time.time()` first thing in its main), so that the manifest's wall_time_s
+    covers the whole stage (loading, training, scoring), not only what runs inside this block (the default).
+    """
     final = recipe.stage_dir(stage)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_leftovers(final)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"  # a nested stage (eval/bfcl) too
     tmp.mkdir()
-    start = time.time()
+    start = time.time() if started is None else started
     extra: dict = {}
     try:
         yield tmp, extra
@@ -235,7 +208,7 @@ def stage_output(recipe, stage: str, **facts):
         "run": recipe.name,
         "recipe": str(recipe.path),
         "recipe_sha256": recipe.sha256,
-        "fingerprint": fingerprint(recipe, stage) if stage in STAGE_INPUTS else None,
+        "fingerprint": fingerprint(recipe, stage) if stage in STAGES else None,
         "seed": recipe.training.seed,
         "git_commit": git_commit(),
         "versions": library_versions(),

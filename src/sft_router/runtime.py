@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sft_router.base_models import cache_root
 from sft_router.config import cpu_flags
+from sft_router.context_length import gguf_context_length
 from sft_router.errors import UsageError, one_line_errors
 
 LLAMA_CPP_PYTHON = "0.3.36"
@@ -143,8 +144,11 @@ def require_runtime():
 GGUF_SETTINGS = {"n_batch": 1024, "n_ubatch": 1024, "flash_attn": True}
 
 
-def load_gguf(path: Path, n_ctx: int = 4096, logits_all: bool = False, n_threads: int | None = None, **settings):
-    """A llama.cpp model for greedy routing (`settings`: more Llama arguments, e.g. the server's chat_format).
+def load_gguf(
+    path: Path, n_ctx: int | None = None, logits_all: bool = False, n_threads: int | None = None, **settings
+):
+    """A llama.cpp model for greedy routing (`settings`: more Llama arguments, e.g. the server's chat_format), with
+    the context `make gguf` chose (context_length.gguf_context_length) unless given `n_ctx`.
 
     swa_full: Llama.generate reuses the longest prefix the next prompt shares with the cached one by removing the
     cache past it (llama_memory_seq_rm) and never checks what Gemma 3's sliding-window layers still hold. Without
@@ -157,7 +161,7 @@ def load_gguf(path: Path, n_ctx: int = 4096, logits_all: bool = False, n_threads
     threads = n_threads or os.cpu_count()  # prompts too: Llama's n_threads_batch would default to every core
     return llama_cpp.Llama(
         model_path=str(path),
-        n_ctx=n_ctx,
+        n_ctx=n_ctx or gguf_context_length(path),
         **GGUF_SETTINGS,
         n_threads=threads,
         n_threads_batch=threads,

@@ -256,14 +256,6 @@ def interval(metrics: dict, key: str) -> tuple[float, float] | None:
     return (float(bounds[0]), float(bounds[1])) if bounds else None
 
 
-def with_interval(metrics: dict, key: str, missing: str = "-") -> str:
-    """`0.257 [0.210, 0.307]`: the figure and its interval, as every table the project writes shows them."""
-    if not isinstance(metrics.get(key), int | float):
-        return missing
-    span = interval(metrics, key)
-    return f"{metrics[key]:.3f}" + (f" [{span[0]:.3f}, {span[1]:.3f}]" if span else "")
-
-
 def _label(tool: str | None) -> str:
     return NO_CALL if tool is None else tool
 

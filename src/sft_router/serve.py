@@ -40,8 +40,11 @@ KEY_HELP = f"Key every request must send as `Authorization: Bearer KEY` (default
 class ServeCommand:
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on; off loopback, --api-key too."})
     port: int = field(default=8000, metadata={"help": "Port to listen on."})
-    n_ctx: int = field(
-        default=4096, metadata={"help": "Context length of the llama.cpp model (Ollama's `params` too)."}
+    n_ctx: int | None = field(
+        default=None,
+        metadata={
+            "help": "Context length of the llama.cpp model; default: the n_ctx `make gguf` chose (its manifest)."
+        },
     )
     api_key: str | None = field(default=None, metadata={"help": KEY_HELP})
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "Largest request body taken; a larger one: 413."})
@@ -280,6 +283,7 @@ def create_app(recipe, command: ServeCommand):
     import llama_cpp.server.app as server
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
+    from sft_router.context_length import gguf_context_length
     from sft_router.serve_gate import RequestGate
 
     api_key = serving_key(command)
@@ -291,7 +295,7 @@ def create_app(recipe, command: ServeCommand):
         model=str(path),
         model_alias=recipe.name,
         chat_format=CHAT_FORMAT,
-        n_ctx=command.n_ctx,
+        n_ctx=command.n_ctx or gguf_context_length(path),  # the context check_prompt then checks requests against
         n_threads=os.cpu_count(),
         verbose=False,
     )

@@ -316,9 +316,15 @@ def plot_training_curves(log_history: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
-def write_adapter_stage(recipe, trainer, result, saved: Path, resumed_from: str | None, seconds: float) -> None:
-    """Main process only: the saved weights, tokenizer, metrics and curves become runs/<name>/adapter/."""
-    with stage_output(recipe, "adapter", resumed_from=resumed_from) as (out, facts):
+def write_adapter_stage(
+    recipe, trainer, result, saved: Path, resumed_from: str | None, seconds: float, started: float
+):
+    """Main process only: the saved weights, tokenizer, metrics and curves become runs/<name>/adapter/.
+
+    train_wall_time_s is the training loop's `seconds` (and saving the weights); the manifest's wall_time_s runs from
+    `started`, the start of the stage: loading the model too.
+    """
+    with stage_output(recipe, "adapter", started, resumed_from=resumed_from) as (out, facts):
         shutil.copytree(saved, out, dirs_exist_ok=True)
         trainer.processing_class.save_pretrained(str(out))
         trainer.save_metrics("train", result.metrics)  # writes train_results.json into the trainer's output_dir
@@ -335,6 +341,7 @@ def train(recipe, callbacks=()) -> Path | None:
     """Train (resuming if a checkpoint exists); the adapter folder on the main process, None on the others."""
     if recipe.training.completion_only_loss is False:
         raise UsageError(f"{recipe.path}: completion_only_loss must stay true; the router learns only its answers")
+    started = time.time()
     trainer = build_trainer(recipe, callbacks)
     if trainer.is_world_process_zero():
         checkpoints_for(recipe)
@@ -347,7 +354,7 @@ def train(recipe, callbacks=()) -> Path | None:
     trainer.save_model(str(saved))
     main_process = trainer.is_world_process_zero()
     if main_process:
-        write_adapter_stage(recipe, trainer, result, saved, resume, time.time() - start)
+        write_adapter_stage(recipe, trainer, result, saved, resume, time.time() - start, started)
     trainer.accelerator.wait_for_everyone()  # the others return only once the stage folder is in place
     return recipe.stage_dir("adapter") if main_process else None
 
