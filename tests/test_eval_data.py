@@ -13,8 +13,8 @@ from sft_router.catalog import load_catalog
 from sft_router.config import parse_recipe
 from sft_router.errors import UsageError
 from sft_router.eval_data import check_split_names, load_eval_splits, read_handwritten
-from sft_router.router_format import render_tool
-from sft_router.scoring import parse_reference, target_text
+from sft_router.router_format import render_tool, target_text
+from sft_router.scoring import parse_reference
 
 PUBLISHED = "recipes/gemma-3-270m-it/router.yaml"
 

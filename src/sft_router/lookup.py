@@ -190,7 +190,8 @@ def build_lookup(recipe) -> LookupRouter:
 def main(argv: list[str] | None = None) -> None:
     from sft_router.config import parse_recipe
     from sft_router.eval_data import load_eval_splits
-    from sft_router.scoring import interval, score, target_text
+    from sft_router.router_format import target_text
+    from sft_router.scoring import interval, score
 
     (recipe,) = parse_recipe(list(sys.argv[1:] if argv is None else argv))
     start = time.time()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sft_router.families import family_of
-from sft_router.scoring import target_text
+from sft_router.router_format import target_text
 
 
 def stop_token_ids(tokenizer, model) -> list[int]:

@@ -121,3 +121,8 @@ def split_prompt(rendered: str, system: str) -> tuple[str, str]:
     rest = rendered[end:]
     end += len(rest) - len(rest.lstrip())
     return rendered[:end], rendered[end:]
+
+
+def target_text(row) -> str:
+    """A dataset row's expected answer: the call or reply its completion holds."""
+    return row["completion"][0]["content"]

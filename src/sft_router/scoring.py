@@ -49,6 +49,8 @@ import random
 import re
 from pathlib import Path
 
+from sft_router.router_format import target_text
+
 # A router call is a few hundred characters; these bounds keep hostile outputs (megabytes, deep nesting)
 # cheap: ast.literal_eval in particular is slow and recursive on big input.
 MAX_TEXT = 20_000
@@ -345,10 +347,6 @@ def metric_definitions() -> list[str]:
     section = __doc__.split("How each metric is computed", 1)[1].split("\nUsage:", 1)[0]
     bullets = section.split("\n- ")[1:]
     return [" ".join(line.strip() for line in bullet.splitlines()) for bullet in bullets]
-
-
-def target_text(row) -> str:
-    return row["completion"][0]["content"]
 
 
 def write_variant(out: Path, rows, outputs: list[str]) -> dict:
