@@ -1,8 +1,8 @@
 # Wiring only: each pipeline target is one `python -m sft_router.<stage>` call that writes a manifest under
 # runs/<run>/<stage>/; make compares those files, so a rerun skips finished stages. Logic lives in src/.
-# src/sft_router/stages.py lists the stages and the other commands; tests/test_stages.py holds this file to it.
+# src/sft_router/core/stages.py lists the stages and the other commands; tests/test_stages.py holds this file to it.
 # Each stage also depends on runs/<run>/.inputs/<stage>.sha256, the fingerprint of what it reads (recipe keys, files,
-# upstream stages), which `python -m sft_router.run` rewrites only when it changed: editing what a stage reads reruns
+# upstream stages), which `python -m sft_router.core.run_folder` rewrites only when it changed: editing what a stage reads reruns
 # it and the stages below it, editing anything else reruns nothing.
 RECIPE ?= recipes/gemma-3-270m-it/router.yaml
 # A recipe's run_name is its folder's name (every stage refuses a recipe whose run_name names another folder).
@@ -22,15 +22,15 @@ $(VENV): pyproject.toml
 
 # llama.cpp runtime for GGUF eval, parity tests and the latency bench: built once into ~/.cache/sft-router/wheels.
 runtime: $(RUNTIME)
-$(RUNTIME): $(VENV) src/sft_router/runtime.py
-	$(PY) -m sft_router.runtime install && touch $@
+$(RUNTIME): $(VENV) src/sft_router/modeling/llama_runtime.py
+	$(PY) -m sft_router.modeling.llama_runtime install && touch $@
 
 inputs: $(VENV)
-	$(PY) -m sft_router.run --config $(RECIPE)
+	$(PY) -m sft_router.core.run_folder --config $(RECIPE)
 $(IN)/%.sha256: inputs ;
 
 preflight: $(VENV)
-	$(PY) -m sft_router.base_models --config $(RECIPE)
+	$(PY) -m sft_router.modeling.base_models --config $(RECIPE)
 
 data: $(R)/dataset/manifest.json
 $(R)/dataset/manifest.json: $(IN)/dataset.sha256 $(VENV)
@@ -51,13 +51,13 @@ $(R)/eval/manifest.json: $(IN)/eval.sha256 $(R)/adapter/manifest.json $(R)/gguf/
 # BFCL v4 (simple_python, multiple, irrelevance) graded by BFCL's own checker; `make eval` runs it too when the recipe
 # sets bfcl_categories. The second line prints the table whether or not the scores were up to date.
 bfcl: $(R)/eval/bfcl/summary.json
-	$(PY) -m sft_router.bfcl --config $(RECIPE) --show
+	$(PY) -m sft_router.evaluation.bfcl --config $(RECIPE) --show
 $(R)/eval/bfcl/summary.json: $(IN)/eval.sha256 $(R)/adapter/manifest.json $(R)/gguf/manifest.json | $(RUNTIME)
-	$(PY) -m sft_router.bfcl --config $(RECIPE)
+	$(PY) -m sft_router.evaluation.bfcl --config $(RECIPE)
 
 # The no-model control's metrics on each eval split (seconds; `make eval` scores it as the `lookup` variant).
 lookup: $(R)/dataset/manifest.json
-	$(PY) -m sft_router.lookup --config $(RECIPE)
+	$(PY) -m sft_router.evaluation.lookup --config $(RECIPE)
 
 merge: $(R)/merged/manifest.json
 $(R)/merged/manifest.json: $(IN)/merged.sha256 $(R)/adapter/manifest.json

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import re
 
-from sft_router.catalog import ARGUMENT_TYPES, load_catalog
-from sft_router.config import parse_recipe
+from sft_router.core.config import parse_recipe
+from sft_router.core.router_format import load_system_prompt
 from sft_router.data import argument_types, build_splits
-from sft_router.eval_data import read_handwritten
-from sft_router.markdown_tables import markdown_table
-from sft_router.router_format import load_system_prompt
+from sft_router.datagen.catalog import ARGUMENT_TYPES, load_catalog
+from sft_router.evaluation.eval_data import read_handwritten
+from sft_router.evaluation.markdown_tables import markdown_table
 
 INFORMAL = re.compile(r"\b(pls|plz|u|ur|ok|k|thx|ty|gonna|wanna|gotta|rn|im|tmrw|tmr|lol|btw|tbh|abt|cuz|bc|w/|ya)\b"
                       r"|啥|咋|嘞|好滴|3q", re.IGNORECASE)  # fmt: skip

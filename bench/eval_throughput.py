@@ -83,8 +83,8 @@ def report(modes: dict[str, tuple[float, list[str]]], rows: int) -> dict:
 
 
 def llama_cpp_modes(path: Path, asked, threads: int) -> dict:
-    from sft_router.gguf_eval import gguf_outputs
-    from sft_router.runtime import complete, load_gguf
+    from sft_router.evaluation.gguf_eval import gguf_outputs
+    from sft_router.modeling.llama_runtime import complete, load_gguf
 
     prompts, max_new_tokens = asked.texts, asked.max_new_tokens
     llm = load_gguf(path, n_threads=threads)
@@ -97,7 +97,7 @@ def llama_cpp_modes(path: Path, asked, threads: int) -> dict:
 
 
 def transformers_modes(recipe, tokenizer, asked) -> dict:
-    from sft_router.models import generate, load_generation_model
+    from sft_router.modeling.loading import generate, load_generation_model
 
     prompts, max_new_tokens = asked.texts, asked.max_new_tokens
     model = load_generation_model(recipe)
@@ -123,10 +123,10 @@ def main() -> None:
 
     import torch
 
-    from sft_router.config import parse_recipe
-    from sft_router.models import load_tokenizer
-    from sft_router.prompts import prompt_set
-    from sft_router.run import gguf_path
+    from sft_router.core.config import parse_recipe
+    from sft_router.core.run_folder import gguf_path
+    from sft_router.modeling.loading import load_tokenizer
+    from sft_router.modeling.prompts import prompt_set
 
     torch.set_num_threads(args.threads)
     (recipe,) = parse_recipe(["--config", args.config])

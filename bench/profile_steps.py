@@ -24,7 +24,7 @@ ISA_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "am
 
 
 def cpu_summary() -> str:
-    from sft_router.runtime import cpu_flags
+    from sft_router.modeling.llama_runtime import cpu_flags
 
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
@@ -48,7 +48,7 @@ def main(argv=None) -> None:
     import torch
 
     from sft_router.evaluate import generate
-    from sft_router.prompts import render_prompts
+    from sft_router.modeling.prompts import render_prompts
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--real", action="store_true", help="Gemma 3 270M weights instead of the tiny model")
@@ -77,7 +77,7 @@ def main(argv=None) -> None:
 
 
 def bench_recipe(args):
-    from sft_router.config import parse_recipe
+    from sft_router.core.config import parse_recipe
 
     flags = ["--num_train", "1", "--num_validation", "1", "--num_test", str(args.prompts), "--eval_strategy", "no"]
     (recipe,) = parse_recipe(["--config", train_step.RECIPES["real" if args.real else "tiny"], *flags])

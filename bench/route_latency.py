@@ -71,9 +71,9 @@ def main() -> None:
 
     from eval_throughput import cpu_name  # bench/eval_throughput.py, beside this script
 
-    from sft_router.config import parse_recipe
-    from sft_router.run import gguf_path
-    from sft_router.runtime import load_gguf
+    from sft_router.core.config import parse_recipe
+    from sft_router.core.run_folder import gguf_path
+    from sft_router.modeling.llama_runtime import load_gguf
 
     (recipe,) = parse_recipe(["--config", args.config])
     gguf = Path(args.gguf) if args.gguf else gguf_path(recipe, recipe.export.gguf_outtypes[0])

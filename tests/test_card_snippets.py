@@ -83,7 +83,7 @@ def run_bash_line(line: str, env: dict, cwd: Path, repo: Path) -> None:
 
 
 def test_model_card_code_blocks_run(published, hub, tmp_path):
-    from sft_router.base_models import resolve_base_model
+    from sft_router.modeling.base_models import resolve_base_model
 
     ws = published
     card = ws / f"runs/tiny/hub/{REPOS['model']}/README.md"

@@ -8,9 +8,9 @@ import json
 import pytest
 from conftest import TINY
 
-from sft_router.config import parse_recipe
-from sft_router.models import load_tokenizer
-from sft_router.prompts import render_prompts
+from sft_router.core.config import parse_recipe
+from sft_router.modeling.loading import load_tokenizer
+from sft_router.modeling.prompts import render_prompts
 
 CONVERSATIONS = 4
 
@@ -60,7 +60,7 @@ def _tokenizing_trainer(run):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    from sft_router.base_models import resolve_base_model
+    from sft_router.modeling.base_models import resolve_base_model
     from sft_router.train import make_trainer
 
     recipe = run["recipe"]
@@ -99,7 +99,7 @@ def test_gguf_carries_the_same_template_text(run):
 def openai_tools(recipe, names: list[str]) -> list[dict]:
     """The row's tools as an OpenAI client sends them: {"type": "function", "function": {name, description,
     parameters}}."""
-    from sft_router.catalog import load_catalog
+    from sft_router.datagen.catalog import load_catalog
 
     tools = load_catalog(recipe.data.catalog).tools
     return [{"type": "function", "function": {"name": name, "description": tools[name]["description"],
@@ -108,7 +108,7 @@ def openai_tools(recipe, names: list[str]) -> list[dict]:
 
 def test_tools_argument_renders_the_training_prompt(run):
     """apply_chat_template(messages, tools=tools) with the system prompt template equals the training row's prompt."""
-    from sft_router.catalog import load_catalog
+    from sft_router.datagen.catalog import load_catalog
 
     template = (run["ws"] / run["recipe"].data.system_prompt).read_text()
     catalog = load_catalog(run["recipe"].data.catalog).tools

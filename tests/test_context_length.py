@@ -8,12 +8,13 @@ import json
 import pytest
 from conftest import TINY
 
-from sft_router import context_length, data
-from sft_router.catalog import load_catalog
-from sft_router.config import parse_recipe
-from sft_router.errors import UsageError
-from sft_router.models import load_tokenizer
-from sft_router.router_format import published_system_prompt
+from sft_router import data
+from sft_router.core.config import parse_recipe
+from sft_router.core.errors import UsageError
+from sft_router.core.router_format import published_system_prompt
+from sft_router.datagen.catalog import load_catalog
+from sft_router.modeling import context_length
+from sft_router.modeling.loading import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,14 @@ import pytest
 import yaml
 from conftest import ROOT, TINY, copy_recipe
 
-from sft_router import data, data_checks, generator, scenes
-from sft_router.catalog import SLOT, entry_text_value, item_split, missing_required
-from sft_router.config import parse_recipe
-from sft_router.errors import UsageError
-from sft_router.noise import NoiseRules, number_words
-from sft_router.router_format import render_call, tools_in_prompt
+from sft_router import data
+from sft_router.core.config import parse_recipe
+from sft_router.core.errors import UsageError
+from sft_router.core.router_format import render_call, tools_in_prompt
+from sft_router.datagen import checks as data_checks
+from sft_router.datagen import generator, scenes
+from sft_router.datagen.catalog import SLOT, entry_text_value, item_split, missing_required
+from sft_router.datagen.noise import NoiseRules, number_words
 
 CATALOG = ROOT / "recipes/gemma-3-270m-it/catalog.yaml"
 SMALL = ["--num_train", "200", "--num_validation", "60", "--num_test", "60"]
@@ -349,7 +351,7 @@ def test_unquoted_clock_time_in_a_pool_is_caught(workspace):
 
 
 def test_card_counts_match_the_data(workspace):
-    from sft_router.cards import render_dataset_card
+    from sft_router.release.card_rendering import render_dataset_card
 
     build_files(workspace)
     (recipe,) = parse_recipe(["--config", TINY])
@@ -490,7 +492,7 @@ def test_a_timer_label_comes_with_its_own_length_and_mapped_lengths_stay_in_trai
 
 
 def test_english_lint_flags_articles_doubled_words_and_to_home():
-    from sft_router.english_lint import english_lint
+    from sft_router.datagen.english_lint import english_lint
 
     for text in ("Set a alarm", "Put an timer on", "Shoot Mike a email", "A the oven timer", "Head to home",
                  "Put a an hour countdown on", "What do I have on tomorrow?", "Call call Bob"):  # fmt: skip
@@ -530,7 +532,7 @@ def test_rule_breaking_replies_and_repeated_values_fail_the_check(published_rows
 
 
 def test_noise_leaves_values_as_written():
-    from sft_router.noise import RULES, NoiseRules
+    from sft_router.datagen.noise import RULES, NoiseRules
 
     tables = data.load_catalog(CATALOG).noise
     noise = NoiseRules(tables, {rule: 1.0 for rule in RULES})
@@ -593,7 +595,7 @@ def test_generated_values_are_pool_entries_words_or_slips_and_slips_are_copied(p
 def test_a_message_takes_at_most_one_affix_and_english_is_typed_in_lower_case():
     import random
 
-    from sft_router.noise import AFFIXES, RULES, NoiseRules
+    from sft_router.datagen.noise import AFFIXES, RULES, NoiseRules
 
     noise = NoiseRules(data.load_catalog(CATALOG).noise, {rule: 1.0 for rule in RULES})
     rng = random.Random(3)

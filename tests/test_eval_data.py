@@ -9,12 +9,12 @@ from collections import Counter
 import pytest
 from conftest import ROOT, TINY
 
-from sft_router.catalog import load_catalog
-from sft_router.config import parse_recipe
-from sft_router.errors import UsageError
-from sft_router.eval_data import check_split_names, load_eval_splits, read_handwritten
-from sft_router.router_format import render_tool, target_text
-from sft_router.scoring import parse_reference
+from sft_router.core.config import parse_recipe
+from sft_router.core.errors import UsageError
+from sft_router.core.router_format import render_tool, target_text
+from sft_router.datagen.catalog import load_catalog
+from sft_router.evaluation.eval_data import check_split_names, load_eval_splits, read_handwritten
+from sft_router.evaluation.scoring import parse_reference
 
 PUBLISHED = "recipes/gemma-3-270m-it/router.yaml"
 

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from sft_router import evaluate, models
-from sft_router.prompts import render_prompts, scenes, stop_token_ids
-from sft_router.router_format import shared_prefix_length
-from sft_router.scoring import score
+from sft_router import evaluate
+from sft_router.core.router_format import shared_prefix_length
+from sft_router.evaluation.scoring import score
+from sft_router.modeling import loading as models
+from sft_router.modeling.prompts import render_prompts, scenes, stop_token_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "recipes/tiny/router.yaml"
@@ -95,8 +96,8 @@ def tiny_model():
     """The tiny recipe's base model as `make eval` loads it, and its tokenizer with the recipe's template."""
     from transformers import AutoTokenizer
 
-    from sft_router.base_models import resolve_base_model
-    from sft_router.config import parse_recipe
+    from sft_router.core.config import parse_recipe
+    from sft_router.modeling.base_models import resolve_base_model
 
     (recipe,) = parse_recipe(["--config", str(ROOT / TINY)])
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model("sft-router/tiny-gemma3"))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sft_router.errors import UsageError
-from sft_router.families import FAMILIES, GEMMA3, QWEN3, family_of
+from sft_router.core.errors import UsageError
+from sft_router.modeling.families import FAMILIES, GEMMA3, QWEN3, family_of
 
 PACKAGE = Path(__file__).parents[1] / "src" / "sft_router"
 REGISTRY = {"families", "base_models"}  # the registry and the builders of the tiny models

@@ -11,11 +11,12 @@ import re
 import pytest
 from conftest import ROOT, TINY
 
-from sft_router import data, data_checks
-from sft_router.config import parse_recipe
-from sft_router.errors import UsageError
-from sft_router.functions import FAMILY, FunctionRows, load_functions
-from sft_router.router_format import tools_in_prompt
+from sft_router import data
+from sft_router.core.config import parse_recipe
+from sft_router.core.errors import UsageError
+from sft_router.core.router_format import tools_in_prompt
+from sft_router.datagen import checks as data_checks
+from sft_router.datagen.functions import FAMILY, FunctionRows, load_functions
 
 PUBLISHED = "recipes/gemma-3-270m-it/router.yaml"
 SPEC = str(ROOT / "recipes/gemma-3-270m-it/functions.yaml")

@@ -13,8 +13,8 @@ import os
 
 import pytest
 
-from sft_router.grammar import build_grammar, integer_range
-from sft_router.router_format import tools_in_prompt
+from sft_router.core.router_format import tools_in_prompt
+from sft_router.evaluation.grammar import build_grammar, integer_range
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +22,7 @@ def llm(tiny_run):
     reason = os.environ.get("SFT_ROUTER_RUNTIME_UNAVAILABLE")
     if reason:
         pytest.skip(reason)
-    from sft_router.runtime import load_gguf
+    from sft_router.modeling.llama_runtime import load_gguf
 
     return load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
 
@@ -42,7 +42,7 @@ def allowed(llama_cpp, sampler, token: int) -> bool:
 def admits(llm, grammar: str, text: str) -> bool:
     import llama_cpp
 
-    from sft_router.runtime import stop_token_id
+    from sft_router.modeling.llama_runtime import stop_token_id
 
     sampler = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, grammar.encode(), b"root")
     assert sampler, "llama.cpp could not parse the grammar"
@@ -65,7 +65,7 @@ def test_tools_are_read_back_from_every_test_prompt(test_rows):
 def recipe_rows(request):
     """Every row of a recipe's generated dataset, all splits: rows the data helpers add later come along. The
     published recipe's (about 8000 rows, its catalog and functions) take about 10 s to build and check."""
-    from sft_router.config import parse_recipe
+    from sft_router.core.config import parse_recipe
     from sft_router.data import build_splits
 
     return [row for rows in build_splits(parse_recipe(["--config", request.param])[0]).values()

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from sft_router.families import GEMMA3
-from sft_router.modelfile import go_template, modelfile_section, ollama_params, render_modelfile
-from sft_router.run import read_manifest
+from sft_router.core.run_folder import read_manifest
+from sft_router.modeling.families import GEMMA3
+from sft_router.release.ollama_files import go_template, modelfile_section, ollama_params, render_modelfile
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "recipes/gemma-3-270m-it/chat_template.jinja"
@@ -87,9 +87,9 @@ def test_test_split_prompts_render_identically_through_the_repo_template(tiny_ru
 def test_the_gguf_manifest_holds_the_context_the_recipe_derives(tiny_run, monkeypatch):
     """n_ctx, decided once by make gguf: the published system prompt (every tool) or max_length, plus the most new
     tokens, rounded up to a power of two; load_gguf's default and the GGUF card's snippets read it."""
-    from sft_router.config import parse_recipe
-    from sft_router.context_length import context_length, gguf_context_length
-    from sft_router.models import load_tokenizer
+    from sft_router.core.config import parse_recipe
+    from sft_router.modeling.context_length import context_length, gguf_context_length
+    from sft_router.modeling.loading import load_tokenizer
 
     monkeypatch.chdir(tiny_run)
     (recipe,) = parse_recipe(["--config", "recipes/tiny/router.yaml"])
@@ -103,8 +103,8 @@ def test_the_gguf_manifest_holds_the_context_the_recipe_derives(tiny_run, monkey
 
 
 def test_gguf_folder_carries_ollamas_hub_files_with_greedy_params_and_the_trained_system_prompt(tiny_run):
-    from sft_router.catalog import load_catalog
-    from sft_router.router_format import render_tool
+    from sft_router.core.router_format import render_tool
+    from sft_router.datagen.catalog import load_catalog
 
     gguf = tiny_run / "runs/tiny/gguf"
     assert (gguf / "template").read_text() == go_template(GEMMA3)

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import counting_evals
 
-from sft_router.families import GEMMA3
 from sft_router.gguf import check_gguf, convert_to_gguf, describe_gguf
+from sft_router.modeling.families import GEMMA3
 
 ROOT = Path(__file__).resolve().parents[1]
 Q8_TOLERANCE = 0.05  # max |logit difference|, Q8_0 vs fp32 transformers, last prompt position, tiny model
@@ -26,14 +26,14 @@ REUSE_PROMPTS = 5
 
 
 def test_runtime_pins_equal_the_pyproject_extra():
-    from sft_router.runtime import RUNTIME_PINS
+    from sft_router.modeling.llama_runtime import RUNTIME_PINS
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert sorted(extras["runtime"]) == sorted(RUNTIME_PINS)
 
 
 def test_build_flags_follow_the_cpu_flags():
-    from sft_router.runtime import PORTABLE, build_flags
+    from sft_router.modeling.llama_runtime import PORTABLE, build_flags
 
     epyc = {"sse4_2", "avx", "avx2", "fma", "f16c"}
     xeon = epyc | {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16"}
@@ -57,7 +57,7 @@ def runtime(tiny_run):
     reason = os.environ.get("SFT_ROUTER_RUNTIME_UNAVAILABLE")
     if reason:
         pytest.skip(reason)
-    from sft_router.runtime import require_runtime
+    from sft_router.modeling.llama_runtime import require_runtime
 
     return require_runtime()
 
@@ -117,7 +117,7 @@ def hf_last_logits(merged, prompt: str):
 
 
 def test_prompt_token_ids_equal_transformers(runtime, tiny_run, merged, prompts):
-    from sft_router.runtime import load_gguf, prompt_ids
+    from sft_router.modeling.llama_runtime import load_gguf, prompt_ids
 
     llm = load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
     for prompt in prompts:
@@ -137,8 +137,8 @@ def near_tie(merged, prompt: str, ours: list[int], theirs: list[int], margin: fl
 
 
 def test_f16_greedy_tokens_equal_transformers(runtime, tiny_run, f16_gguf, merged, prompts, hf_answers):
-    from sft_router.context_length import gguf_context_length
-    from sft_router.runtime import greedy_ids, load_gguf, prompt_ids
+    from sft_router.modeling.context_length import gguf_context_length
+    from sft_router.modeling.llama_runtime import greedy_ids, load_gguf, prompt_ids
 
     llm = load_gguf(f16_gguf, n_ctx=gguf_context_length(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf"))  # no manifest
     answers = [greedy_ids(llm, prompt_ids(llm, prompt), MAX_NEW_TOKENS) for prompt in prompts[: len(hf_answers)]]
@@ -152,7 +152,7 @@ def test_f16_greedy_tokens_equal_transformers(runtime, tiny_run, f16_gguf, merge
 def test_q8_logits_within_tolerance_and_greedy_mostly_equal(runtime, tiny_run, merged, prompts, hf_answers):
     import numpy as np
 
-    from sft_router.runtime import greedy_ids, load_gguf, prompt_ids
+    from sft_router.modeling.llama_runtime import greedy_ids, load_gguf, prompt_ids
 
     llm = load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf", logits_all=True)
     for prompt in prompts:
@@ -166,7 +166,7 @@ def test_q8_logits_within_tolerance_and_greedy_mostly_equal(runtime, tiny_run, m
 
 
 def test_reusing_the_cached_system_prefix_changes_no_answer(runtime, tiny_run, prompts):
-    from sft_router.runtime import complete, load_gguf, prompt_ids
+    from sft_router.modeling.llama_runtime import complete, load_gguf, prompt_ids
 
     llm = load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
     fresh = [complete(llm, p, MAX_NEW_TOKENS, reuse_prefix=False) for p in prompts[:REUSE_PROMPTS]]
@@ -181,7 +181,7 @@ def test_reusing_the_cached_system_prefix_changes_no_answer(runtime, tiny_run, p
 
 @pytest.mark.parametrize("variant", ["gguf", "gguf_grammar"])
 def test_eval_scores_the_gguf_with_the_shared_scorer(runtime, tiny_run, variant):
-    from sft_router.scoring import score
+    from sft_router.evaluation.scoring import score
 
     eval_dir = tiny_run / "runs/tiny/eval"
     metrics = json.loads((eval_dir / variant / "metrics.json").read_text())
@@ -219,10 +219,10 @@ def test_scene_order_evaluates_each_prefix_once_and_changes_no_answer(
 ):
     from llama_cpp import LlamaGrammar
 
-    from sft_router.gguf_eval import gguf_outputs
-    from sft_router.grammar import build_grammar
-    from sft_router.prompts import prompt_set, render_prompts, scenes
-    from sft_router.runtime import complete, load_gguf, prompt_ids
+    from sft_router.evaluation.gguf_eval import gguf_outputs
+    from sft_router.evaluation.grammar import build_grammar
+    from sft_router.modeling.llama_runtime import complete, load_gguf, prompt_ids
+    from sft_router.modeling.prompts import prompt_set, render_prompts, scenes
 
     llm = load_gguf(tiny_run / "runs/tiny/gguf/tiny-Q8_0.gguf")
     prompts = render_prompts(merged[1], scene_rows)
@@ -252,7 +252,7 @@ def test_swa_full_keeps_the_window_a_reused_prefix_needs(runtime, tiny_run, prom
     swa_full their cache is a ring of about window + n_ubatch cells that a long context wraps; shrunk here (a 16-token
     window, 32-token ubatches: 256 cells) so that one tiny prompt wraps it: after the longest prompt, another one
     (sharing the static instructions only) is to reuse its prefix."""
-    from sft_router.runtime import complete, prompt_ids
+    from sft_router.modeling.llama_runtime import complete, prompt_ids
 
     longest = max(prompts, key=len)
     other = next(p for p in prompts if p != longest)

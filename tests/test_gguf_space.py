@@ -10,8 +10,8 @@ import socket
 
 import pytest
 
-from sft_router.errors import UsageError
-from sft_router.gguf_space import call_process_model, manual_steps, space_repo_id
+from sft_router.core.errors import UsageError
+from sft_router.release.gguf_space import call_process_model, manual_steps, space_repo_id
 
 
 def closed_port() -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from sft_router import data, data_checks
-from sft_router.errors import UsageError
+from sft_router import data
+from sft_router.core.errors import UsageError
+from sft_router.datagen import checks as data_checks
 
 
 def row(user: str, template: str = "", values: str = "{}") -> dict:

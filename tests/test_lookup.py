@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sft_router.lookup import FALLBACK_REPLY, LookupRouter
+from sft_router.evaluation.lookup import FALLBACK_REPLY, LookupRouter
 
 
 def call_row(user: str, tool: str, said: dict, arguments: dict) -> dict:

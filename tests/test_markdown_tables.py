@@ -3,8 +3,8 @@ intervals (real `score` output, never hand-written keys) in a cell."""
 
 import pytest
 
-from sft_router.markdown_tables import markdown_table, metric_cell, number_cell, percent_cell, span_cell
-from sft_router.scoring import score
+from sft_router.evaluation.markdown_tables import markdown_table, metric_cell, number_cell, percent_cell, span_cell
+from sft_router.evaluation.scoring import score
 
 CALL = '{"tool_name": "set_alarm", "arguments": {"time": "7点"}}'
 WRONG = '{"tool_name": "set_alarm", "arguments": {"time": "8点"}}'

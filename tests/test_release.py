@@ -33,9 +33,9 @@ def test_gguf_names_its_hub_base_model_when_the_recipe_has_one(tiny_run, tmp_pat
     the tiny merged model with that recipe's card metadata)."""
     from gguf import GGUFReader
 
-    from sft_router.cards import converter_metadata
-    from sft_router.config import parse_recipe
+    from sft_router.core.config import parse_recipe
     from sft_router.gguf import convert_to_gguf
+    from sft_router.release.card_rendering import converter_metadata
 
     monkeypatch.chdir(tiny_run)
     (recipe,) = parse_recipe(["--config", "recipes/gemma-3-270m-it/router.yaml"])
@@ -57,8 +57,8 @@ def test_tiny_cards_name_the_real_base_and_the_adapter_no_local_path(tiny_run):
 
 
 def test_demo_card_names_the_pretrained_base_from_pypi(tiny_run, monkeypatch):
-    from sft_router.cards import base_model_text
-    from sft_router.config import parse_recipe
+    from sft_router.core.config import parse_recipe
+    from sft_router.release.card_rendering import base_model_text
 
     monkeypatch.chdir(tiny_run)
     (recipe,) = parse_recipe(["--config", "recipes/gemma-3-270m-demo/router.yaml"])
@@ -67,7 +67,7 @@ def test_demo_card_names_the_pretrained_base_from_pypi(tiny_run, monkeypatch):
 
 
 def test_cards_show_the_prompt_without_bos_link_the_terms_and_name_the_converter_commit(tiny_run):
-    from sft_router.runtime import llama_cpp_commit
+    from sft_router.modeling.llama_runtime import llama_cpp_commit
 
     staged = tiny_run / STAGED
     model_card, gguf_card = (staged / name / "README.md" for name in ("tiny-router", "tiny-router-GGUF"))

@@ -8,10 +8,8 @@ import json
 import pytest
 from conftest import ROOT
 
-from sft_router.catalog import load_catalog
-from sft_router.errors import UsageError
-from sft_router.families import GEMMA3
-from sft_router.router_format import (
+from sft_router.core.errors import UsageError
+from sft_router.core.router_format import (
     load_system_prompt,
     render_call,
     render_system_prompt,
@@ -19,6 +17,8 @@ from sft_router.router_format import (
     split_prompt,
     tools_in_prompt,
 )
+from sft_router.datagen.catalog import load_catalog
+from sft_router.modeling.families import GEMMA3
 
 TEMPLATE = ROOT / "recipes/gemma-3-270m-it/system_prompt.txt"
 CATALOG = ROOT / "recipes/gemma-3-270m-it/catalog.yaml"

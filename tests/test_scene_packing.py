@@ -8,10 +8,10 @@ import pytest
 from conftest import TINY, copy_recipe, make_workspace
 
 from sft_router import data, train
-from sft_router.config import parse_recipe
-from sft_router.errors import UsageError
-from sft_router.models import load_base_model, load_tokenizer
-from sft_router.scene_packing import SceneSampler, pack_scene, packing_collator
+from sft_router.core.config import parse_recipe
+from sft_router.core.errors import UsageError
+from sft_router.modeling.loading import load_base_model, load_tokenizer
+from sft_router.modeling.scene_packing import SceneSampler, pack_scene, packing_collator
 
 SHORT = "Call one of these tools, or reply:\n{tools}\n"
 
@@ -94,7 +94,7 @@ def assert_exact(packed, padded) -> None:
 
 @pytest.fixture(scope="module")
 def train_rows(workspace_recipe):
-    from sft_router.catalog import load_split
+    from sft_router.datagen.catalog import load_split
 
     return [dict(row) for row in load_split(workspace_recipe, "train")]
 
@@ -191,7 +191,7 @@ def test_generated_scenes_pack_one_sequence_each(workspace_recipe, train_rows):
 
 def test_qwen3_packed_scenes_match_rows_one_by_one(qwen3_recipe):
     """The second family: Qwen3 takes the mask of its one layer type (`full_attention`) and position_ids."""
-    from sft_router.catalog import load_split
+    from sft_router.datagen.catalog import load_split
 
     rows = scene_rows([dict(row) for row in load_split(qwen3_recipe, "train")], (4, 3, 1))
     packed = loss_and_grads(trainer_for(qwen3_recipe, rows, True))

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sft_router import evaluate
-from sft_router.errors import UsageError
+from sft_router.core.errors import UsageError
 from sft_router.evaluate import read_jsonl_texts, score_files
 
 CALL = '{"tool_name": "set_timer", "arguments": {"duration_minutes": 10}}'

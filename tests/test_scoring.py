@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sft_router.scoring import (
+from sft_router.evaluation.scoring import (
     SEED_KEYS,
     bootstrap_interval,
     metric_definitions,

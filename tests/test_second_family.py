@@ -18,7 +18,7 @@ from test_chat_template import openai_tools
 from test_gguf_modelfile import go_render
 from test_publish import online  # noqa: F401 (a fixture: these tests read the loopback Hub)
 
-from sft_router.families import QWEN3
+from sft_router.modeling.families import QWEN3
 
 RECIPE = "recipes/tiny-qwen3/router.yaml"
 RUN = "runs/tiny-qwen3"
@@ -52,7 +52,7 @@ def test_rows(qwen3_run):
 
 @pytest.fixture(scope="module")
 def llm(qwen3_run):
-    from sft_router.runtime import load_gguf
+    from sft_router.modeling.llama_runtime import load_gguf
 
     return load_gguf(qwen3_run / RUN / "gguf/tiny-qwen3-Q8_0.gguf", n_ctx=4096)
 
@@ -75,7 +75,7 @@ def test_the_gguf_carries_chatml_and_answers_in_it(qwen3_run, test_rows, llm):
     from transformers import AutoTokenizer
 
     from sft_router.gguf import describe_gguf
-    from sft_router.runtime import complete, greedy_ids, prompt_ids
+    from sft_router.modeling.llama_runtime import complete, greedy_ids, prompt_ids
     from sft_router.serve import render_chat
 
     facts = describe_gguf(qwen3_run / RUN / "gguf/tiny-qwen3-Q8_0.gguf")
@@ -110,7 +110,7 @@ def test_ollamas_template_renders_the_test_prompts_as_chatml(qwen3_run, test_row
 def test_make_serve_answers_tool_calls(qwen3_run, test_rows, tmp_path):
     from test_serve import _wait_for
 
-    from sft_router.config import parse_recipe
+    from sft_router.core.config import parse_recipe
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -23,7 +23,7 @@ from test_chat_template import openai_tools
 def served(tiny_run, tmp_path_factory):
     """The server of `make serve` on a free port, run from the tiny workspace; yields (base_url, recipe, test rows,
     workspace)."""
-    from sft_router.config import parse_recipe
+    from sft_router.core.config import parse_recipe
 
     old = os.getcwd()
     os.chdir(tiny_run)
@@ -84,7 +84,7 @@ def served_context(ws) -> int:
 
 @pytest.fixture(scope="module")
 def llm(served):
-    from sft_router.runtime import load_gguf
+    from sft_router.modeling.llama_runtime import load_gguf
 
     return load_gguf(served[3] / "runs/tiny/gguf/tiny-Q8_0.gguf")  # with the context make gguf chose
 
@@ -93,8 +93,8 @@ def raw_answer(llm, served, row, calls_only: bool) -> str:
     """The GGUF's greedy answer to the row's training prompt, straight from the runtime."""
     from llama_cpp import LlamaGrammar
 
-    from sft_router.grammar import build_grammar
-    from sft_router.runtime import complete
+    from sft_router.evaluation.grammar import build_grammar
+    from sft_router.modeling.llama_runtime import complete
     from sft_router.serve import render_chat
 
     system = row["prompt"][0]["content"]
@@ -171,7 +171,7 @@ def test_a_reply_comes_back_as_content_without_tool_calls(llm, served):
 
 
 def test_tool_choice_sets_the_decoding_grammar():
-    from sft_router.router_format import render_tool
+    from sft_router.core.router_format import render_tool
     from sft_router.serve import decoding_grammar
 
     tools = [{"type": "function", "function": {"name": name, "description": "d", "parameters": {"type": "object"}}}
@@ -198,7 +198,7 @@ def message_fields(message: dict) -> tuple:
 def test_requests_with_the_same_tools_reuse_the_prefix_and_answer_as_fresh_decoding(llm, served):
     """An agent's requests: one system prompt and toolset, a new message each. route_chat evaluates only what a
     request does not share with the last one, and every answer equals decoding its prompt from an empty cache."""
-    from sft_router.runtime import complete, prompt_ids
+    from sft_router.modeling.llama_runtime import complete, prompt_ids
     from sft_router.serve import openai_message, render_chat, route_chat
 
     _, recipe, rows, ws = served

@@ -138,7 +138,7 @@ def test_a_hostile_request_gets_openais_error_and_the_next_good_one_an_answer(se
 
 def test_a_prompt_filling_the_context_leaves_max_tokens_its_room(served, good):  # noqa: F811
     """max_tokens up to the room the prompt leaves is answered (a default never runs past the context)."""
-    from sft_router.runtime import load_gguf, prompt_ids
+    from sft_router.modeling.llama_runtime import load_gguf, prompt_ids
     from sft_router.serve import chat_prompt
 
     n_ctx = served_context(served[3])
@@ -193,7 +193,7 @@ def test_the_queue_refuses_past_its_bound_with_503_and_retry_after():
     answered, one waiting), the third is refused; once they are answered, the next is taken again."""
     import anyio
 
-    from sft_router.serve_gate import RequestGate
+    from sft_router.release.serve_gate import RequestGate
 
     async def model(scope, receive, send):
         await release.wait()
@@ -231,7 +231,7 @@ def test_serve_refuses_to_listen_beyond_loopback_without_a_key():
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost", "127.0.0.2"])
 def test_loopback_needs_no_key_and_the_environment_gives_one(host, monkeypatch):
-    from sft_router.errors import UsageError
+    from sft_router.core.errors import UsageError
     from sft_router.serve import ServeCommand, serving_key
 
     monkeypatch.delenv("SFT_ROUTER_API_KEY", raising=False)

@@ -1,6 +1,6 @@
 """Stages that cannot lose a finished result, and stale means rerun: atomic replacement, leftovers of dead runs,
 incomplete checkpoints, the per-stage input fingerprints that make compares, and the Makefile wired as the stage
-registry (sft_router.stages) says."""
+registry (sft_router.core.stages) says."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY, copy_recipe
 
-from sft_router import run, train
-from sft_router.config import parse_recipe
-from sft_router.run import fingerprint, stage_output, write_fingerprints
-from sft_router.stages import COMMANDS, STAGES
+from sft_router import train
+from sft_router.core import run_folder as run
+from sft_router.core.config import parse_recipe
+from sft_router.core.run_folder import fingerprint, stage_output, write_fingerprints
+from sft_router.core.stages import COMMANDS, STAGES
 
 
 @pytest.fixture
@@ -206,7 +207,7 @@ def make(workspace: Path, target: str) -> list[str]:
     """`make <target>` for the recipe tiny/router.yaml with stand-in stages; returns the stages it ran."""
     stand_in = workspace / "stage.sh"
     stand_in.write_text(
-        f'#!/bin/sh\nif [ "$2" = sft_router.run ]; then exec {sys.executable} "$@"; fi\n'
+        f'#!/bin/sh\nif [ "$2" = sft_router.core.run_folder ]; then exec {sys.executable} "$@"; fi\n'
         'stage=$(echo "$2" | sed "s/sft_router.//; s/^train$/adapter/; s/^data$/dataset/")\n'
         'echo "$stage" >> stages.log\nmkdir -p runs/tiny/$stage\n'
         'printf \'{"fingerprint": "%s"}\' $(cat runs/tiny/.inputs/$stage.sha256) > runs/tiny/$stage/manifest.json\n'
@@ -260,7 +261,9 @@ def makefile_rules(text: str) -> dict[str, Rule]:
 
 def launched(line: str) -> str:
     """The train line's accelerate variant, read as the `$(PY) -m` line it falls back to (the same module)."""
-    return re.sub(r"\$\(if \$\(ACCELERATE_CONFIG\),[^,]* -m (sft_router\.\w+),\$\(PY\) -m \1\)", r"$(PY) -m \1", line)
+    return re.sub(
+        r"\$\(if \$\(ACCELERATE_CONFIG\),[^,]* -m (sft_router\.[\w.]+),\$\(PY\) -m \1\)", r"$(PY) -m \1", line
+    )
 
 
 def stage_misfits(rules: dict[str, Rule], stage) -> list[str]:
@@ -312,7 +315,7 @@ def command_misfits(rules: dict[str, Rule], command) -> list[str]:
 
 
 def runs(rule: Rule, module: str) -> bool:
-    return any(re.search(rf"\$\(PY\) -m sft_router\.{module}\b", line) for line in rule.recipe)
+    return any(re.search(rf"\$\(PY\) -m sft_router\.{re.escape(module)}\b", line) for line in rule.recipe)
 
 
 def makefile_misfits(text: str) -> list[str]:
@@ -321,7 +324,7 @@ def makefile_misfits(text: str) -> list[str]:
     misfits = [m for stage in STAGES.values() for m in stage_misfits(rules, stage)]
     misfits += [m for command in COMMANDS for m in command_misfits(rules, command)]
     run_modules = {
-        m for rule in rules.values() for line in rule.recipe for m in re.findall(r"-m sft_router\.(\w+)", line)
+        m for rule in rules.values() for line in rule.recipe for m in re.findall(r"-m sft_router\.([\w.]+)", line)
     }
     registered = {stage.module for stage in STAGES.values()} | {command.module for command in COMMANDS}
     misfits += [

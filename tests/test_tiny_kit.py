@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sft_router.base_models import resolve_base_model
+from sft_router.modeling.base_models import resolve_base_model
 
 SAMPLE = '帮我查一下今天的日程 {"tool_name": "get_calendar_events", "arguments": {"date": "今天"}} Remind me at 3pm'
 

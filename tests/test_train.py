@@ -6,7 +6,7 @@ import pytest
 from conftest import TINY
 
 from sft_router import data
-from sft_router.config import parse_recipe
+from sft_router.core.config import parse_recipe
 from sft_router.train import build_trainer
 
 

@@ -9,7 +9,7 @@ import torch
 from conftest import TINY, copy_recipe, make_workspace
 
 from sft_router import data, train
-from sft_router.config import parse_recipe
+from sft_router.core.config import parse_recipe
 
 
 def short_prompt_recipe(ws, replace: dict[str, str] | None = None):

@@ -13,7 +13,7 @@ from conftest import TINY, copy_recipe, make_workspace
 from test_train_loss import short_prompt_recipe
 
 from sft_router import data, merge, train
-from sft_router.config import parse_recipe
+from sft_router.core.config import parse_recipe
 
 STEPS = ["--max_steps", "4", "--save_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "2"]
 ROWS = ["--num_train", "8", "--num_validation", "1", "--num_test", "1"]
@@ -129,7 +129,7 @@ def test_full_fine_tuning_by_one_switch_trains_and_merge_saves_it(in_folder):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from sft_router.base_models import resolve_base_model
+    from sft_router.modeling.base_models import resolve_base_model
 
     def full_run(ws):
         recipe = short_prompt_recipe(ws, {"use_peft: true": "use_peft: false"})

@@ -12,9 +12,12 @@ from collections import Counter
 import pytest
 from conftest import ROOT, TINY, copy_recipe, make_workspace
 
-from sft_router import evaluate, models, runtime, variants
-from sft_router.config import parse_recipe
-from sft_router.prompts import NEW_TOKENS_SLACK, prompt_set
+from sft_router import evaluate
+from sft_router.core.config import parse_recipe
+from sft_router.evaluation import variants
+from sft_router.modeling import llama_runtime as runtime
+from sft_router.modeling import loading as models
+from sft_router.modeling.prompts import NEW_TOKENS_SLACK, prompt_set
 
 
 def test_the_token_cap_follows_the_longest_target_and_rows_without_one_take_the_limit():

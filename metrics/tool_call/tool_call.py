@@ -1,8 +1,8 @@
-"""`evaluate` module for router outputs: a thin wrapper over sft_router.scoring, so every caller scores alike.
+"""`evaluate` module for router outputs: a thin wrapper over sft_router.evaluation.scoring, so every caller scores alike.
 
 Each prediction is a raw model output; each reference is the expected tool call (JSON or Python-dict
 text with `tool_name` and `arguments`) or the expected reply (any other text). `compute` returns exactly
-what `sft_router.scoring.score` returns as metrics: the seed's keys first, then strict/lenient JSON
+what `sft_router.evaluation.scoring.score` returns as metrics: the seed's keys first, then strict/lenient JSON
 validity, no-call, false-call and missed-call rates, bootstrap 95% intervals, per-tool scores and the
 confusion table. The scoring module's docstring says how each one is computed. Needs `sft_router`
 importable (`pip install -e .` in this repository).
@@ -13,7 +13,7 @@ Usage: evaluate.load("metrics/tool_call").compute(predictions=[...], references=
 import datasets
 import evaluate
 
-from sft_router import scoring
+from sft_router.evaluation import scoring
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -21,7 +21,7 @@ Args:
     references: list of str, the expected call text or reply, paired with predictions by position.
 Returns:
     dict: exact_match_rate, tool_name_accuracy, average_argument_precision, average_argument_recall,
-    average_argument_f1, total_samples, then the extra metrics of sft_router.scoring.aggregate.
+    average_argument_f1, total_samples, then the extra metrics of sft_router.evaluation.scoring.aggregate.
 Examples:
     >>> tool_call = evaluate.load("metrics/tool_call")
     >>> tool_call.compute(predictions=['output：{"tool_name": "a", "arguments": {}}'],

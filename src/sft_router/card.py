@@ -1,4 +1,5 @@
-"""The card stage: render the model, GGUF and dataset cards (sft_router.cards) with the run's numbers and save them.
+"""The card stage: render the model, GGUF and dataset cards (sft_router.release.card_rendering) with the run's numbers
+and save them.
 
 Usage: python -m sft_router.card --config recipes/tiny/router.yaml
        (writes runs/<name>/card/README.md, runs/<name>/card/gguf/README.md and runs/<name>/card/dataset/README.md)
@@ -8,10 +9,16 @@ from __future__ import annotations
 
 import time
 
-from sft_router.cards import read_metrics, render_dataset_card, render_gguf_card, render_model_card, save_card
-from sft_router.config import parse_recipe
-from sft_router.errors import one_line_errors
-from sft_router.run import stage_output
+from sft_router.core.config import parse_recipe
+from sft_router.core.errors import one_line_errors
+from sft_router.core.run_folder import stage_output
+from sft_router.release.card_rendering import (
+    read_metrics,
+    render_dataset_card,
+    render_gguf_card,
+    render_model_card,
+    save_card,
+)
 
 
 @one_line_errors

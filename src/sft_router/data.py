@@ -2,13 +2,13 @@
 
 Each row is a TRL conversational prompt-completion pair: the system prompt listing the shown tools
 (the seed's format) and the user message, then the target, either one JSON tool call or a reply, labelled by the
-rules written at the top of the catalog. Rows come in scenes (sft_router.scenes): `scene_size` requests of mixed
-kinds against one system prompt and tool list, a scene's rows together and named by their `scene` column. Train,
+rules written at the top of the catalog. Rows come in scenes (sft_router.datagen.scenes): `scene_size` requests of
+mixed kinds against one system prompt and tool list, a scene's rows together and named by their `scene` column. Train,
 validation and test use disjoint paraphrase families (the last fifth of each tool's families is test, the one
 before them validation) and disjoint no-call items; a third of each value pool beyond its most common entries never
 appears in train; the catalog's `unseen_tools` are left out of train, validation and test and make up the
 `test_unseen` split; a share of train rows calls procedurally generated tools. `function_share` of train, validation and test rows are
-scenes of BFCL-style functions (sft_router.functions: typed arguments in English prose), the other rows keeping
+scenes of BFCL-style functions (sft_router.datagen.functions: typed arguments in English prose), the other rows keeping
 the catalog's mix; the `test_procedural` split calls only functions of domains no other split shows.
 Messages get seeded noise (typos, fillers, politeness, curt forms, context, mixed languages, numbers as words,
 corrections) at the recipe's rates. Every row is checked (schema, tool in prompt, replies, no leak, its tokens under
@@ -26,7 +26,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sft_router.catalog import (
+from sft_router.core.config import parse_recipe
+from sft_router.core.errors import UsageError, one_line_errors
+from sft_router.core.router_format import (
+    load_system_prompt,
+    tools_in_prompt,
+)
+from sft_router.core.run_folder import stage_output
+from sft_router.datagen.catalog import (
     ARGUMENT_TYPES,
     CALL_KINDS,
     KINDS,
@@ -36,19 +43,12 @@ from sft_router.catalog import (
     Catalog,
     load_catalog,
 )
-from sft_router.config import parse_recipe
-from sft_router.context_length import check_row_lengths
-from sft_router.data_checks import TrainMessages, assert_no_leaks, check_leaks, check_rows
-from sft_router.errors import UsageError, one_line_errors
-from sft_router.functions import FAMILY as FUNCTION_FAMILY
-from sft_router.functions import load_functions
-from sft_router.generator import Generator
-from sft_router.noise import RULES
-from sft_router.router_format import (
-    load_system_prompt,
-    tools_in_prompt,
-)
-from sft_router.run import stage_output
+from sft_router.datagen.checks import TrainMessages, assert_no_leaks, check_leaks, check_rows
+from sft_router.datagen.functions import FAMILY as FUNCTION_FAMILY
+from sft_router.datagen.functions import load_functions
+from sft_router.datagen.generator import Generator
+from sft_router.datagen.noise import RULES
+from sft_router.modeling.context_length import check_row_lengths
 
 RATES = (
     "no_call_share",
@@ -250,7 +250,7 @@ def write_dataset(splits: dict[str, list[dict]], out: Path, digest: str | None =
 def longest_row_tokens(recipe, splits: dict[str, list[dict]]) -> int:
     """Tokens of the longest row under the recipe's tokenizer and chat template; a row past `max_length` fails the
     build before anything is written (training would silently cut its answer)."""
-    from sft_router.models import load_tokenizer
+    from sft_router.modeling.loading import load_tokenizer
 
     max_length = recipe.training.max_length or float("inf")  # max_length: null truncates nothing
     return check_row_lengths(load_tokenizer(recipe), splits, max_length, recipe.path)

@@ -1,19 +1,19 @@
 """Score the base model, the fine-tuned model and the no-model lookup on every evaluated split, side by side.
 
-The recipe's `eval_splits` names the splits (`test` first; see sft_router.eval_data). The test split's variants
-(baseline, finetuned, the GGUF's and `lookup`, see sft_router.lookup) write runs/<name>/eval/<variant>/
-{metrics.json,predictions.jsonl}, where the cards and results tables read them; every other split writes
-runs/<name>/eval/<split>/<variant>/. The fine-tuned model is scored on every split as users run it, its GGUF under
-llama.cpp (`gguf`, `gguf_grammar`, see sft_router.gguf_eval); `finetuned`, the same model under transformers, on the
-test split only, where the share of answers identical to the GGUF's is the agreement figure (`gguf_agreement` in the
-manifest, a note in comparison.md); without a scored GGUF, `finetuned` covers every split. The variants
-(sft_router.variants) are built once and asked for every split and for BFCL, so no model is loaded twice. Then
-runs/<name>/eval/comparison.md (per split: a table of every variant with bootstrap intervals, per-tool F1 and
-confusion tables) and comparison.png (a bar chart of the test split). When the recipe sets `bfcl_categories`, BFCL v4
-is scored too (sft_router.bfcl, into runs/<name>/eval/bfcl/) and its table joins comparison.md. Generation
-(sft_router.models.generate) is batched greedy decoding with the KV cache, stopping at <end_of_turn>, scene by scene
-(rows sharing one system prompt): a scene's prompt prefix is prefilled once; `eval_batch_size` and
-`eval_max_new_tokens` come from the recipe.
+The recipe's `eval_splits` names the splits (`test` first; see sft_router.evaluation.eval_data). The test split's
+variants (baseline, finetuned, the GGUF's and `lookup`, see sft_router.evaluation.lookup) write
+runs/<name>/eval/<variant>/{metrics.json,predictions.jsonl}, where the cards and results tables read them; every other
+split writes runs/<name>/eval/<split>/<variant>/. The fine-tuned model is scored on every split as users run it, its
+GGUF under llama.cpp (`gguf`, `gguf_grammar`, see sft_router.evaluation.gguf_eval); `finetuned`, the same model under
+transformers, on the test split only, where the share of answers identical to the GGUF's is the agreement figure
+(`gguf_agreement` in the manifest, a note in comparison.md); without a scored GGUF, `finetuned` covers every split. The
+variants (sft_router.evaluation.variants) are built once and asked for every split and for BFCL, so no model is loaded
+twice. Then runs/<name>/eval/comparison.md (per split: a table of every variant with bootstrap intervals, per-tool F1
+and confusion tables) and comparison.png (a bar chart of the test split). When the recipe sets `bfcl_categories`, BFCL
+v4 is scored too (sft_router.evaluation.bfcl, into runs/<name>/eval/bfcl/) and its table joins comparison.md.
+Generation (sft_router.modeling.loading.generate) is batched greedy decoding with the KV cache, stopping at
+<end_of_turn>, scene by scene (rows sharing one system prompt): a scene's prompt prefix is prefilled once;
+`eval_batch_size` and `eval_max_new_tokens` come from the recipe.
 
 Usage: python -m sft_router.evaluate --config recipes/tiny/router.yaml
        python -m sft_router.evaluate --predictions PRED.jsonl --references REF.jsonl   (prints metrics JSON)
@@ -28,12 +28,12 @@ import sys
 import time
 from pathlib import Path
 
-from sft_router.errors import UsageError, one_line_errors
-from sft_router.eval_data import HEADLINE_SPLIT, load_eval_splits
-from sft_router.markdown_tables import markdown_table, metric_cell, number_cell
-from sft_router.prompts import PromptSet, prompt_set
-from sft_router.run import stage_output
-from sft_router.scoring import interval, label_order, metric_definitions, score, write_variant
+from sft_router.core.errors import UsageError, one_line_errors
+from sft_router.core.run_folder import stage_output
+from sft_router.evaluation.eval_data import HEADLINE_SPLIT, load_eval_splits
+from sft_router.evaluation.markdown_tables import markdown_table, metric_cell, number_cell
+from sft_router.evaluation.scoring import interval, label_order, metric_definitions, score, write_variant
+from sft_router.modeling.prompts import PromptSet, prompt_set
 
 # (metrics.json key, label) in the order the comparison table and chart show them.
 COMPARED = [
@@ -62,7 +62,7 @@ PREDICTION_FIELDS = ("text", "output")  # `output`: a predictions.jsonl written 
 REFERENCE_FIELDS = ("text", "expected")  # `expected`: a predictions.jsonl; a test-split row gives its completion
 LOOKUP_NOTE = (
     "`lookup` is no model: the nearest train messages (character n-grams) pick the tool and a dictionary of "
-    "train slot values fills the arguments (sft_router.lookup); what a model scores above it, it did not "
+    "train slot values fills the arguments (sft_router.evaluation.lookup); what a model scores above it, it did not "
     "recall from train."
 )
 
@@ -114,9 +114,9 @@ def score_variants(variants: dict, tokenizer, splits: dict[str, list[dict]], out
 def run_eval(recipe) -> dict[str, dict[str, dict]]:
     """Metrics by split, then by variant; the lookup is scored last, beside the models."""
     started = time.time()
-    from sft_router.bfcl import run_bfcl, selected_cases  # BFCL v4 with its checker, when the recipe asks
-    from sft_router.models import load_tokenizer
-    from sft_router.variants import build_variants
+    from sft_router.evaluation.bfcl import run_bfcl, selected_cases  # BFCL v4 with its checker, when the recipe asks
+    from sft_router.evaluation.variants import build_variants
+    from sft_router.modeling.loading import load_tokenizer
 
     adapter = recipe.stage_dir("adapter")
     if not (adapter / "manifest.json").is_file():
@@ -270,7 +270,7 @@ def _error_bar(metrics: dict, key: str) -> tuple[float, float]:
 def write_comparison(out: Path, by_split: dict[str, dict[str, dict]], notes: list[str] = (), bfcl: dict | None = None):
     """comparison.md over every split and variant scored (BFCL's table too, when it ran), and comparison.png of the
     test split."""
-    from sft_router.bfcl import bfcl_section
+    from sft_router.evaluation.bfcl import bfcl_section
 
     page = comparison_markdown(by_split, notes) + (f"\n{bfcl_section(bfcl)}" if bfcl else "")
     (out / "comparison.md").write_text(page, encoding="utf-8")
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     if "--predictions" in argv or "--references" in argv:
         score_files_main(argv)
         return
-    from sft_router.config import parse_recipe  # imports TRL: only the model path pays for it
+    from sft_router.core.config import parse_recipe  # imports TRL: only the model path pays for it
 
     (recipe,) = parse_recipe(argv)
     for split, results in run_eval(recipe).items():
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"arg_f1={metric_cell(metrics, 'average_argument_f1', missing=NA)}"
             )
     if recipe.eval.bfcl_categories:
-        from sft_router.bfcl import show
+        from sft_router.evaluation.bfcl import show
 
         show(recipe)
     print(f"comparison: {recipe.stage_dir('eval') / 'comparison.md'}")

@@ -16,12 +16,12 @@ import shutil
 import time
 from pathlib import Path
 
-from sft_router.config import parse_recipe
-from sft_router.context_length import context_length
-from sft_router.errors import UsageError, one_line_errors
-from sft_router.families import family_of
-from sft_router.run import FILE_TYPES, gguf_path, stage_output
-from sft_router.runtime import LLAMA_CPP_PYTHON, fetch_converter, llama_cpp_commit, run_pinned
+from sft_router.core.config import parse_recipe
+from sft_router.core.errors import UsageError, one_line_errors
+from sft_router.core.run_folder import FILE_TYPES, gguf_path, stage_output
+from sft_router.modeling.context_length import context_length
+from sft_router.modeling.families import family_of
+from sft_router.modeling.llama_runtime import LLAMA_CPP_PYTHON, fetch_converter, llama_cpp_commit, run_pinned
 
 
 def converter_input(merged: Path, staging: Path, card_metadata: str = "") -> Path:
@@ -36,7 +36,7 @@ def converter_input(merged: Path, staging: Path, card_metadata: str = "") -> Pat
             (staging / item.name).symlink_to(item.resolve())
     if card_metadata:
         (staging / "README.md").write_text(f"---\n{card_metadata}\n---\n")
-    from sft_router.models import added_tokens_decoder
+    from sft_router.modeling.loading import added_tokens_decoder
 
     config = json.loads((merged / "tokenizer_config.json").read_text())
     config["added_tokens_decoder"] = added_tokens_decoder(merged)
@@ -185,11 +185,11 @@ def check_gguf(path: Path, chat_template: str, outtype: str, family=None) -> dic
 def convert_locally(recipe, out: Path, facts: dict) -> None:
     """Every requested GGUF type from runs/<name>/merged, checked, plus Ollama's files beside them; the context the
     GGUF is run with (context_length) goes to the manifest as `n_ctx` and to Ollama's `num_ctx`."""
-    from sft_router.cards import converter_metadata
-    from sft_router.catalog import load_catalog
-    from sft_router.modelfile import write_ollama_files
-    from sft_router.models import load_tokenizer
-    from sft_router.router_format import published_system_prompt
+    from sft_router.core.router_format import published_system_prompt
+    from sft_router.datagen.catalog import load_catalog
+    from sft_router.modeling.loading import load_tokenizer
+    from sft_router.release.card_rendering import converter_metadata
+    from sft_router.release.ollama_files import write_ollama_files
 
     template = Path(recipe.training.chat_template_path).read_text()
     card_metadata = converter_metadata(recipe)
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     backend = os.environ.get("GGUF_BACKEND") or recipe.export.gguf_backend
     if backend == "space":
-        from sft_router.gguf_space import convert_on_space
+        from sft_router.release.gguf_space import convert_on_space
 
         convert_on_space(recipe)
         return

@@ -16,10 +16,10 @@ import shutil
 import time
 from pathlib import Path
 
-from sft_router.config import parse_recipe
-from sft_router.errors import UsageError, one_line_errors
-from sft_router.models import added_tokens_decoder, base_file
-from sft_router.run import stage_output
+from sft_router.core.config import parse_recipe
+from sft_router.core.errors import UsageError, one_line_errors
+from sft_router.core.run_folder import stage_output
+from sft_router.modeling.loading import added_tokens_decoder, base_file
 
 
 def save_tokenizer_files(tokenizer, recipe, out: Path) -> None:
@@ -39,8 +39,8 @@ def merge_adapter(recipe, out: Path) -> None:
     from peft import PeftModel
     from transformers import GenerationConfig
 
-    from sft_router.models import load_tokenizer, load_trained_model
-    from sft_router.prompts import stop_token_ids
+    from sft_router.modeling.loading import load_tokenizer, load_trained_model
+    from sft_router.modeling.prompts import stop_token_ids
 
     tokenizer = load_tokenizer(recipe)
     model = load_trained_model(recipe)

@@ -32,7 +32,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sft_router.cards import (
+from sft_router.core.config import namespace, parse_recipe, repo_ids
+from sft_router.core.errors import UsageError, network_errors, one_line_errors
+from sft_router.core.router_format import load_system_prompt, published_system_prompt
+from sft_router.core.run_folder import git_commit, stage_output
+from sft_router.datagen.catalog import load_catalog
+from sft_router.release.card_rendering import (
     adapter_base,
     read_metrics,
     render_dataset_card,
@@ -40,11 +45,6 @@ from sft_router.cards import (
     render_model_card,
     save_card,
 )
-from sft_router.catalog import load_catalog
-from sft_router.config import namespace, parse_recipe, repo_ids
-from sft_router.errors import UsageError, network_errors, one_line_errors
-from sft_router.router_format import load_system_prompt, published_system_prompt
-from sft_router.run import git_commit, stage_output
 
 MODEL_FILES = (
     "model.safetensors",

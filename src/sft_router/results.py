@@ -15,11 +15,11 @@ import json
 import re
 from pathlib import Path
 
-from sft_router.bfcl import bfcl_table, read_bfcl
-from sft_router.cards import split_exact_match_table
-from sft_router.markdown_tables import markdown_table, metric_cell
-from sft_router.run import read_manifest
-from sft_router.stages import STAGES
+from sft_router.core.run_folder import read_manifest
+from sft_router.core.stages import STAGES
+from sft_router.evaluation.bfcl import bfcl_table, read_bfcl
+from sft_router.evaluation.markdown_tables import markdown_table, metric_cell
+from sft_router.release.card_rendering import split_exact_match_table
 
 METRICS = (
     ("exact_match_rate", "exact match"),

@@ -7,10 +7,10 @@ The handler renders the conversation with the GGUF's own chat template (the trai
 too. Decoding is greedy, as `make eval` scores it, whatever sampling the request asks for, and starts from the KV
 state of the last request: an agent repeats its system prompt and tools, so only the new messages are evaluated.
 `tool_choice="required"` constrains decoding to a call of a listed tool, a named function to a call of it, "none" to
-a reply (sft_router.grammar). A streamed request gets the finished answer in chunks: whether it is a call is known
-only once the JSON is complete. A request passes sft_router.serve_gate first, which answers a client's mistakes as the
-OpenAI API does (4xx, one line) and checks the rendered prompt against the context (check_prompt) before decoding.
-The server listens on loopback unless given a key (serving_key).
+a reply (sft_router.evaluation.grammar). A streamed request gets the finished answer in chunks: whether it is a call is
+known only once the JSON is complete. A request passes sft_router.release.serve_gate first, which answers a client's
+mistakes as the OpenAI API does (4xx, one line) and checks the rendered prompt against the context (check_prompt)
+before decoding. The server listens on loopback unless given a key (serving_key).
 
 Usage: python -m sft_router.serve --config recipes/tiny/router.yaml [--port 8000] [--host 0.0.0.0 --api-key KEY]
        then: curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' -d '{...}'
@@ -25,9 +25,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from sft_router.config import parse_recipe
-from sft_router.errors import UsageError, one_line_errors
-from sft_router.run import gguf_path
+from sft_router.core.config import parse_recipe
+from sft_router.core.errors import UsageError, one_line_errors
+from sft_router.core.run_folder import gguf_path
 
 CHAT_FORMAT = "sft-router"
 MAX_NEW_TOKENS = 256
@@ -84,7 +84,7 @@ def render_chat(chat_template: str, messages: list[dict], tools: list[dict] | No
 
 def system_text(llama, prompt: str) -> str:
     """The rendered prompt's turn holding the system prompt and its tools, where the grammar reads them."""
-    from sft_router.runtime import gguf_family
+    from sft_router.modeling.llama_runtime import gguf_family
 
     return gguf_family(llama).system_turn_text(prompt)
 
@@ -122,9 +122,9 @@ def decoding_grammar(system_text: str, tools: list[dict] | None, tool_choice) ->
     """GBNF for OpenAI's tool_choice: "required" a call of a listed tool, a named function a call of that one,
     "none" a reply; "auto" (or nothing) leaves decoding free, as `make eval` scores it. A choice the tools cannot
     meet is the request's mistake (RequestError, a ValueError)."""
-    from sft_router.grammar import build_grammar
-    from sft_router.router_format import render_tool, tools_in_prompt
-    from sft_router.serve_gate import RequestError
+    from sft_router.core.router_format import render_tool, tools_in_prompt
+    from sft_router.evaluation.grammar import build_grammar
+    from sft_router.release.serve_gate import RequestError
 
     if tool_choice == "none":
         return build_grammar("")  # no tool listed: the grammar admits a reply only
@@ -159,8 +159,8 @@ def decoding_grammar(system_text: str, tools: list[dict] | None, tool_choice) ->
 def call_grammar(system_text: str) -> str:
     """The grammar of a call of the tools `system_text` lists; a schema llama.cpp's converter cannot read is the
     request's to fix."""
-    from sft_router.grammar import build_grammar
-    from sft_router.serve_gate import RequestError
+    from sft_router.evaluation.grammar import build_grammar
+    from sft_router.release.serve_gate import RequestError
 
     try:
         return build_grammar(system_text, calls_only=True)
@@ -173,13 +173,13 @@ def chat_prompt(llama, messages: list[dict], tools: list[dict] | None) -> str:
     is the request's mistake."""
     from jinja2 import TemplateError
 
-    from sft_router.serve_gate import RequestError
+    from sft_router.release.serve_gate import RequestError
 
     template = llama.metadata.get("tokenizer.chat_template")
     if not template:
         raise ValueError("the GGUF has no tokenizer.chat_template: convert it with `make gguf`")
     try:
-        from sft_router.runtime import gguf_family
+        from sft_router.modeling.llama_runtime import gguf_family
 
         return render_chat(template, messages, tools, gguf_family(llama).bos_token or "")
     except (TemplateError, TypeError) as exc:  # TypeError: a message the template cannot iterate (content null)
@@ -192,8 +192,8 @@ def check_prompt(llama, request: dict) -> dict:
     """The chat request with max_tokens bounded by the room its prompt leaves in the context (MAX_NEW_TOKENS at
     most when it gives none), checked before any decoding: llama.cpp fails a prompt past the context only inside
     llama_decode, after seconds of work. tool_choice is checked against the tools here too (its grammar)."""
-    from sft_router.runtime import prompt_ids
-    from sft_router.serve_gate import RequestError
+    from sft_router.modeling.llama_runtime import prompt_ids
+    from sft_router.release.serve_gate import RequestError
 
     prompt = chat_prompt(llama, request["messages"], request.get("tools"))
     used, context, wanted = len(prompt_ids(llama, prompt)), llama.n_ctx(), request.get("max_tokens")
@@ -220,7 +220,7 @@ def route_chat(*, llama, messages, tools=None, tool_choice=None, stream=False, m
     """llama-cpp-python chat handler: greedy answer, then OpenAI's message shape (a chunk stream if `stream`)."""
     from llama_cpp import LlamaGrammar
 
-    from sft_router.runtime import greedy_ids, prompt_ids
+    from sft_router.modeling.llama_runtime import greedy_ids, prompt_ids
 
     prompt = chat_prompt(llama, messages, tools)
     ids = prompt_ids(llama, prompt)
@@ -263,7 +263,7 @@ def router_proxy():
     have no `swa_full`, which prefix reuse across requests needs."""
     from llama_cpp.server.model import LlamaProxy
 
-    from sft_router.runtime import load_gguf
+    from sft_router.modeling.llama_runtime import load_gguf
 
     class RouterProxy(LlamaProxy):
         @staticmethod
@@ -277,14 +277,14 @@ def router_proxy():
 
 def create_app(recipe, command: ServeCommand):
     """The llama-cpp-python FastAPI app serving the recipe's GGUF with the router's chat handler, behind the
-    RequestGate (sft_router.serve_gate) that answers a client's mistakes as the OpenAI API does."""
+    RequestGate (sft_router.release.serve_gate) that answers a client's mistakes as the OpenAI API does."""
     from unittest import mock
 
     import llama_cpp.server.app as server
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
-    from sft_router.context_length import gguf_context_length
-    from sft_router.serve_gate import RequestGate
+    from sft_router.modeling.context_length import gguf_context_length
+    from sft_router.release.serve_gate import RequestGate
 
     api_key = serving_key(command)
     path = gguf_path(recipe, recipe.export.gguf_outtypes[0])
@@ -319,7 +319,7 @@ def create_app(recipe, command: ServeCommand):
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
-    from sft_router.runtime import require_runtime
+    from sft_router.modeling.llama_runtime import require_runtime
 
     recipe, command = parse_recipe(argv, extra=(ServeCommand,))
     require_runtime()

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from transformers.utils import ModelOutput
 
-from sft_router.config import parse_recipe
-from sft_router.errors import UsageError, one_line_errors
-from sft_router.models import load_base_model, load_tokenizer
-from sft_router.run import fingerprint, is_current, stage_output
+from sft_router.core.config import parse_recipe
+from sft_router.core.errors import UsageError, one_line_errors
+from sft_router.core.run_folder import fingerprint, is_current, stage_output
+from sft_router.modeling.loading import load_base_model, load_tokenizer
 
 # Logits held at once by the completion head: 2**26 fp32 values is 256 MiB, ~256 positions of Gemma's vocabulary.
 LOGITS_PER_CHUNK = 2**26
@@ -181,8 +181,8 @@ def add_completion_head(model) -> None:
 
 def scene_packing_trainer(base):
     """`base` (an SFTTrainer class) training on packed scenes: a scene's rows stay adjacent in every batch and
-    the `scene` column reaches the collator (see sft_router.scene_packing)."""
-    from sft_router.scene_packing import SceneSampler
+    the `scene` column reaches the collator (see sft_router.modeling.scene_packing)."""
+    from sft_router.modeling.scene_packing import SceneSampler
 
     class ScenePackingTrainer(base):
         def _set_signature_columns_if_needed(self):
@@ -239,7 +239,7 @@ def with_scenes(dataset):
         return None
     if SCENE in dataset.column_names:
         return dataset.select_columns(["prompt", "completion", SCENE])
-    from sft_router.prompts import system_prompt
+    from sft_router.modeling.prompts import system_prompt
 
     scenes = [system_prompt({"prompt": prompt}) for prompt in dataset["prompt"]]
     return dataset.select_columns(["prompt", "completion"]).add_column(SCENE, scenes)
@@ -257,7 +257,7 @@ def make_trainer(recipe, model, tokenizer, train_dataset, eval_dataset=None, tra
         eval_dataset = eval_dataset.select_columns(columns) if eval_dataset is not None else None
         collator = None
     else:
-        from sft_router.scene_packing import packing_collator
+        from sft_router.modeling.scene_packing import packing_collator
 
         trainer_class = scene_packing_trainer(trainer_class)
         train_dataset, eval_dataset = with_scenes(train_dataset), with_scenes(eval_dataset)
@@ -278,7 +278,7 @@ def build_trainer(recipe, callbacks=()):
     """The trainer of `make train`: seed first, then the recipe's base model and the run's dataset."""
     from transformers import set_seed
 
-    from sft_router.catalog import load_split
+    from sft_router.datagen.catalog import load_split
 
     set_seed(recipe.training.seed)
     validation = load_split(recipe, "validation") if recipe.training.eval_strategy != "no" else None

@@ -1,0 +1,1 @@
+"""What every stage reads: errors, the recipe, the run folder, the stage registry and the router's format."""

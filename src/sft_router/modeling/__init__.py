@@ -1,0 +1,3 @@
+"""Models: built-in base models and their families, loading, prompt rendering, scene packing, the context length and
+the llama.cpp runtime.
+"""
