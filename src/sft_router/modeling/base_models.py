@@ -158,30 +158,45 @@ def save_base_model(model, tokenizer, out: Path) -> None:
 
 @register("sft-router/tiny-gemma3", version=lambda: f"{TINY_KIT_VERSION}:{_corpus_text()}")
 def build_tiny_gemma3(out: Path) -> None:
-    import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    lines = [line for line in _corpus_text().splitlines() if line.strip()]
-    (out / "tokenizer.model").write_bytes(train_sentencepiece(lines))
-    tokenizer = tokenizer_from_sentencepiece(out / "tokenizer.model")
+    tokenizer = _tiny_tokenizer(out, GEMMA_PIECES, tokenizer_from_sentencepiece)
     config = Gemma3TextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        **TINY_SHAPE,
         num_hidden_layers=6,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
         query_pre_attn_scalar=32,
         sliding_window=512,
-        max_position_embeddings=4096,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
+    _save_seeded(Gemma3ForCausalLM, config, tokenizer, out)
+
+
+# The shape both tiny models share: a few hundred kilobytes of weights, one KV head, room for the full tool list.
+TINY_SHAPE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 32,
+    "max_position_embeddings": 4096,
+}
+
+
+def _tiny_tokenizer(out: Path, pieces: dict, tokenizer_from):
+    """A SentencePiece model trained on the recipe texts (with a family's special pieces), saved and loaded."""
+    lines = [line for line in _corpus_text().splitlines() if line.strip()]
+    (out / "tokenizer.model").write_bytes(train_sentencepiece(lines, pieces=pieces))
+    return tokenizer_from(out / "tokenizer.model")
+
+
+def _save_seeded(model_class, config, tokenizer, out: Path) -> None:
+    import torch
+
     torch.manual_seed(0)
-    model = Gemma3ForCausalLM(config)
-    save_base_model(model, tokenizer, out)
+    save_base_model(model_class(config), tokenizer, out)
 
 
 def qwen_tokenizer_from_sentencepiece(model_file: Path):
@@ -205,29 +220,19 @@ def qwen_tokenizer_from_sentencepiece(model_file: Path):
 
 @register("sft-router/tiny-qwen3", version=lambda: f"{TINY_KIT_VERSION}:qwen3:{_corpus_text()}")
 def build_tiny_qwen3(out: Path) -> None:
-    import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    lines = [line for line in _corpus_text().splitlines() if line.strip()]
-    (out / "tokenizer.model").write_bytes(train_sentencepiece(lines, pieces=QWEN_PIECES))
-    tokenizer = qwen_tokenizer_from_sentencepiece(out / "tokenizer.model")
+    tokenizer = _tiny_tokenizer(out, QWEN_PIECES, qwen_tokenizer_from_sentencepiece)
     config = Qwen3Config(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
+        **TINY_SHAPE,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=32,
-        max_position_embeddings=4096,
         tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id,
     )
-    torch.manual_seed(0)
-    model = Qwen3ForCausalLM(config)
-    save_base_model(model, tokenizer, out)
+    _save_seeded(Qwen3ForCausalLM, config, tokenizer, out)
 
 
 def sentencepiece_from_gguf(gguf_file: Path) -> bytes:
