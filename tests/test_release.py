@@ -39,8 +39,12 @@ def test_gguf_names_its_hub_base_model_when_the_recipe_has_one(tiny_run, tmp_pat
 
     monkeypatch.chdir(tiny_run)
     (recipe,) = parse_recipe(["--config", "recipes/gemma-3-270m-it/router.yaml"])
+    recipe.stage_dir("merged").parent.mkdir(parents=True, exist_ok=True)
+    recipe.stage_dir("merged").symlink_to(tiny_run / "runs/tiny/merged")  # the card reads the family from it
     out = tmp_path / "published.gguf"
-    convert_to_gguf(tiny_run / "runs/tiny/merged", out, "q8_0", converter_metadata(recipe))
+    metadata = converter_metadata(recipe)
+    recipe.stage_dir("merged").unlink()
+    convert_to_gguf(tiny_run / "runs/tiny/merged", out, "q8_0", metadata)
     fields = {k: f.contents() for k, f in GGUFReader(str(out)).fields.items() if k.startswith("general.")}
     assert fields["general.name"] == "gemma-3-270m-it-router" and fields["general.basename"] == "gemma-3-270m-it"
     assert fields["general.base_model.0.repo_url"] == "https://huggingface.co/google/gemma-3-270m-it"

@@ -71,6 +71,18 @@ def test_every_stage_finishes_and_the_repos_reach_the_hub(qwen3_run, online):  #
     assert {"tiny-qwen3-Q8_0.gguf", "template", "params", "system", "Modelfile", "README.md"} <= files
 
 
+def test_the_cards_name_qwen3s_licence_terms_and_turns_not_gemmas(qwen3_run):
+    from huggingface_hub import ModelCard
+
+    from sft_router.modeling.families import QWEN3
+
+    for path in ("card/README.md", "card/gguf/README.md"):
+        card = ModelCard.load(qwen3_run / RUN / path)
+        assert card.data.license == "apache-2.0" and "qwen3" in card.data.tags and "gemma3" not in card.data.tags
+        assert f"[{QWEN3.terms_name}]({QWEN3.terms_url})" in card.text and "Gemma Terms" not in card.text
+        assert "<|im_start|>assistant" in card.text and "<start_of_turn>" not in card.text
+
+
 def test_the_gguf_carries_chatml_and_answers_in_it(qwen3_run, test_rows, llm):
     from transformers import AutoTokenizer
 

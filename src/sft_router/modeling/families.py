@@ -43,6 +43,12 @@ class Family:
     ]  # boolean GGUF keys the converter leaves out for the family, written after
     scene_packing: bool  # attention takes a boolean mask per layer type (`full_attention`, ...) and position_ids
     ollama_messages: str  # Ollama's Go template for the messages; modelfile.py adds its "trim" definitions
+    # What the cards say of the base: the Hub's `license` id, the family's tag, the terms a derivative falls under
+    # (model_card/partials/turns/<name>.md shows its prompt format).
+    hub_license: str
+    display_name: str
+    terms_name: str
+    terms_url: str
 
     @property
     def stop_token(self) -> str:
@@ -102,6 +108,10 @@ GEMMA3 = register(
         gguf_vocabs=("llama",),  # the converter's Gemma 3 path reads tokenizer.model
         gguf_flags=(),
         scene_packing=True,
+        hub_license="gemma",
+        display_name="Gemma",
+        terms_name="Gemma Terms of Use",
+        terms_url="https://ai.google.dev/gemma/terms",
         ollama_messages=r"""{{- $system := "" }}{{ $has_system := false }}
 {{- if .Messages }}{{ with index .Messages 0 }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ $has_system = true }}{{ end }}{{ end }}{{ end }}
 {{- $first := true }}
@@ -136,6 +146,10 @@ QWEN3 = register(
         # token (<|im_start|>system -> <|im_start|> system): the tiny tokenizer adds none (a BPE vocabulary ignores it)
         gguf_flags=(("tokenizer.ggml.add_space_prefix", False),),
         scene_packing=True,
+        hub_license="apache-2.0",
+        display_name="Qwen3",
+        terms_name="Apache 2.0 licence terms",
+        terms_url="https://www.apache.org/licenses/LICENSE-2.0",
         ollama_messages=r"""{{- $system := "" }}{{ $has_system := false }}
 {{- if .Messages }}{{ with index .Messages 0 }}{{ if eq .Role "system" }}{{ $system = .Content }}{{ $has_system = true }}{{ end }}{{ end }}{{ end }}
 {{- if $has_system }}{{ "<|im_start|>system\n" }}{{ $system }}{{ "<|im_end|>\n" }}{{ end }}

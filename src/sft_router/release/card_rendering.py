@@ -176,7 +176,6 @@ def save_card(recipe, card, folder: Path) -> None:
             shutil.copyfile(source, folder / name)
 
 
-GEMMA_TERMS = "https://ai.google.dev/gemma/terms"
 SERVE_URL = "http://127.0.0.1:8000/v1"  # `make serve`'s default address
 
 
@@ -190,6 +189,16 @@ def base_model_text(recipe) -> str:
     return f"`{name}`, {ABOUT[name]}" + (f" (on the Hub: `{hub_id}`)" if hub_id else "")
 
 
+def card_family(recipe):
+    """The family of the merged model the cards describe (families.py): its licence, tag, terms and turns."""
+    from sft_router.modeling.families import family_of
+
+    merged = recipe.stage_dir("merged")
+    if not (merged / "config.json").is_file():
+        raise UsageError(f"no merged model at {merged}: run `make merge RECIPE={recipe.path}` first")
+    return family_of(merged)
+
+
 def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
     from sft_router.core.router_format import published_system_prompt
 
@@ -200,7 +209,7 @@ def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
         "gguf_repo_id": ids["gguf"],
         "dataset_repo_id": ids["dataset"],
         "base_model": base_model_text(recipe),
-        "gemma_terms": GEMMA_TERMS,
+        **family_values(card_family(recipe)),
         "recipe_path": recipe.path.as_posix(),
         "run_name": recipe.name,
         "test_rows": next(iter(metrics.values()))["total_samples"] if metrics else 0,
@@ -221,6 +230,17 @@ def _shared_template_values(recipe, metrics: dict[str, dict]) -> dict:
     }
 
 
+def family_values(family) -> dict:
+    """The template values that name the base's family: its terms, and its prompt format (a partial per family)."""
+    turns = Path("model_card/partials/turns") / f"{family.name}.md"
+    return {
+        "family_name": family.display_name,
+        "terms_name": family.terms_name,
+        "terms_url": family.terms_url,
+        "prompt_turns": turns.read_text().rstrip("\n"),
+    }
+
+
 def model_card_data(recipe, metrics: dict[str, dict] | None = None):
     """The model repo's card metadata; also the README the GGUF converter reads its `general.*` metadata from."""
     from huggingface_hub import ModelCardData
@@ -229,10 +249,10 @@ def model_card_data(recipe, metrics: dict[str, dict] | None = None):
     return ModelCardData(
         base_model=recipe.publish.base_model_id or None,
         datasets=[ids["dataset"]],
-        license="gemma",
+        license=card_family(recipe).hub_license,
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=["gemma3", "tool-calling", "function-calling", "router", "lora", "trl", "sft"],
+        tags=[card_family(recipe).name, "tool-calling", "function-calling", "router", "lora", "trl", "sft"],
         language=["zh", "en"],
         model_name=ids["model"],
         eval_results=(eval_results(recipe, (metrics or {}).get("finetuned", {})) + bfcl_eval_results(recipe)) or None,
@@ -290,10 +310,10 @@ def render_gguf_card(recipe, metrics: dict[str, dict]):
         base_model=ids["model"],
         base_model_relation="quantized",
         datasets=[ids["dataset"]],
-        license="gemma",
+        license=card_family(recipe).hub_license,
         library_name="gguf",
         pipeline_tag="text-generation",
-        tags=["gguf", "llama.cpp", "ollama", "gemma3", "tool-calling", "function-calling", "router"],
+        tags=["gguf", "llama.cpp", "ollama", card_family(recipe).name, "tool-calling", "function-calling", "router"],
         language=["zh", "en"],
         model_name=ids["gguf"],
         eval_results=eval_results(recipe, metrics.get("gguf", {}), " (GGUF Q8_0)")
