@@ -21,7 +21,13 @@ from sft_router.core.errors import UsageError, one_line_errors
 from sft_router.core.run_folder import FILE_TYPES, gguf_path, stage_output
 from sft_router.modeling.context_length import context_length
 from sft_router.modeling.families import family_of
-from sft_router.modeling.llama_runtime import LLAMA_CPP_PYTHON, fetch_converter, llama_cpp_commit, run_pinned
+from sft_router.modeling.llama_runtime import (
+    LLAMA_CPP_PYTHON,
+    fetch_converter,
+    llama_cpp_commit,
+    run_pinned,
+    run_with_pinned_gguf,
+)
 
 
 def converter_input(merged: Path, staging: Path, card_metadata: str = "") -> Path:
@@ -94,17 +100,13 @@ copy_with_new_metadata(reader, writer, flags, [])
 
 def set_gguf_flags(converter: Path, path: Path, flags: dict[str, bool]) -> None:
     """Write boolean keys into the GGUF at `path` (a model family's converter quirk, Family.gguf_flags)."""
-    import subprocess
-    import sys
-
     staged = path.with_name(path.name + ".flags")
-    env = {**os.environ, "PYTHONPATH": str(converter / "gguf-py")}
-    command = [sys.executable, "-c", SET_FLAGS, str(path), str(staged), json.dumps(flags)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
+    try:
+        argv = ["-c", SET_FLAGS, str(path), str(staged), json.dumps(flags)]
+        run_with_pinned_gguf(converter, argv, f"gguf-py metadata writer on {path.name}")
+    except UsageError:
         staged.unlink(missing_ok=True)
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise UsageError(f"llama.cpp gguf-py metadata writer failed on {path.name}: {tail[0]}")
+        raise
     staged.replace(path)
 
 

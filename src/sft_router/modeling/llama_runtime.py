@@ -313,8 +313,14 @@ def llama_cpp_commit() -> str | None:
 
 
 def run_pinned(converter: Path, script: str, args: list[str], what: str) -> None:
+    """One of the pinned checkout's scripts (`script`, relative to it), run with its own gguf-py."""
+    run_with_pinned_gguf(converter, [str(converter / script), *args], what)
+
+
+def run_with_pinned_gguf(converter: Path, argv: list[str], what: str) -> None:
+    """`python <argv>` with the pinned gguf-py importable; a failure is one line, its last line of output."""
     env = {**os.environ, "PYTHONPATH": str(converter / "gguf-py")}  # the pinned gguf-py, not the installed one
-    result = subprocess.run([sys.executable, str(converter / script), *args], env=env, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
         raise UsageError(f"llama.cpp {what} failed: {tail[0]}")
