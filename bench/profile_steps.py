@@ -1,7 +1,7 @@
 """Where the time goes: torch.profiler over one train step and one batched generation, top ops by self CPU time.
 
 The train step is the project's completion-only step on a fixed batch (bench/train_step.py builds it); the
-generation is `make eval`'s `sft_router.evaluate.generate` (shared-prefix cache, length-sorted batches) on the
+generation is `make eval`'s `sft_router.modeling.loading.generate` (shared-prefix cache, length-sorted batches) on the
 recipe's test prompts built in memory. Prints the CPU model and the ISA flags that decide the fast paths, then a
 table per phase. `--real` profiles Gemma 3 270M from the PyPI GGUF package (the demo's base).
 
@@ -47,7 +47,7 @@ def profile(label: str, run, top: int) -> None:
 def main(argv=None) -> None:
     import torch
 
-    from sft_router.evaluate import generate
+    from sft_router.modeling.loading import generate
     from sft_router.modeling.prompts import render_prompts
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
